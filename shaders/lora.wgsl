@@ -1,0 +1,246 @@
+// The fused low-rank path of one LoRA layer and its backward pieces.
+//
+//   x: (M, K) input    a: (R, K) lora_A    b: (N, R) lora_B    y: (M, N) output of the base layer
+//   forward:   u  = dropout(x) · aᵀ               (M, R), kept for dB
+//              y += scale · u · bᵀ
+//   backward:  du  = scale · dy · b               (M, R)
+//              db (+)= scale · dyᵀ · u            (N, R)
+//              da (+)= duᵀ · dropout(x)           (R, K)
+//              dx += mask ⊙ (du · a) / (1 - p)    (M, K)
+//
+// dropout(x) is never materialised: the mask is regenerated from Philox (philox.wgsl) with the
+// same (seed, offset, element index) convention as dropout.wgsl. R is an override constant
+// (<= 64) so loops over the rank unroll and the accumulators stay in registers.
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    accumulate: u32,  // 1: db / da add to what is there (gradient accumulation)
+    scale: f32,
+    drop_scale: f32,  // 1 / (1 - p)
+    threshold: u32,   // floor(p * 2^32); 0 disables dropout
+    offset: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override R: u32 = 8u;
+const MAX_R: u32 = 64u;
+const WG: u32 = 64u;
+const ROWS: u32 = 64u;  // rows per workgroup in lora_forward (one per thread)
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> u: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> dy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> du: array<f32>;
+@group(0) @binding(8) var<storage, read> u_in: array<f32>;
+@group(0) @binding(9) var<storage, read_write> db: array<f32>;
+@group(0) @binding(10) var<storage, read> du_in: array<f32>;
+@group(0) @binding(11) var<storage, read_write> da: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dx: array<f32>;
+
+var<workgroup> tile_u: array<f32, 4096>;  // (ROWS, MAX_R)
+
+fn seed() -> vec2<u32> {
+    return vec2<u32>(p.seed_lo, p.seed_hi);
+}
+
+// Dropout multiplier (0 or 1/(1-p)) of element i of x, given the Philox words of its chunk.
+fn keep(words: vec4<u32>, i: u32) -> f32 {
+    return select(0.0, p.drop_scale, words[i & 3u] >= p.threshold);
+}
+
+// One thread per row: u[row] = dropout(x[row]) · aᵀ; then the workgroup adds
+// scale · u · bᵀ to its 64 rows of y, one column per thread at a time.
+@compute @workgroup_size(64)
+fn lora_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row0 = wid.x * ROWS;
+    let row = row0 + lid;
+    if row < p.m {
+        var acc: array<f32, MAX_R>;
+        let base = row * p.k;
+        if p.threshold == 0u {
+            for (var kk = 0u; kk < p.k; kk++) {
+                let xv = x[base + kk];
+                for (var j = 0u; j < R; j++) {
+                    acc[j] = fma(xv, a[j * p.k + kk], acc[j]);
+                }
+            }
+        } else {
+            var chunk = 0xFFFFFFFFu;
+            var words = vec4<u32>();
+            for (var kk = 0u; kk < p.k; kk++) {
+                let i = base + kk;
+                if (i >> 2u) != chunk {
+                    chunk = i >> 2u;
+                    words = dropout_words(chunk, p.offset, seed());
+                }
+                let xv = x[i] * keep(words, i);
+                for (var j = 0u; j < R; j++) {
+                    acc[j] = fma(xv, a[j * p.k + kk], acc[j]);
+                }
+            }
+        }
+        for (var j = 0u; j < R; j++) {
+            u[row * R + j] = acc[j];
+            tile_u[lid * R + j] = acc[j];
+        }
+    }
+    workgroupBarrier();
+
+    let rows = min(ROWS, p.m - min(row0, p.m));
+    for (var col = lid; col < p.n; col += WG) {
+        var bcol: array<f32, MAX_R>;
+        for (var j = 0u; j < R; j++) {
+            bcol[j] = b[col * R + j];
+        }
+        for (var i = 0u; i < rows; i++) {
+            var s = 0.0;
+            for (var j = 0u; j < R; j++) {
+                s = fma(tile_u[i * R + j], bcol[j], s);
+            }
+            let yi = (row0 + i) * p.n + col;
+            y[yi] = fma(p.scale, s, y[yi]);
+        }
+    }
+}
+
+// du[row] = scale · dy[row] · b, one thread per row.
+@compute @workgroup_size(64)
+fn lora_backward_du(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if row >= p.m {
+        return;
+    }
+    var acc: array<f32, MAX_R>;
+    for (var col = 0u; col < p.n; col++) {
+        let g = dy[row * p.n + col];
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(g, b[col * R + j], acc[j]);
+        }
+    }
+    for (var j = 0u; j < R; j++) {
+        du[row * R + j] = p.scale * acc[j];
+    }
+}
+
+// db[col] (+)= scale · Σ_rows dy[row, col] · u[row], one thread per output column.
+@compute @workgroup_size(64)
+fn lora_backward_db(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if col >= p.n {
+        return;
+    }
+    var acc: array<f32, MAX_R>;
+    for (var row = 0u; row < p.m; row++) {
+        let g = dy[row * p.n + col];
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(g, u_in[row * R + j], acc[j]);
+        }
+    }
+    for (var j = 0u; j < R; j++) {
+        let i = col * R + j;
+        var v = p.scale * acc[j];
+        if p.accumulate != 0u {
+            v += db[i];
+        }
+        db[i] = v;
+    }
+}
+
+// da[:, k0 .. k0+4] (+)= duᵀ · dropout(x)[:, k0 .. k0+4], one thread per 4 input features.
+@compute @workgroup_size(64)
+fn lora_backward_da(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k0 = gid.x * 4u;
+    if k0 >= p.k {
+        return;
+    }
+    var acc: array<vec4<f32>, MAX_R>;
+    let last = p.k - 1u;
+    let ks = vec4<u32>(k0, min(k0 + 1u, last), min(k0 + 2u, last), min(k0 + 3u, last));
+    for (var row = 0u; row < p.m; row++) {
+        let base = row * p.k;
+        var xv = vec4<f32>(x[base + ks.x], x[base + ks.y], x[base + ks.z], x[base + ks.w]);
+        if p.threshold != 0u {
+            let i = base + ks;
+            let w0 = dropout_words(i.x >> 2u, p.offset, seed());
+            var w1 = w0;
+            if (i.w >> 2u) != (i.x >> 2u) {
+                w1 = dropout_words(i.w >> 2u, p.offset, seed());
+            }
+            for (var e = 0u; e < 4u; e++) {
+                let words = select(w1, w0, (i[e] >> 2u) == (i.x >> 2u));
+                xv[e] *= keep(words, i[e]);
+            }
+        }
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(vec4<f32>(du_in[row * R + j]), xv, acc[j]);
+        }
+    }
+    for (var j = 0u; j < R; j++) {
+        for (var e = 0u; e < 4u; e++) {
+            if k0 + e < p.k {
+                let i = j * p.k + k0 + e;
+                var v = acc[j][e];
+                if p.accumulate != 0u {
+                    v += da[i];
+                }
+                da[i] = v;
+            }
+        }
+    }
+}
+
+const DX_ROWS: u32 = 16u;
+
+// dx[rows, k0 .. k0+4] += mask ⊙ (du · a)[rows, k0 .. k0+4]: one thread per 4 input features
+// and a block of 16 rows (workgroup_id.y), holding those 4 columns of a in registers.
+@compute @workgroup_size(64)
+fn lora_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k0 = gid.x * 4u;
+    if k0 >= p.k {
+        return;
+    }
+    let last = p.k - 1u;
+    let ks = vec4<u32>(k0, min(k0 + 1u, last), min(k0 + 2u, last), min(k0 + 3u, last));
+    var acol: array<vec4<f32>, MAX_R>;
+    for (var j = 0u; j < R; j++) {
+        let base = j * p.k;
+        acol[j] = vec4<f32>(a[base + ks.x], a[base + ks.y], a[base + ks.z], a[base + ks.w]);
+    }
+    let row0 = gid.y * DX_ROWS;
+    let row1 = min(row0 + DX_ROWS, p.m);
+    for (var row = row0; row < row1; row++) {
+        var s = vec4<f32>(0.0);
+        for (var j = 0u; j < R; j++) {
+            s = fma(vec4<f32>(du_in[row * R + j]), acol[j], s);
+        }
+        let i = row * p.k + ks;
+        if p.threshold != 0u {
+            let w0 = dropout_words(i.x >> 2u, p.offset, seed());
+            var w1 = w0;
+            if (i.w >> 2u) != (i.x >> 2u) {
+                w1 = dropout_words(i.w >> 2u, p.offset, seed());
+            }
+            for (var e = 0u; e < 4u; e++) {
+                let words = select(w1, w0, (i[e] >> 2u) == (i.x >> 2u));
+                s[e] *= keep(words, i[e]);
+            }
+        }
+        for (var e = 0u; e < 4u; e++) {
+            if k0 + e < p.k {
+                dx[i[e]] += s[e];
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The crate's error type. Every message says what was wrong and what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `lora_wgpu`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No GPU adapter (or none matching the user's choice) was found.
+    #[error("no usable GPU adapter found{detail}. Install a Vulkan, Metal or DX12 driver; on a headless Linux machine without a GPU, `apt-get install -y mesa-vulkan-drivers` provides the lavapipe software driver. `lora-wgpu devices` lists what wgpu can see.")]
+    NoAdapter {
+        /// Extra context (which backend or name filter was applied), starting with ": ".
+        detail: String,
+    },
+
+    /// Requesting the device from the adapter failed.
+    #[error("could not open the GPU device on adapter '{adapter}': {source}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// The wgpu error.
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+
+    /// A kernel's WGSL failed to compile or validate.
+    #[error("kernel `{kernel}` failed to build: {message}\n--- WGSL ---\n{source_text}")]
+    Shader {
+        /// Kernel name (file::entry point).
+        kernel: String,
+        /// wgpu / naga diagnostics.
+        message: String,
+        /// The WGSL source with line numbers.
+        source_text: String,
+    },
+
+    /// The GPU ran out of memory while allocating a buffer.
+    #[error("GPU out of memory allocating {what} ({bytes} bytes). Try a smaller batch size or block size.")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Size requested.
+        bytes: u64,
+    },
+
+    /// A buffer would exceed the adapter's limits.
+    #[error("{what} needs {bytes} bytes but the adapter allows at most {limit} per {kind}. Use a smaller shape or a GPU with larger limits.")]
+    BufferTooLarge {
+        /// What was being allocated.
+        what: String,
+        /// Size requested.
+        bytes: u64,
+        /// The adapter limit.
+        limit: u64,
+        /// "buffer" or "storage binding".
+        kind: &'static str,
+    },
+
+    /// wgpu reported a validation or internal error.
+    #[error("GPU error in {context}: {message}")]
+    Gpu {
+        /// What we were doing.
+        context: String,
+        /// wgpu's description.
+        message: String,
+    },
+
+    /// The device was lost (driver reset, GPU removed, ...).
+    #[error("the GPU device was lost ({reason}). Restart the program; a training run can continue with --resume from its last checkpoint.")]
+    DeviceLost {
+        /// wgpu's description of the reason.
+        reason: String,
+    },
+
+    /// Operands of a kernel have incompatible shapes or lengths.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape {
+        /// The kernel or operation.
+        op: &'static str,
+        /// What was expected and what was found.
+        detail: String,
+    },
+
+    /// A hyperparameter or argument is outside its valid range.
+    #[error("invalid {name} = {value}: {expected}")]
+    InvalidArgument {
+        /// Parameter name.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        expected: String,
+    },
+
+    /// A problem reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Shape`].
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::InvalidArgument`].
+    pub(crate) fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidArgument {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}

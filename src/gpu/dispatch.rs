@@ -1,0 +1,524 @@
+//! Kernels, the pipeline cache, and recorded dispatches that are replayed in one compute pass.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use super::{Gpu, Tensor};
+use crate::error::{Error, Result};
+
+/// A WGSL source file in `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShaderFile {
+    /// `matmul.wgsl`
+    Matmul,
+    /// `lora.wgsl` (with `philox.wgsl` prepended)
+    Lora,
+    /// `dropout.wgsl` (with `philox.wgsl` prepended)
+    Dropout,
+    /// `adamw.wgsl`
+    Adamw,
+    /// `reduce.wgsl`
+    Reduce,
+    /// `merge.wgsl`
+    Merge,
+}
+
+const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
+
+impl ShaderFile {
+    /// Every shader file.
+    pub const ALL: [ShaderFile; 6] = [
+        ShaderFile::Matmul,
+        ShaderFile::Lora,
+        ShaderFile::Dropout,
+        ShaderFile::Adamw,
+        ShaderFile::Reduce,
+        ShaderFile::Merge,
+    ];
+
+    /// File name inside `shaders/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShaderFile::Matmul => "matmul.wgsl",
+            ShaderFile::Lora => "lora.wgsl",
+            ShaderFile::Dropout => "dropout.wgsl",
+            ShaderFile::Adamw => "adamw.wgsl",
+            ShaderFile::Reduce => "reduce.wgsl",
+            ShaderFile::Merge => "merge.wgsl",
+        }
+    }
+
+    /// The complete WGSL module, with shared snippets prepended.
+    pub fn source(self) -> String {
+        match self {
+            ShaderFile::Matmul => include_str!("../../shaders/matmul.wgsl").to_string(),
+            ShaderFile::Lora => format!("{PHILOX}\n{}", include_str!("../../shaders/lora.wgsl")),
+            ShaderFile::Dropout => {
+                format!("{PHILOX}\n{}", include_str!("../../shaders/dropout.wgsl"))
+            }
+            ShaderFile::Adamw => include_str!("../../shaders/adamw.wgsl").to_string(),
+            ShaderFile::Reduce => include_str!("../../shaders/reduce.wgsl").to_string(),
+            ShaderFile::Merge => include_str!("../../shaders/merge.wgsl").to_string(),
+        }
+    }
+}
+
+/// How a kernel accesses a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+/// Every compute kernel: a shader file, an entry point and its storage bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Workgroup-memory tiled matmul (GPUs).
+    MatmulTiled,
+    /// Register-tiled matmul without barriers (CPU adapters).
+    MatmulRegister,
+    /// Fused low-rank forward.
+    LoraForward,
+    /// dU = scale · dY · B.
+    LoraBackwardDu,
+    /// dB (+)= scale · dYᵀ · U.
+    LoraBackwardDb,
+    /// dA (+)= dUᵀ · dropout(X).
+    LoraBackwardDa,
+    /// dX += mask ⊙ (dU · A).
+    LoraBackwardDx,
+    /// out = dropout(inp).
+    DropoutForward,
+    /// dinp = dropout mask ⊙ dout.
+    DropoutBackward,
+    /// Fused AdamW.
+    AdamwUpdate,
+    /// Per-workgroup partial sums of squares.
+    SumsqPartial,
+    /// Final sum of the partials.
+    SumsqFinal,
+    /// W ± scale · (B A) in either weight layout.
+    MergeForward,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 13] = [
+        Kernel::MatmulTiled,
+        Kernel::MatmulRegister,
+        Kernel::LoraForward,
+        Kernel::LoraBackwardDu,
+        Kernel::LoraBackwardDb,
+        Kernel::LoraBackwardDa,
+        Kernel::LoraBackwardDx,
+        Kernel::DropoutForward,
+        Kernel::DropoutBackward,
+        Kernel::AdamwUpdate,
+        Kernel::SumsqPartial,
+        Kernel::SumsqFinal,
+        Kernel::MergeForward,
+    ];
+
+    /// The shader file holding the kernel.
+    pub fn file(self) -> ShaderFile {
+        use Kernel::*;
+        match self {
+            MatmulTiled | MatmulRegister => ShaderFile::Matmul,
+            LoraForward | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa | LoraBackwardDx => {
+                ShaderFile::Lora
+            }
+            DropoutForward | DropoutBackward => ShaderFile::Dropout,
+            AdamwUpdate => ShaderFile::Adamw,
+            SumsqPartial | SumsqFinal => ShaderFile::Reduce,
+            MergeForward => ShaderFile::Merge,
+        }
+    }
+
+    /// WGSL entry point name.
+    pub fn entry(self) -> &'static str {
+        use Kernel::*;
+        match self {
+            MatmulTiled => "matmul_tiled",
+            MatmulRegister => "matmul_register",
+            LoraForward => "lora_forward",
+            LoraBackwardDu => "lora_backward_du",
+            LoraBackwardDb => "lora_backward_db",
+            LoraBackwardDa => "lora_backward_da",
+            LoraBackwardDx => "lora_backward_dx",
+            DropoutForward => "dropout_forward",
+            DropoutBackward => "dropout_backward",
+            AdamwUpdate => "adamw_update",
+            SumsqPartial => "sumsq_partial",
+            SumsqFinal => "sumsq_final",
+            MergeForward => "merge_forward",
+        }
+    }
+
+    /// Storage bindings `(binding, access)` in the order launchers pass tensors. Binding 0 is
+    /// always the uniform `Params`.
+    pub fn bindings(self) -> &'static [(u32, Access)] {
+        use Kernel::*;
+        match self {
+            MatmulTiled | MatmulRegister => &[(1, R), (2, R), (3, R), (4, W)],
+            LoraForward => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
+            LoraBackwardDu => &[(6, R), (3, R), (7, W)],
+            LoraBackwardDb => &[(6, R), (8, R), (9, W)],
+            LoraBackwardDa => &[(10, R), (1, R), (11, W)],
+            LoraBackwardDx => &[(10, R), (2, R), (12, W)],
+            DropoutForward | DropoutBackward => &[(1, R), (2, W)],
+            AdamwUpdate => &[(1, W), (2, R), (3, W), (4, W), (5, R)],
+            SumsqPartial => &[(1, R), (2, W)],
+            SumsqFinal => &[(3, R), (4, W)],
+            MergeForward => &[(1, R), (2, R), (3, W)],
+        }
+    }
+
+    /// `file::entry`, for messages.
+    pub fn name(self) -> String {
+        format!("{}::{}", self.file().name(), self.entry())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    kernel: Kernel,
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// Split `n` workgroups over x and y so that neither exceeds the 65,535 per-dimension limit.
+/// Kernels recover the linear index as `wid.x + wid.y * num_workgroups.x`.
+pub(crate) fn groups_1d(n: u32) -> [u32; 3] {
+    const MAX: u32 = 65_535;
+    if n <= MAX {
+        [n, 1, 1]
+    } else {
+        [MAX, n.div_ceil(MAX), 1]
+    }
+}
+
+/// Annotate WGSL with line numbers for error messages.
+fn numbered(src: &str) -> String {
+    src.lines()
+        .enumerate()
+        .map(|(i, l)| format!("{:4} | {l}\n", i + 1))
+        .collect()
+}
+
+impl Gpu {
+    fn module(&self, file: ShaderFile) -> Result<Arc<wgpu::ShaderModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(file.name()) {
+            return Ok(m.clone());
+        }
+        let src = file.source();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(file.name()),
+                source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                kernel: file.name().into(),
+                message: e.to_string(),
+                source_text: numbered(&src),
+            });
+        }
+        let module = Arc::new(module);
+        modules.insert(file.name(), module.clone());
+        Ok(module)
+    }
+
+    fn layout(&self, kernel: Kernel) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        layouts
+            .entry(kernel)
+            .or_insert_with(|| {
+                let buffer = |binding, ty| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                };
+                let mut entries = vec![buffer(0, wgpu::BufferBindingType::Uniform)];
+                for &(binding, access) in kernel.bindings() {
+                    let read_only = access == Access::Read;
+                    entries.push(buffer(
+                        binding,
+                        wgpu::BufferBindingType::Storage { read_only },
+                    ));
+                }
+                let bgl = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(kernel.entry()),
+                        entries: &entries,
+                    });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(kernel.entry()),
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                Arc::new((bgl, pl))
+            })
+            .clone()
+    }
+
+    /// The compute pipeline for `kernel` with `constants`, built once and cached.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = PipelineKey {
+            kernel,
+            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+        };
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let module = self.module(kernel.file())?;
+        let layout = self.layout(kernel);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: Some(&layout.1),
+                module: &module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                kernel: format!("{} with constants {constants:?}", kernel.name()),
+                message: e.to_string(),
+                source_text: numbered(&kernel.file().source()),
+            });
+        }
+        let pipeline = Arc::new(pipeline);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Build a dispatch of `kernel`: its uniform `params`, the tensors in the order of
+    /// [`Kernel::bindings`], and the workgroup counts. Nothing runs until the dispatch is
+    /// passed to [`Gpu::run`] or a [`Recording`].
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        tensors: &[&Tensor],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let spec = kernel.bindings();
+        if spec.len() != tensors.len() {
+            return Err(Error::shape(
+                "dispatch",
+                format!(
+                    "{} takes {} buffers, {} given",
+                    kernel.name(),
+                    spec.len(),
+                    tensors.len()
+                ),
+            ));
+        }
+        let max = self.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::shape(
+                "dispatch",
+                format!(
+                    "{} needs {groups:?} workgroups, over the adapter's {max} per dimension; use a smaller shape",
+                    kernel.name()
+                ),
+            ));
+        }
+        let pipeline = self.pipeline(kernel, constants)?;
+        let layout = self.layout(kernel);
+        let params = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(kernel.entry()),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: params.as_entire_binding(),
+        }];
+        for (&(binding, _), t) in spec.iter().zip(tensors) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: t.buffer().as_entire_binding(),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry()),
+            layout: &layout.0,
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                context: format!("binding buffers for {}", kernel.name()),
+                message: e.to_string(),
+            });
+        }
+        Ok(Dispatch {
+            kernel,
+            pipeline,
+            bind_group,
+            groups,
+            params,
+        })
+    }
+
+    /// Encode `dispatches` in order into one compute pass and submit them once. Does not wait.
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.encode(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.check("submitting kernels")
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group (with its own uniform parameters) and
+/// workgroup counts. Built once, replayed any number of times.
+#[derive(Debug)]
+pub struct Dispatch {
+    kernel: Kernel,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+    params: wgpu::Buffer,
+}
+
+impl Dispatch {
+    /// The kernel this dispatch launches.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Workgroup counts.
+    pub fn groups(&self) -> [u32; 3] {
+        self.groups
+    }
+
+    /// Replace the uniform parameters (e.g. AdamW's step and learning rate). The write is
+    /// ordered before the next submit.
+    pub(crate) fn set_params<P: bytemuck::Pod>(&self, gpu: &Gpu, params: &P) {
+        gpu.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+    }
+
+    fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        let [x, y, z] = self.groups;
+        if x == 0 || y == 0 || z == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+enum Op {
+    Dispatch(Dispatch),
+    Clear(Tensor),
+}
+
+/// An ordered list of buffer clears and dispatches, recorded once and replayed with one
+/// command encoder and one submit per [`Recording::run`]. Consecutive dispatches share one
+/// compute pass.
+#[derive(Default)]
+pub struct Recording {
+    ops: Vec<Op>,
+}
+
+impl Recording {
+    /// An empty recording.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append a dispatch.
+    pub fn push(&mut self, d: Dispatch) {
+        self.ops.push(Op::Dispatch(d));
+    }
+
+    /// Append a zero-fill of `t`.
+    pub fn clear(&mut self, t: &Tensor) {
+        self.ops.push(Op::Clear(t.clone()));
+    }
+
+    /// Number of recorded operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The recorded dispatches, in order.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Dispatch(d) => Some(d),
+            Op::Clear(_) => None,
+        })
+    }
+
+    /// Encode everything into one command buffer and submit it. Does not wait for the GPU.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let mut i = 0;
+        while i < self.ops.len() {
+            match &self.ops[i] {
+                Op::Clear(t) => {
+                    enc.clear_buffer(t.buffer(), 0, None);
+                    i += 1;
+                }
+                Op::Dispatch(_) => {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    while let Some(Op::Dispatch(d)) = self.ops.get(i) {
+                        d.encode(&mut pass);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.check("running a recording")
+    }
+}

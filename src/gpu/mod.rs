@@ -1,0 +1,539 @@
+//! The GPU context: adapter choice, device limits and features, error handling, buffers and
+//! recorded dispatches.
+//!
+//! Everything that talks to wgpu lives here; kernels (in [`crate::kernels`]) only describe what
+//! to bind and how many workgroups to launch.
+
+mod dispatch;
+mod tensor;
+
+pub use dispatch::{Access, Dispatch, Kernel, Recording, ShaderFile};
+pub use tensor::Tensor;
+
+pub(crate) use dispatch::groups_1d;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the adapter to use (a case-insensitive substring of its name, or
+/// its index in `lora-wgpu devices`). wgpu itself reads `WGPU_BACKEND`.
+pub const ENV_ADAPTER: &str = "WGPU_ADAPTER_NAME";
+/// Environment variable that hides the optional SHADER_F16 / SUBGROUP features from this crate
+/// even where the adapter offers them (set it to `1`), so the fallback kernels can be tested.
+pub const ENV_NO_OPTIONAL_FEATURES: &str = "LORA_WGPU_NO_OPTIONAL_FEATURES";
+
+/// How to choose the adapter. `Default` reads nothing; [`GpuOptions::from_env`] reads the
+/// environment.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to these backends (`None`: every backend wgpu was built with, or `WGPU_BACKEND`).
+    pub backends: Option<wgpu::Backends>,
+    /// Adapter name substring (case-insensitive) or index into the enumerated list.
+    pub adapter: Option<String>,
+    /// Never enable SHADER_F16 / SUBGROUP, even when offered.
+    pub no_optional_features: bool,
+}
+
+impl GpuOptions {
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `LORA_WGPU_NO_OPTIONAL_FEATURES`.
+    pub fn from_env() -> Self {
+        let flag = std::env::var(ENV_NO_OPTIONAL_FEATURES).unwrap_or_default();
+        Self {
+            backends: wgpu::Backends::from_env(),
+            adapter: std::env::var(ENV_ADAPTER).ok().filter(|s| !s.is_empty()),
+            no_optional_features: !matches!(flag.as_str(), "" | "0" | "false"),
+        }
+    }
+
+    /// Parse a backend name as the CLI accepts it: vulkan, metal, dx12, gl (or a comma list).
+    pub fn parse_backends(names: &str) -> Result<wgpu::Backends> {
+        let mut out = wgpu::Backends::empty();
+        for name in names.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            out |= match name.to_ascii_lowercase().as_str() {
+                "vulkan" | "vk" => wgpu::Backends::VULKAN,
+                "metal" | "mtl" => wgpu::Backends::METAL,
+                "dx12" | "d3d12" => wgpu::Backends::DX12,
+                "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+                other => {
+                    return Err(Error::invalid(
+                        "backend",
+                        other,
+                        "expected one of vulkan, metal, dx12, gl",
+                    ))
+                }
+            };
+        }
+        if out.is_empty() {
+            return Err(Error::invalid(
+                "backend",
+                names,
+                "name at least one backend",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// One adapter as wgpu reports it, with what matters for choosing it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// Position in the enumeration (usable as `--device INDEX`).
+    pub index: usize,
+    /// wgpu's adapter info (name, backend, device type, driver).
+    pub info: wgpu::AdapterInfo,
+    /// Whether the adapter can run compute shaders at all.
+    pub compute: bool,
+    /// The adapter's limits.
+    pub limits: wgpu::Limits,
+    /// The adapter's features.
+    pub features: wgpu::Features,
+}
+
+/// Optional features this crate may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuFeatures {
+    /// `SHADER_F16` is enabled on the device.
+    pub f16: bool,
+    /// `SUBGROUP` is enabled on the device.
+    pub subgroup: bool,
+}
+
+/// Which matmul implementation suits an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Workgroup-memory tiled kernel, 16x16 threads each computing a `tm x tn` block
+    /// (`tm = tn = 1` is the textbook kernel). Right for real GPUs.
+    Tiled {
+        /// Rows per thread (1..=4).
+        tm: u32,
+        /// Columns per thread (1..=4).
+        tn: u32,
+    },
+    /// Register-tiled kernel with no workgroup memory and no barriers: each thread computes a
+    /// 4x4 block. Right for CPU adapters (lavapipe), where barriers are very expensive.
+    Register,
+}
+
+type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+/// A wgpu device and queue, with the pipeline cache and error plumbing this crate needs.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: GpuFeatures,
+    pipelines: Mutex<HashMap<dispatch::PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    layouts: Mutex<HashMap<Kernel, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    uncaptured: ErrorSlot,
+    lost: ErrorSlot,
+    /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
+    pub(crate) dummy: Tensor,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("device_type", &self.info.device_type)
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+fn device_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u8 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(b) = backends {
+        desc.backends = b;
+    }
+    wgpu::Instance::new(desc)
+}
+
+fn enumerate(inst: &wgpu::Instance) -> Vec<(wgpu::Adapter, AdapterSummary)> {
+    let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .into_iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let compute = a
+                .get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+            let summary = AdapterSummary {
+                index,
+                info: a.get_info(),
+                compute,
+                limits: a.limits(),
+                features: a.features(),
+            };
+            (a, summary)
+        })
+        .collect()
+}
+
+/// Every adapter wgpu finds under `options` (backend filter applied, name filter not), and the
+/// index of the one [`Gpu::new`] would choose.
+pub fn list_adapters(options: &GpuOptions) -> (Vec<AdapterSummary>, Option<usize>) {
+    let all = enumerate(&instance(options.backends));
+    let chosen = choose(&all, options).ok().map(|(_, s)| s.index);
+    (all.into_iter().map(|(_, s)| s).collect(), chosen)
+}
+
+fn choose<'a>(
+    all: &'a [(wgpu::Adapter, AdapterSummary)],
+    options: &GpuOptions,
+) -> Result<&'a (wgpu::Adapter, AdapterSummary)> {
+    let names = || {
+        all.iter()
+            .map(|(_, s)| format!("{}: {} ({:?})", s.index, s.info.name, s.info.backend))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let candidates: Vec<_> = all.iter().filter(|(_, s)| s.compute).collect();
+    let filtered: Vec<_> = match &options.adapter {
+        None => candidates,
+        Some(want) => {
+            let by_index = want.parse::<usize>().ok();
+            let want_lc = want.to_lowercase();
+            let hit: Vec<_> = candidates
+                .into_iter()
+                .filter(|(_, s)| {
+                    by_index == Some(s.index) || s.info.name.to_lowercase().contains(&want_lc)
+                })
+                .collect();
+            if hit.is_empty() {
+                return Err(Error::NoAdapter {
+                    detail: format!(
+                        ": no compute-capable adapter matches '{want}' (found: {})",
+                        if all.is_empty() {
+                            "none".into()
+                        } else {
+                            names()
+                        }
+                    ),
+                });
+            }
+            hit
+        }
+    };
+    filtered
+        .into_iter()
+        .min_by_key(|(_, s)| {
+            (
+                device_rank(s.info.device_type),
+                backend_rank(s.info.backend),
+                s.index,
+            )
+        })
+        .ok_or_else(|| Error::NoAdapter {
+            detail: if all.is_empty() {
+                String::new()
+            } else {
+                format!(" with compute shader support (found: {})", names())
+            },
+        })
+}
+
+impl Gpu {
+    /// Open the best adapter: discrete > integrated > virtual > CPU, native backends before GL,
+    /// unless `options` names one. Requests the adapter's own limits (wgpu's defaults are
+    /// WebGPU's low ones) and enables SHADER_F16 / SUBGROUP where offered.
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let inst = instance(options.backends);
+        let all = enumerate(&inst);
+        let (adapter, summary) = choose(&all, options)?;
+        let offered = adapter.features();
+        let mut features = GpuFeatures::default();
+        let mut required = wgpu::Features::empty();
+        if !options.no_optional_features {
+            if offered.contains(wgpu::Features::SHADER_F16) {
+                required |= wgpu::Features::SHADER_F16;
+                features.f16 = true;
+            }
+            if offered.contains(wgpu::Features::SUBGROUP) {
+                required |= wgpu::Features::SUBGROUP;
+                features.subgroup = true;
+            }
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lora-wgpu"),
+            required_features: required,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|source| Error::RequestDevice {
+            adapter: summary.info.name.clone(),
+            source,
+        })?;
+
+        let uncaptured: ErrorSlot = Arc::default();
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            s.get_or_insert_with(|| e.to_string());
+        }));
+        let lost: ErrorSlot = Arc::default();
+        let slot = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                s.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+            }
+        });
+        let dummy = Tensor::new_raw(&device, "dummy", &[4], 16);
+        Ok(Gpu {
+            device,
+            queue,
+            info: summary.info.clone(),
+            limits,
+            features,
+            pipelines: Mutex::default(),
+            layouts: Mutex::default(),
+            modules: Mutex::default(),
+            uncaptured,
+            lost,
+            dummy,
+        })
+    }
+
+    /// The adapter in use.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Optional features enabled on the device.
+    pub fn features(&self) -> GpuFeatures {
+        self.features
+    }
+
+    /// The matmul variant that suits this adapter: [`MatmulVariant::Register`] on CPU adapters,
+    /// a 4x4-per-thread [`MatmulVariant::Tiled`] kernel on GPUs.
+    pub fn default_matmul(&self) -> MatmulVariant {
+        match self.info.device_type {
+            wgpu::DeviceType::Cpu => MatmulVariant::Register,
+            _ => MatmulVariant::Tiled { tm: 4, tn: 4 },
+        }
+    }
+
+    /// Surface any error wgpu reported asynchronously (validation, device loss).
+    pub fn check(&self, context: &str) -> Result<()> {
+        if let Some(reason) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::DeviceLost { reason });
+        }
+        if let Some(message) = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(Error::Gpu {
+                context: context.to_string(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Block until every submitted command has finished, then report any GPU error.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })?;
+        self.check("GPU work")
+    }
+
+    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let l = &self.limits;
+        if bytes > l.max_buffer_size {
+            return Err(Error::BufferTooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_buffer_size,
+                kind: "buffer",
+            });
+        }
+        if bytes > l.max_storage_buffer_binding_size {
+            return Err(Error::BufferTooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_storage_buffer_binding_size,
+                kind: "storage binding",
+            });
+        }
+        Ok(())
+    }
+
+    /// Run `f` (which creates a resource) inside out-of-memory and validation error scopes.
+    fn scoped<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val = pollster::block_on(val.pop());
+        let oom = pollster::block_on(oom.pop());
+        if oom.is_some() {
+            return Err(Error::OutOfMemory {
+                what: what.into(),
+                bytes,
+            });
+        }
+        if let Some(e) = val {
+            return Err(Error::Gpu {
+                context: format!("allocating {what}"),
+                message: e.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A zero-filled f32 tensor of `shape`.
+    pub fn zeros(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        let bytes = (len.max(1) * 4) as u64;
+        self.check_size(name, bytes)?;
+        self.scoped(name, bytes, || {
+            Tensor::new_raw(&self.device, name, shape, bytes)
+        })
+    }
+
+    /// A tensor of `shape` holding `data` (f32, row-major).
+    pub fn upload(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::shape(
+                "upload",
+                format!(
+                    "{name}: shape {shape:?} holds {len} values but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        let t = self.zeros(name, shape)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+
+    /// A tensor of `shape` holding raw 32-bit words (token ids and other integers).
+    pub fn upload_u32(&self, name: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::shape(
+                "upload_u32",
+                format!(
+                    "{name}: shape {shape:?} holds {len} values but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        let t = self.zeros(name, shape)?;
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// Overwrite all of `t` with `data`. Ordered before the next submitted work.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if t.len() != data.len() {
+            return Err(Error::shape(
+                "write",
+                format!("{} has {} values, {} given", t.name(), t.len(), data.len()),
+            ));
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Fill `t` with zeros (ordered before the next submitted work).
+    pub fn clear(&self, t: &Tensor) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(t.buffer(), 0, None);
+        self.queue.submit([enc.finish()]);
+        self.check("clear")
+    }
+
+    /// Copy `t` back to the host as f32 (waits for the GPU).
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let words = self.download_words(t)?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
+    }
+
+    /// Copy `t` back to the host as raw 32-bit words (waits for the GPU).
+    pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        self.download_words(t)
+    }
+
+    fn download_words(&self, t: &Tensor) -> Result<Vec<u32>> {
+        let bytes = (t.len() * 4) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.scoped("readback staging buffer", bytes, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        let mapped = rx.recv().map_err(|e| Error::Gpu {
+            context: format!("reading back {}", t.name()),
+            message: e.to_string(),
+        })?;
+        mapped.map_err(|e| Error::Gpu {
+            context: format!("reading back {}", t.name()),
+            message: e.to_string(),
+        })?;
+        let words = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+                context: format!("reading back {}", t.name()),
+                message: e.to_string(),
+            })?;
+            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(words)
+    }
+}

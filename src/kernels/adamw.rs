@@ -1,0 +1,181 @@
+//! `adamw.wgsl`: one fused AdamW dispatch over a flat parameter buffer.
+
+use crate::error::{Error, Result};
+use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+
+use super::{expect_len, groups, u32_of};
+
+/// AdamW hyperparameters (PyTorch's defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Peak learning rate (a schedule may pass another per step).
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub max_grad_norm: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            max_grad_norm: 0.0,
+        }
+    }
+}
+
+impl AdamW {
+    /// Check every hyperparameter is in range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(
+                "learning rate",
+                self.lr,
+                "must be a finite number > 0",
+            ));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::invalid(name, b, "must be in [0, 1)"));
+            }
+        }
+        if !(self.eps > 0.0) {
+            return Err(Error::invalid("adam epsilon", self.eps, "must be > 0"));
+        }
+        if !(self.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "weight decay",
+                self.weight_decay,
+                "must be >= 0",
+            ));
+        }
+        if !(self.max_grad_norm >= 0.0) {
+            return Err(Error::invalid(
+                "max grad norm",
+                self.max_grad_norm,
+                "must be >= 0 (0 = off)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// (lr / (1 - beta1^step), sqrt(1 - beta2^step)), computed in f64.
+    pub fn bias_correction(&self, step: u64, lr: f32) -> (f32, f32) {
+        let t = step.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(t);
+        ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
+    }
+}
+
+/// Mirrors `struct Params` in adamw.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    n: u32,
+    _pad: [u32; 3],
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    max_norm: f32,
+}
+
+/// A recorded AdamW update whose step and learning rate are set before each replay.
+#[derive(Debug)]
+pub struct AdamWUpdate {
+    dispatch: Dispatch,
+    cfg: AdamW,
+    n: u32,
+}
+
+impl Params {
+    fn new(cfg: &AdamW, n: u32, step: u64, lr: f32) -> Self {
+        let (step_size, bc2_sqrt) = cfg.bias_correction(step, lr);
+        Params {
+            n,
+            _pad: [0; 3],
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            step_size,
+            bc2_sqrt,
+            max_norm: cfg.max_grad_norm,
+        }
+    }
+}
+
+impl AdamWUpdate {
+    /// Set the 1-based `step` and its learning rate for the next replay.
+    pub fn set_step(&self, gpu: &Gpu, step: u64, lr: f32) -> Result<()> {
+        if step == 0 {
+            return Err(Error::invalid("AdamW step", step, "steps count from 1"));
+        }
+        if !(lr >= 0.0 && lr.is_finite()) {
+            return Err(Error::invalid(
+                "learning rate",
+                lr,
+                "must be finite and >= 0",
+            ));
+        }
+        let params = Params::new(&self.cfg, self.n, step, lr);
+        self.dispatch.set_params(gpu, &params);
+        Ok(())
+    }
+
+    /// The dispatch to run (after [`AdamWUpdate::set_step`]).
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// Consume into the dispatch (for a [`Recording`](crate::gpu::Recording)); set the step
+    /// before recording, or keep the `AdamWUpdate` and replay its [`AdamWUpdate::dispatch`].
+    pub fn into_dispatch(self) -> Dispatch {
+        self.dispatch
+    }
+}
+
+/// param -= AdamW(grad) in place, updating the moments m and v.
+///   param, grad, m, v: (n,)   norm_sq: (1,) squared global grad norm (read when clipping)
+pub fn update(
+    gpu: &Gpu,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    norm_sq: &Tensor,
+    cfg: &AdamW,
+) -> Result<AdamWUpdate> {
+    const OP: &str = "adamw";
+    cfg.validate()?;
+    let n = param.len();
+    expect_len(OP, "grad", grad, n)?;
+    expect_len(OP, "m", m, n)?;
+    expect_len(OP, "v", v, n)?;
+    expect_len(OP, "norm_sq", norm_sq, 1)?;
+    let n = u32_of("parameter count", n)?;
+    let params = Params::new(cfg, n, 1, cfg.lr);
+    let grid = groups_1d(groups(n as usize, 256)?);
+    let tensors = [param, grad, m, v, norm_sq];
+    Ok(AdamWUpdate {
+        dispatch: gpu.dispatch(Kernel::AdamwUpdate, &[], &params, &tensors, grid)?,
+        cfg: *cfg,
+        n,
+    })
+}

@@ -1,0 +1,180 @@
+//! `lora.wgsl`: the fused low-rank path y += scale · (dropout(x) · aᵀ) · bᵀ and its backward.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Kernel, Tensor};
+
+use super::dropout::Dropout;
+use super::{expect_len, groups, u32_of};
+
+/// Largest rank the fused kernels support.
+pub const MAX_RANK: usize = 64;
+
+/// Shape of one LoRA layer applied to `m` rows.
+///   x: (m, k)   a: (r, k)   b: (n, r)   y: (m, n)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraShape {
+    /// Rows (batch · tokens).
+    pub m: usize,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// Rank.
+    pub r: usize,
+}
+
+impl LoraShape {
+    fn check(&self) -> Result<()> {
+        if self.r == 0 || self.r > MAX_RANK {
+            return Err(Error::invalid(
+                "rank",
+                self.r,
+                format!("must be in 1..={MAX_RANK}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors `struct Params` in lora.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    accumulate: u32,
+    scale: f32,
+    drop_scale: f32,
+    threshold: u32,
+    offset: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn new(s: &LoraShape, scale: f32, d: &Dropout, accumulate: bool) -> Result<Self> {
+        s.check()?;
+        Ok(Params {
+            m: u32_of("rows", s.m)?,
+            k: u32_of("in features", s.k)?,
+            n: u32_of("out features", s.n)?,
+            accumulate: accumulate.into(),
+            scale,
+            drop_scale: d.scale(),
+            threshold: d.threshold(),
+            offset: d.offset,
+            seed_lo: d.seed as u32,
+            seed_hi: (d.seed >> 32) as u32,
+            _pad: [0; 2],
+        })
+    }
+}
+
+fn rank(s: &LoraShape) -> [(&'static str, f64); 1] {
+    [("R", s.r as f64)]
+}
+
+/// y += scale · u · bᵀ where u = dropout(x) · aᵀ is also written (backward needs it).
+///   y: (m, n)   u: (m, r)   x: (m, k)   a: (r, k)   b: (n, r)
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    gpu: &Gpu,
+    y: &Tensor,
+    u: &Tensor,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    s: &LoraShape,
+    scale: f32,
+    d: &Dropout,
+) -> Result<Dispatch> {
+    const OP: &str = "lora::forward";
+    let params = Params::new(s, scale, d, false)?;
+    expect_len(OP, "y", y, s.m * s.n)?;
+    expect_len(OP, "u", u, s.m * s.r)?;
+    expect_len(OP, "x", x, s.m * s.k)?;
+    expect_len(OP, "lora_A", a, s.r * s.k)?;
+    expect_len(OP, "lora_B", b, s.n * s.r)?;
+    let grid = [groups(s.m, 64)?, 1, 1];
+    gpu.dispatch(
+        Kernel::LoraForward,
+        &rank(s),
+        &params,
+        &[x, a, b, u, y],
+        grid,
+    )
+}
+
+/// Where the LoRA backward writes. `da` and `db` are overwritten unless `accumulate`;
+/// `dx` (if given) is always added to; `du` (m, r) is scratch.
+#[derive(Clone, Copy, Debug)]
+pub struct LoraGrads<'a> {
+    /// (m, k), added to; `None` when the input needs no gradient.
+    pub dx: Option<&'a Tensor>,
+    /// (r, k)
+    pub da: &'a Tensor,
+    /// (n, r)
+    pub db: &'a Tensor,
+    /// (m, r) scratch: scale · dy · b.
+    pub du: &'a Tensor,
+}
+
+/// The backward dispatches, in order: du, db, da, then dx when requested.
+///   dy: (m, n)   x: (m, k)   a: (r, k)   b: (n, r)   u: (m, r) from [`forward`]
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    g: LoraGrads<'_>,
+    dy: &Tensor,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    u: &Tensor,
+    s: &LoraShape,
+    scale: f32,
+    d: &Dropout,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    const OP: &str = "lora::backward";
+    let params = Params::new(s, scale, d, accumulate)?;
+    expect_len(OP, "dy", dy, s.m * s.n)?;
+    expect_len(OP, "x", x, s.m * s.k)?;
+    expect_len(OP, "lora_A", a, s.r * s.k)?;
+    expect_len(OP, "lora_B", b, s.n * s.r)?;
+    expect_len(OP, "u", u, s.m * s.r)?;
+    expect_len(OP, "du", g.du, s.m * s.r)?;
+    expect_len(OP, "dA", g.da, s.r * s.k)?;
+    expect_len(OP, "dB", g.db, s.n * s.r)?;
+    let c = rank(s);
+    let mut out = vec![
+        gpu.dispatch(
+            Kernel::LoraBackwardDu,
+            &c,
+            &params,
+            &[dy, b, g.du],
+            [groups(s.m, 64)?, 1, 1],
+        )?,
+        gpu.dispatch(
+            Kernel::LoraBackwardDb,
+            &c,
+            &params,
+            &[dy, u, g.db],
+            [groups(s.n, 64)?, 1, 1],
+        )?,
+        gpu.dispatch(
+            Kernel::LoraBackwardDa,
+            &c,
+            &params,
+            &[g.du, x, g.da],
+            [groups(s.k.div_ceil(4), 64)?, 1, 1],
+        )?,
+    ];
+    if let Some(dx) = g.dx {
+        expect_len(OP, "dx", dx, s.m * s.k)?;
+        let grid = [groups(s.k.div_ceil(4), 64)?, groups(s.m, 16)?, 1];
+        out.push(gpu.dispatch(Kernel::LoraBackwardDx, &c, &params, &[g.du, a, dx], grid)?);
+    }
+    Ok(out)
+}

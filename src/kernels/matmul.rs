@@ -1,0 +1,186 @@
+//! `matmul.wgsl`: C = alpha · op(A) · op(B) (+ bias) (+ C), batched.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Kernel, MatmulVariant, Tensor};
+
+use super::{expect_len, groups, u32_of};
+
+/// Shape and options of one (batched) matmul.
+///
+/// op(A) is (m, k), op(B) is (k, n), C is (batch, m, n). An operand holding a single
+/// matrix is broadcast over the batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatmulOp {
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Number of independent products.
+    pub batch: usize,
+    /// A is stored (k, m).
+    pub trans_a: bool,
+    /// B is stored (n, k).
+    pub trans_b: bool,
+    /// Scale applied to the product.
+    pub alpha: f32,
+    /// Add to C instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl MatmulOp {
+    /// C(m, n) = A(m, k) · B(k, n).
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        MatmulOp {
+            m,
+            n,
+            k,
+            batch: 1,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+
+    /// Batched over `batch` matrices.
+    pub fn batch(self, batch: usize) -> Self {
+        MatmulOp { batch, ..self }
+    }
+
+    /// A stored transposed, (k, m).
+    pub fn trans_a(self) -> Self {
+        MatmulOp {
+            trans_a: true,
+            ..self
+        }
+    }
+
+    /// B stored transposed, (n, k).
+    pub fn trans_b(self) -> Self {
+        MatmulOp {
+            trans_b: true,
+            ..self
+        }
+    }
+
+    /// Scale the product by `alpha`.
+    pub fn alpha(self, alpha: f32) -> Self {
+        MatmulOp { alpha, ..self }
+    }
+
+    /// Add to C.
+    pub fn accumulate(self) -> Self {
+        MatmulOp {
+            accumulate: true,
+            ..self
+        }
+    }
+
+    /// Floating-point operations (2·m·n·k per batch).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}
+
+/// Mirrors `struct Params` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    alpha: f32,
+}
+
+fn batch_stride(op: &'static str, what: &str, t: &Tensor, one: usize, batch: usize) -> Result<u32> {
+    if t.len() == one {
+        Ok(0)
+    } else if t.len() == one * batch {
+        u32_of("matmul stride", one)
+    } else {
+        Err(Error::shape(
+            op,
+            format!(
+                "{what} ({}) has {} elements (shape {:?}); expected {one} or {batch} x {one}",
+                t.name(),
+                t.len(),
+                t.shape()
+            ),
+        ))
+    }
+}
+
+/// c = alpha · op(a) · op(b) (+ bias) (+ c).
+///   c: (batch, m, n)   a: ([batch,] m, k) or transposed   b: ([batch,] k, n) or transposed
+///   bias: (n,)
+pub fn matmul(
+    gpu: &Gpu,
+    variant: MatmulVariant,
+    c: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    op: &MatmulOp,
+) -> Result<Dispatch> {
+    const OP: &str = "matmul";
+    let MatmulOp { m, n, k, batch, .. } = *op;
+    expect_len(OP, "C", c, batch * m * n)?;
+    let stride_a = batch_stride(OP, "A", a, m * k, batch)?;
+    let stride_b = batch_stride(OP, "B", b, k * n, batch)?;
+    if let Some(bias) = bias {
+        expect_len(OP, "bias", bias, n)?;
+    }
+    let params = Params {
+        m: u32_of("m", m)?,
+        n: u32_of("n", n)?,
+        k: u32_of("k", k)?,
+        flags: u32::from(bias.is_some()) | (u32::from(op.accumulate) << 1),
+        stride_a,
+        stride_b,
+        stride_c: u32_of("matmul stride", m * n)?,
+        alpha: op.alpha,
+    };
+    let z = u32_of("batch", batch)?;
+    let (kernel, constants, grid) = match variant {
+        MatmulVariant::Tiled { tm, tn } => {
+            if !(1..=4).contains(&tm) || !(1..=4).contains(&tn) {
+                return Err(Error::invalid(
+                    "matmul tile",
+                    format!("{tm}x{tn}"),
+                    "1..=4 per side",
+                ));
+            }
+            let grid = [
+                groups(n, 16 * tn as usize)?,
+                groups(m, 16 * tm as usize)?,
+                z,
+            ];
+            (
+                Kernel::MatmulTiled,
+                vec![("TM", tm as f64), ("TN", tn as f64)],
+                grid,
+            )
+        }
+        MatmulVariant::Register => (
+            Kernel::MatmulRegister,
+            vec![],
+            [groups(n, 256)?, groups(m, 4)?, z],
+        ),
+    };
+    let mut constants = constants;
+    constants.push(("TRANS_A", f64::from(u8::from(op.trans_a))));
+    constants.push(("TRANS_B", f64::from(u8::from(op.trans_b))));
+    let grid = if m == 0 || n == 0 || batch == 0 {
+        [0, 0, 0]
+    } else {
+        grid
+    };
+    let bias = bias.unwrap_or(&gpu.dummy);
+    gpu.dispatch(kernel, &constants, &params, &[a, b, bias, c], grid)
+}

@@ -1,0 +1,33 @@
+//! # lora_wgpu
+//!
+//! LoRA fine-tuning on any GPU through [wgpu](https://wgpu.rs): Vulkan, Metal, DX12, OpenGL,
+//! and software Vulkan (lavapipe) where no GPU exists. The math runs in WGSL compute shaders
+//! (`shaders/`); Rust records the dispatches once and replays them.
+//!
+//! This layer is the kernel core: the [`gpu`] context, [`Tensor`]s, the [`kernels`] and their
+//! plain-loop [`cpu`] references.
+//!
+//! ```no_run
+//! use lora_wgpu::{gpu::{Gpu, GpuOptions}, kernels::matmul::{matmul, MatmulOp}};
+//!
+//! # fn main() -> lora_wgpu::Result<()> {
+//! let gpu = Gpu::new(&GpuOptions::from_env())?;
+//! let a = gpu.upload("a", &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+//! let b = gpu.upload("b", &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+//! let c = gpu.zeros("c", &[2, 2])?;
+//! let mm = matmul(&gpu, gpu.default_matmul(), &c, &a, &b, None, &MatmulOp::new(2, 2, 2))?;
+//! gpu.run(&[&mm])?;
+//! assert_eq!(gpu.download(&c)?, vec![1.0, 2.0, 3.0, 4.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions, Tensor};

@@ -1,0 +1,93 @@
+//! The GPU context: adapter choice, limits, features and errors.
+
+mod common;
+
+use common::gpu;
+use lora_wgpu::gpu::{list_adapters, GpuOptions};
+use lora_wgpu::{Error, Gpu};
+
+#[test]
+fn opens_an_adapter_with_the_limits_it_offers() {
+    let g = gpu();
+    let (all, chosen) = list_adapters(&GpuOptions::from_env());
+    let chosen = chosen.expect("list_adapters chose none although Gpu::new succeeded");
+    let summary = &all[chosen];
+    assert_eq!(summary.info.name, g.info().name);
+    // The device has the adapter's own limits, not WebGPU's low defaults.
+    assert_eq!(
+        g.limits().max_storage_buffer_binding_size,
+        summary.limits.max_storage_buffer_binding_size
+    );
+    assert_eq!(g.limits().max_buffer_size, summary.limits.max_buffer_size);
+    // Optional features are enabled exactly when offered.
+    assert_eq!(
+        g.features().f16,
+        summary.features.contains(wgpu::Features::SHADER_F16)
+    );
+    assert_eq!(
+        g.features().subgroup,
+        summary.features.contains(wgpu::Features::SUBGROUP)
+    );
+}
+
+#[test]
+fn optional_features_can_be_hidden() {
+    let opts = GpuOptions {
+        no_optional_features: true,
+        ..GpuOptions::from_env()
+    };
+    let g = Gpu::new(&opts).unwrap();
+    assert!(!g.features().f16 && !g.features().subgroup);
+}
+
+#[test]
+fn unknown_adapter_is_a_clear_error() {
+    let opts = GpuOptions {
+        adapter: Some("no-such-adapter-xyz".into()),
+        ..GpuOptions::default()
+    };
+    let err = Gpu::new(&opts).unwrap_err();
+    assert!(matches!(err, Error::NoAdapter { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no-such-adapter-xyz") && msg.contains("mesa-vulkan-drivers"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_backend_name_is_rejected() {
+    let err = GpuOptions::parse_backends("vulkan,cuda")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cuda") && err.contains("vulkan, metal, dx12, gl"),
+        "{err}"
+    );
+    assert_eq!(
+        GpuOptions::parse_backends("GL").unwrap(),
+        wgpu::Backends::GL
+    );
+}
+
+#[test]
+fn buffers_over_the_binding_limit_are_refused() {
+    let g = gpu();
+    let too_many = (g.limits().max_storage_buffer_binding_size / 4 + 1) as usize;
+    let err = g.zeros("huge", &[too_many]).unwrap_err();
+    assert!(matches!(err, Error::BufferTooLarge { .. }), "{err:?}");
+}
+
+#[test]
+fn upload_download_round_trip_and_clear() {
+    let g = gpu();
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let t = g.upload("t", &data, &[10, 100]).unwrap();
+    assert_eq!(t.shape(), &[10, 100]);
+    assert_eq!(g.download(&t).unwrap(), data);
+    g.clear(&t).unwrap();
+    assert!(g.download(&t).unwrap().iter().all(|&v| v == 0.0));
+    assert!(g.upload("bad", &data, &[3, 3]).is_err());
+    let ids = g.upload_u32("ids", &[1, 2, 50256], &[3]).unwrap();
+    assert_eq!(g.download_u32(&ids).unwrap(), vec![1, 2, 50256]);
+}

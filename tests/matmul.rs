@@ -1,0 +1,127 @@
+//! matmul.wgsl against the CPU reference, both variants, odd shapes, every transpose.
+
+mod common;
+
+use common::{assert_close, gpu, random, ATOL, RTOL};
+use lora_wgpu::cpu;
+use lora_wgpu::gpu::MatmulVariant;
+use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+
+const VARIANTS: [MatmulVariant; 3] = [
+    MatmulVariant::Register,
+    MatmulVariant::Tiled { tm: 4, tn: 4 },
+    MatmulVariant::Tiled { tm: 1, tn: 1 },
+];
+
+/// Run `op` on the GPU with `variant` and compare with the CPU reference.
+fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
+    let g = gpu();
+    let a_len = op.m * op.k * op.batch;
+    let b_len = op.k * op.n; // broadcast over the batch
+    let a = random(a_len, seed);
+    let b = random(b_len, seed + 1);
+    let bias = random(op.n, seed + 2);
+    let c0 = random(op.batch * op.m * op.n, seed + 3);
+    let a_shape = if op.trans_a {
+        [op.batch, op.k, op.m]
+    } else {
+        [op.batch, op.m, op.k]
+    };
+    let b_shape = if op.trans_b {
+        [op.n, op.k]
+    } else {
+        [op.k, op.n]
+    };
+    let ta = g.upload("a", &a, &a_shape).unwrap();
+    let tb = g.upload("b", &b, &b_shape).unwrap();
+    let tbias = g.upload("bias", &bias, &[op.n]).unwrap();
+    let tc = g.upload("c", &c0, &[op.batch, op.m, op.n]).unwrap();
+    let d = matmul(g, variant, &tc, &ta, &tb, with_bias.then_some(&tbias), &op).unwrap();
+    g.run(&[&d]).unwrap();
+    let got = g.download(&tc).unwrap();
+    let mut want = c0;
+    cpu::matmul(&mut want, &a, &b, with_bias.then_some(&bias[..]), &op);
+    assert_close(
+        &got,
+        &want,
+        ATOL,
+        RTOL,
+        &format!("{variant:?} {op:?} bias={with_bias}"),
+    );
+}
+
+#[test]
+fn odd_shapes_all_variants_and_transposes() {
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 5),
+        (129, 257, 65),
+        (3, 1, 17),
+        (65, 5, 300),
+    ];
+    let mut seed = 0;
+    for variant in VARIANTS {
+        for &(m, k, n) in &shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut op = MatmulOp::new(m, n, k);
+                op.trans_a = ta;
+                op.trans_b = tb;
+                seed += 10;
+                check(variant, op, false, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_alpha_accumulate_and_batch() {
+    for variant in VARIANTS {
+        check(variant, MatmulOp::new(33, 70, 19).alpha(0.5), true, 1);
+        check(variant, MatmulOp::new(33, 70, 19).accumulate(), true, 2);
+        check(
+            variant,
+            MatmulOp::new(9, 31, 40).batch(3).trans_b().accumulate(),
+            false,
+            3,
+        );
+        check(
+            variant,
+            MatmulOp::new(17, 6, 23).batch(2).trans_a().alpha(-2.0),
+            true,
+            4,
+        );
+    }
+}
+
+#[test]
+fn gpt2_shape_512x768x2304() {
+    // M x K x N of GPT-2's c_attn at B·T = 512, on the adapter's own variant and the GPU one.
+    let g = gpu();
+    check(g.default_matmul(), MatmulOp::new(512, 2304, 768), true, 7);
+    check(
+        MatmulVariant::Tiled { tm: 4, tn: 4 },
+        MatmulOp::new(512, 2304, 768),
+        false,
+        8,
+    );
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let g = gpu();
+    let a = g.zeros("a", &[4, 3]).unwrap();
+    let b = g.zeros("b", &[3, 5]).unwrap();
+    let c = g.zeros("c", &[4, 6]).unwrap();
+    let err = matmul(
+        g,
+        g.default_matmul(),
+        &c,
+        &a,
+        &b,
+        None,
+        &MatmulOp::new(4, 5, 3),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("matmul") && msg.contains("C (c)"), "{msg}");
+}
