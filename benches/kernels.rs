@@ -1,1 +1,227 @@
-fn main() {}
+//! Criterion benchmarks of every kernel at GPT-2 124M shapes (B·T = 512).
+//!
+//! Throughput is reported as elements/s where an "element" is one floating-point operation
+//! (so `Gelem/s` reads as GFLOP/s) for compute-bound kernels, and as bytes/s for memory-bound
+//! ones. Each sample submits the dispatch and waits for the GPU before reading the clock.
+//!
+//! `cargo bench --bench kernels -- matmul/512x768x768` runs one group.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lora_wgpu::gpu::{Dispatch, MatmulVariant};
+use lora_wgpu::kernels::adamw::{self, AdamW};
+use lora_wgpu::kernels::dropout::{self, Dropout};
+use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
+use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::kernels::{merge, reduce};
+use lora_wgpu::{Gpu, GpuOptions, Tensor};
+
+/// (M, K, N) of GPT-2 124M's linear layers at B·T = 512.
+const GPT2_SHAPES: [(usize, usize, usize, &str); 4] = [
+    (512, 768, 2304, "c_attn"),
+    (512, 768, 768, "attn.c_proj"),
+    (512, 768, 3072, "c_fc"),
+    (512, 3072, 768, "mlp.c_proj"),
+];
+
+fn gpu() -> Gpu {
+    let g = Gpu::new(&GpuOptions::from_env()).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "adapter: {} ({:?}, {:?}, driver {} {})",
+        g.info().name,
+        g.info().backend,
+        g.info().device_type,
+        g.info().driver,
+        g.info().driver_info
+    );
+    g
+}
+
+fn filled(g: &Gpu, name: &str, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    g.upload(name, &data, shape).unwrap()
+}
+
+/// Time `iters` submissions of `ds` (each its own submit, as a training step would), waiting
+/// for the GPU at the end.
+fn time(g: &Gpu, ds: &[&Dispatch], iters: u64) -> Duration {
+    g.sync().unwrap();
+    let t = Instant::now();
+    for _ in 0..iters {
+        g.run(ds).unwrap();
+    }
+    g.sync().unwrap();
+    t.elapsed()
+}
+
+fn variant_name(v: MatmulVariant) -> String {
+    match v {
+        MatmulVariant::Register => "register4x4".into(),
+        MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
+        MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
+    }
+}
+
+fn bench_peak(c: &mut Criterion) {
+    let g = gpu();
+    let probe = lora_wgpu::kernels::peak::probe(&g, 1 << 14, 4096).unwrap();
+    let mut grp = c.benchmark_group("peak");
+    grp.sample_size(10);
+    grp.throughput(Throughput::Elements(probe.flops() as u64));
+    grp.bench_function("fma_vec4_8chains", |b| {
+        b.iter_custom(|it| time(&g, &[probe.dispatch()], it))
+    });
+    grp.finish();
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let g = gpu();
+    for (m, k, n, layer) in GPT2_SHAPES {
+        let mut grp = c.benchmark_group(format!("matmul/{m}x{k}x{n}"));
+        grp.sample_size(10).warm_up_time(Duration::from_millis(500));
+        let op = MatmulOp::new(m, n, k);
+        grp.throughput(Throughput::Elements(op.flops() as u64));
+        let a = filled(&g, "x", &[m, k]);
+        let w = filled(&g, "w", &[k, n]);
+        let bias = filled(&g, "bias", &[n]);
+        let out = g.zeros("y", &[m, n]).unwrap();
+        let mut variants = vec![
+            MatmulVariant::Register,
+            MatmulVariant::Tiled { tm: 4, tn: 4 },
+        ];
+        if layer == "attn.c_proj" {
+            variants.push(MatmulVariant::Tiled { tm: 1, tn: 1 });
+        }
+        for v in variants {
+            let d = matmul(&g, v, &out, &a, &w, Some(&bias), &op).unwrap();
+            grp.bench_function(BenchmarkId::new(variant_name(v), layer), |b| {
+                b.iter_custom(|it| time(&g, &[&d], it))
+            });
+        }
+        grp.finish();
+    }
+}
+
+/// Fused LoRA forward against the unfused path (dropout, x·Aᵀ, scale·u·Bᵀ added to y).
+fn bench_lora(c: &mut Criterion) {
+    let g = gpu();
+    let r = 8;
+    let d = Dropout::new(0.1, 7, 0).unwrap();
+    for (m, k, n, layer) in GPT2_SHAPES {
+        let s = LoraShape { m, k, n, r };
+        let mut grp = c.benchmark_group(format!("lora_r8/{m}x{k}x{n}"));
+        grp.sample_size(20).warm_up_time(Duration::from_millis(500));
+        grp.throughput(Throughput::Elements((2 * m * r * (k + n)) as u64));
+        let x = filled(&g, "x", &[m, k]);
+        let a = filled(&g, "lora_A", &[r, k]);
+        let b = filled(&g, "lora_B", &[n, r]);
+        let y = g.zeros("y", &[m, n]).unwrap();
+        let u = g.zeros("u", &[m, r]).unwrap();
+        let fused = lora::forward(&g, &y, &u, &x, &a, &b, &s, 2.0, &d).unwrap();
+        grp.bench_function(BenchmarkId::new("fused", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &[&fused], it))
+        });
+        let xd = g.zeros("x dropped", &[m, k]).unwrap();
+        let v = g.default_matmul();
+        let unfused = [
+            dropout::forward(&g, &xd, &x, &d).unwrap(),
+            matmul(&g, v, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b()).unwrap(),
+            matmul(
+                &g,
+                v,
+                &y,
+                &u,
+                &b,
+                None,
+                &MatmulOp::new(m, n, r).trans_b().alpha(2.0).accumulate(),
+            )
+            .unwrap(),
+        ];
+        let refs: Vec<&Dispatch> = unfused.iter().collect();
+        grp.bench_function(BenchmarkId::new("unfused", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &refs, it))
+        });
+        let du = g.zeros("du", &[m, r]).unwrap();
+        let dx = g.zeros("dx", &[m, k]).unwrap();
+        let da = g.zeros("da", &[r, k]).unwrap();
+        let db = g.zeros("db", &[n, r]).unwrap();
+        let grads = LoraGrads {
+            dx: Some(&dx),
+            da: &da,
+            db: &db,
+            du: &du,
+        };
+        let bwd = lora::backward(&g, grads, &y, &x, &a, &b, &u, &s, 2.0, &d, false).unwrap();
+        let refs: Vec<&Dispatch> = bwd.iter().collect();
+        grp.throughput(Throughput::Elements((2 * m * r * (2 * k + 2 * n)) as u64));
+        grp.bench_function(BenchmarkId::new("backward", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &refs, it))
+        });
+        grp.finish();
+    }
+}
+
+/// Memory-bound kernels, reported in bytes moved per second.
+fn bench_elementwise(c: &mut Criterion) {
+    let g = gpu();
+    let mut grp = c.benchmark_group("elementwise");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(500));
+
+    let n = 512 * 3072;
+    let x = filled(&g, "x", &[n]);
+    let out = g.zeros("out", &[n]).unwrap();
+    let drop = dropout::forward(&g, &out, &x, &Dropout::new(0.1, 1, 0).unwrap()).unwrap();
+    grp.throughput(Throughput::Bytes((8 * n) as u64));
+    grp.bench_function("dropout/512x3072", |b| {
+        b.iter_custom(|it| time(&g, &[&drop], it))
+    });
+
+    // LoRA r=8 on c_attn and c_proj of GPT-2 124M: 12 · 8 · (768+2304 + 768+768 + 768+768).
+    let p = 12 * 8 * (768 + 2304 + 768 + 768 + 768 + 768);
+    let (param, grad, m, v) = (
+        filled(&g, "p", &[p]),
+        filled(&g, "g", &[p]),
+        filled(&g, "m", &[p]),
+        g.zeros("v", &[p]).unwrap(),
+    );
+    let norm = g.zeros("norm", &[1]).unwrap();
+    let [s1, s2] = reduce::sumsq(&g, &norm, &grad).unwrap();
+    grp.throughput(Throughput::Bytes((4 * p) as u64));
+    grp.bench_function(format!("grad_norm/{p}"), |b| {
+        b.iter_custom(|it| time(&g, &[&s1, &s2], it))
+    });
+    let cfg = AdamW {
+        max_grad_norm: 1.0,
+        ..AdamW::default()
+    };
+    let upd = adamw::update(&g, &param, &grad, &m, &v, &norm, &cfg).unwrap();
+    grp.throughput(Throughput::Bytes((7 * 4 * p) as u64));
+    grp.bench_function(format!("adamw/{p}"), |b| {
+        b.iter_custom(|it| time(&g, &[upd.dispatch()], it))
+    });
+
+    let (k, n, r) = (768, 2304, 8);
+    let w = filled(&g, "w", &[k, n]);
+    let a = filled(&g, "a", &[r, k]);
+    let bm = filled(&g, "b", &[n, r]);
+    let s = LoraShape { m: 0, k, n, r };
+    let mg = merge::merge(&g, &w, &a, &bm, &s, true, 0.0).unwrap();
+    grp.throughput(Throughput::Bytes((8 * k * n) as u64));
+    grp.bench_function("merge/768x2304_r8", |b| {
+        b.iter_custom(|it| time(&g, &[&mg], it))
+    });
+    grp.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_peak,
+    bench_matmul,
+    bench_lora,
+    bench_elementwise
+);
+criterion_main!(benches);

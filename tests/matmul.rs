@@ -125,3 +125,27 @@ fn shape_errors_are_reported() {
     let msg = err.to_string();
     assert!(msg.contains("matmul") && msg.contains("C (c)"), "{msg}");
 }
+
+#[test]
+fn register_variant_uses_vec4_loads_when_dimensions_allow() {
+    use lora_wgpu::gpu::Kernel;
+    let g = gpu();
+    let kernel_for = |op: MatmulOp| {
+        let a = g.zeros("a", &[op.m * op.k]).unwrap();
+        let b = g.zeros("b", &[op.k * op.n]).unwrap();
+        let c = g.zeros("c", &[op.m * op.n]).unwrap();
+        matmul(g, MatmulVariant::Register, &c, &a, &b, None, &op)
+            .unwrap()
+            .kernel()
+    };
+    assert_eq!(kernel_for(MatmulOp::new(7, 12, 8)), Kernel::MatmulVec4);
+    assert_eq!(
+        kernel_for(MatmulOp::new(7, 13, 8).trans_b()),
+        Kernel::MatmulVec4
+    );
+    assert_eq!(
+        kernel_for(MatmulOp::new(7, 12, 8).trans_a()),
+        Kernel::MatmulRegister
+    );
+    assert_eq!(kernel_for(MatmulOp::new(8, 12, 6)), Kernel::MatmulRegister);
+}

@@ -22,19 +22,22 @@ pub enum ShaderFile {
     Reduce,
     /// `merge.wgsl`
     Merge,
+    /// `peak.wgsl`
+    Peak,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 6] = [
+    pub const ALL: [ShaderFile; 7] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
         ShaderFile::Adamw,
         ShaderFile::Reduce,
         ShaderFile::Merge,
+        ShaderFile::Peak,
     ];
 
     /// File name inside `shaders/`.
@@ -46,7 +49,15 @@ impl ShaderFile {
             ShaderFile::Adamw => "adamw.wgsl",
             ShaderFile::Reduce => "reduce.wgsl",
             ShaderFile::Merge => "merge.wgsl",
+            ShaderFile::Peak => "peak.wgsl",
         }
+    }
+
+    /// Whether the file's kernels keep every access in bounds by construction (indices are
+    /// clamped or guarded, and launchers check buffer lengths), so naga's per-access bounds
+    /// checks can be left out. On lavapipe they cost about 20% of matmul time.
+    pub fn trusted(self) -> bool {
+        matches!(self, ShaderFile::Matmul)
     }
 
     /// The complete WGSL module, with shared snippets prepended.
@@ -60,6 +71,7 @@ impl ShaderFile {
             ShaderFile::Adamw => include_str!("../../shaders/adamw.wgsl").to_string(),
             ShaderFile::Reduce => include_str!("../../shaders/reduce.wgsl").to_string(),
             ShaderFile::Merge => include_str!("../../shaders/merge.wgsl").to_string(),
+            ShaderFile::Peak => include_str!("../../shaders/peak.wgsl").to_string(),
         }
     }
 }
@@ -82,6 +94,8 @@ pub enum Kernel {
     MatmulTiled,
     /// Register-tiled matmul without barriers (CPU adapters).
     MatmulRegister,
+    /// Register-tiled matmul with vec4 loads (CPU adapters, dimensions multiple of 4).
+    MatmulVec4,
     /// Fused low-rank forward.
     LoraForward,
     /// dU = scale · dY · B.
@@ -104,13 +118,16 @@ pub enum Kernel {
     SumsqFinal,
     /// W ± scale · (B A) in either weight layout.
     MergeForward,
+    /// FMA throughput probe.
+    PeakFma,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
+        Kernel::MatmulVec4,
         Kernel::LoraForward,
         Kernel::LoraBackwardDu,
         Kernel::LoraBackwardDb,
@@ -122,13 +139,14 @@ impl Kernel {
         Kernel::SumsqPartial,
         Kernel::SumsqFinal,
         Kernel::MergeForward,
+        Kernel::PeakFma,
     ];
 
     /// The shader file holding the kernel.
     pub fn file(self) -> ShaderFile {
         use Kernel::*;
         match self {
-            MatmulTiled | MatmulRegister => ShaderFile::Matmul,
+            MatmulTiled | MatmulRegister | MatmulVec4 => ShaderFile::Matmul,
             LoraForward | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa | LoraBackwardDx => {
                 ShaderFile::Lora
             }
@@ -136,6 +154,7 @@ impl Kernel {
             AdamwUpdate => ShaderFile::Adamw,
             SumsqPartial | SumsqFinal => ShaderFile::Reduce,
             MergeForward => ShaderFile::Merge,
+            PeakFma => ShaderFile::Peak,
         }
     }
 
@@ -145,6 +164,7 @@ impl Kernel {
         match self {
             MatmulTiled => "matmul_tiled",
             MatmulRegister => "matmul_register",
+            MatmulVec4 => "matmul_vec4",
             LoraForward => "lora_forward",
             LoraBackwardDu => "lora_backward_du",
             LoraBackwardDb => "lora_backward_db",
@@ -156,6 +176,7 @@ impl Kernel {
             SumsqPartial => "sumsq_partial",
             SumsqFinal => "sumsq_final",
             MergeForward => "merge_forward",
+            PeakFma => "peak_fma",
         }
     }
 
@@ -165,6 +186,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             MatmulTiled | MatmulRegister => &[(1, R), (2, R), (3, R), (4, W)],
+            MatmulVec4 => &[(5, R), (6, R), (3, R), (4, W)],
             LoraForward => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
             LoraBackwardDu => &[(6, R), (3, R), (7, W)],
             LoraBackwardDb => &[(6, R), (8, R), (9, W)],
@@ -175,6 +197,7 @@ impl Kernel {
             SumsqPartial => &[(1, R), (2, W)],
             SumsqFinal => &[(3, R), (4, W)],
             MergeForward => &[(1, R), (2, R), (3, W)],
+            PeakFma => &[(1, W)],
         }
     }
 
@@ -217,12 +240,21 @@ impl Gpu {
         }
         let src = file.source();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(file.name()),
-                source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(file.name()),
+            source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
+        };
+        let module = if file.trusted() {
+            // SAFETY: the kernels of a trusted file clamp or guard every index themselves and
+            // their launchers check every buffer length (see `ShaderFile::trusted`); the
+            // driver's robust buffer access still applies.
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 kernel: file.name().into(),

@@ -78,6 +78,12 @@ impl MatmulOp {
         }
     }
 
+    /// Whether every contiguous dimension is a multiple of 4, so operands can be read as vec4:
+    /// K always, M when A is transposed, N unless B is transposed.
+    pub fn vec4_friendly(&self) -> bool {
+        self.k % 4 == 0 && (!self.trans_a || self.m % 4 == 0) && (self.trans_b || self.n % 4 == 0)
+    }
+
     /// Floating-point operations (2·m·n·k per batch).
     pub fn flops(&self) -> f64 {
         2.0 * (self.batch * self.m * self.n * self.k) as f64
@@ -167,11 +173,19 @@ pub fn matmul(
                 grid,
             )
         }
-        MatmulVariant::Register => (
-            Kernel::MatmulRegister,
-            vec![],
-            [groups(n, 256)?, groups(m, 4)?, z],
-        ),
+        MatmulVariant::Register => {
+            let kernel = if op.vec4_friendly() {
+                Kernel::MatmulVec4
+            } else {
+                Kernel::MatmulRegister
+            };
+            let grid = if kernel == Kernel::MatmulVec4 {
+                [groups(n, 64)?, groups(m, 64)?, z]
+            } else {
+                [groups(n, 256)?, groups(m, 4)?, z]
+            };
+            (kernel, vec![], grid)
+        }
     };
     let mut constants = constants;
     constants.push(("TRANS_A", f64::from(u8::from(op.trans_a))));

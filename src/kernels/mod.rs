@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod lora;
 pub mod matmul;
 pub mod merge;
+pub mod peak;
 pub mod reduce;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,50 @@
+//! `peak.wgsl`: the adapter's attainable f32 FMA throughput, the yardstick for kernel figures.
+
+use crate::error::Result;
+use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+
+use super::{groups, u32_of};
+
+/// Mirrors `struct Params` in peak.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    iters: u32,
+    _pad: [u32; 3],
+}
+
+/// A recorded FMA probe: `threads` invocations of `iters` rounds of 64 flops.
+#[derive(Debug)]
+pub struct PeakProbe {
+    dispatch: Dispatch,
+    _out: Tensor,
+    flops: f64,
+}
+
+impl PeakProbe {
+    /// Floating-point operations one run performs.
+    pub fn flops(&self) -> f64 {
+        self.flops
+    }
+
+    /// The dispatch to time.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+}
+
+/// Build a probe of `threads` invocations (rounded up to 64) each running `iters` rounds.
+pub fn probe(gpu: &Gpu, threads: usize, iters: u32) -> Result<PeakProbe> {
+    let wgs = groups(threads, 64)?;
+    let out = gpu.zeros("peak out", &[wgs as usize * 64])?;
+    let params = Params {
+        iters: u32_of("iterations", iters as usize)?,
+        _pad: [0; 3],
+    };
+    let dispatch = gpu.dispatch(Kernel::PeakFma, &[], &params, &[&out], groups_1d(wgs))?;
+    Ok(PeakProbe {
+        dispatch,
+        _out: out,
+        flops: wgs as f64 * 64.0 * iters as f64 * 64.0,
+    })
+}
