@@ -121,7 +121,19 @@ fn bench_lora(c: &mut Criterion) {
         let b = filled(&g, "lora_B", &[n, r]);
         let y = g.zeros("y", &[m, n]).unwrap();
         let u = g.zeros("u", &[m, r]).unwrap();
-        let fused = lora::forward(&g, &y, &u, &x, &a, &b, &s, 2.0, &d).unwrap();
+        let fused = lora::forward(
+            &g,
+            lora::LoraVariant::for_gpu(&g),
+            &y,
+            &u,
+            &x,
+            &a,
+            &b,
+            &s,
+            2.0,
+            &d,
+        )
+        .unwrap();
         grp.bench_function(BenchmarkId::new("fused", layer), |bch| {
             bch.iter_custom(|it| time(&g, &[&fused], it))
         });

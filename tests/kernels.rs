@@ -7,7 +7,7 @@ use lora_wgpu::cpu::{self, philox::philox4x32_10};
 use lora_wgpu::gpu::Recording;
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
-use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
+use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 use lora_wgpu::kernels::{merge, reduce};
 
@@ -119,25 +119,29 @@ fn lora_forward_matches_cpu() {
         let tb = g.upload("b", &b, &[n, r]).unwrap();
         let ty = g.upload("y", &y0, &[m, n]).unwrap();
         let tu = g.zeros("u", &[m, r]).unwrap();
-        let fwd = lora::forward(g, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d).unwrap();
-        g.run(&[&fwd]).unwrap();
         let (mut y, mut u) = (y0.clone(), vec![0.0; m * r]);
         cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
-        let what = format!("{:?} p={}", c.s, c.d.p);
-        assert_close(
-            &g.download(&tu).unwrap(),
-            &u,
-            ATOL,
-            RTOL,
-            &format!("u {what}"),
-        );
-        assert_close(
-            &g.download(&ty).unwrap(),
-            &y,
-            ATOL,
-            RTOL,
-            &format!("y {what}"),
-        );
+        for variant in [LoraVariant::Workgroup, LoraVariant::Register] {
+            g.write(&ty, &y0).unwrap();
+            let fwd = lora::forward(g, variant, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
+            let fwd = fwd.unwrap();
+            g.run(&[&fwd]).unwrap();
+            let what = format!("{variant:?} {:?} p={} ({:?})", c.s, c.d.p, fwd.kernel());
+            assert_close(
+                &g.download(&tu).unwrap(),
+                &u,
+                ATOL,
+                RTOL,
+                &format!("u {what}"),
+            );
+            assert_close(
+                &g.download(&ty).unwrap(),
+                &y,
+                ATOL,
+                RTOL,
+                &format!("y {what}"),
+            );
+        }
     }
 }
 
@@ -260,8 +264,9 @@ fn fused_lora_equals_unfused_composition() {
     let tb = g.upload("b", &b, &[s.n, s.r]).unwrap();
     let fused_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let u = g.zeros("u", &[s.m, s.r]).unwrap();
-    g.run(&[&lora::forward(g, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap()])
-        .unwrap();
+    let variant = LoraVariant::for_gpu(g);
+    let fused = lora::forward(g, variant, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap();
+    g.run(&[&fused]).unwrap();
 
     let slow_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let xd = g.zeros("x dropped", &[s.m, s.k]).unwrap();

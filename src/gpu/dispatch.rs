@@ -98,6 +98,8 @@ pub enum Kernel {
     MatmulVec4,
     /// Fused low-rank forward.
     LoraForward,
+    /// Fused low-rank forward with vec4 loads and no workgroup memory (CPU adapters).
+    LoraForwardVec4,
     /// dU = scale · dY · B.
     LoraBackwardDu,
     /// dB (+)= scale · dYᵀ · U.
@@ -124,11 +126,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
         Kernel::LoraForward,
+        Kernel::LoraForwardVec4,
         Kernel::LoraBackwardDu,
         Kernel::LoraBackwardDb,
         Kernel::LoraBackwardDa,
@@ -147,9 +150,8 @@ impl Kernel {
         use Kernel::*;
         match self {
             MatmulTiled | MatmulRegister | MatmulVec4 => ShaderFile::Matmul,
-            LoraForward | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa | LoraBackwardDx => {
-                ShaderFile::Lora
-            }
+            LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
+            | LoraBackwardDx => ShaderFile::Lora,
             DropoutForward | DropoutBackward => ShaderFile::Dropout,
             AdamwUpdate => ShaderFile::Adamw,
             SumsqPartial | SumsqFinal => ShaderFile::Reduce,
@@ -166,6 +168,7 @@ impl Kernel {
             MatmulRegister => "matmul_register",
             MatmulVec4 => "matmul_vec4",
             LoraForward => "lora_forward",
+            LoraForwardVec4 => "lora_forward_vec4",
             LoraBackwardDu => "lora_backward_du",
             LoraBackwardDb => "lora_backward_db",
             LoraBackwardDa => "lora_backward_da",
@@ -188,6 +191,7 @@ impl Kernel {
             MatmulTiled | MatmulRegister => &[(1, R), (2, R), (3, R), (4, W)],
             MatmulVec4 => &[(5, R), (6, R), (3, R), (4, W)],
             LoraForward => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
+            LoraForwardVec4 => &[(13, R), (14, R), (15, R), (4, W), (16, W)],
             LoraBackwardDu => &[(6, R), (3, R), (7, W)],
             LoraBackwardDb => &[(6, R), (8, R), (9, W)],
             LoraBackwardDa => &[(10, R), (1, R), (11, W)],

@@ -76,11 +76,32 @@ fn rank(s: &LoraShape) -> [(&'static str, f64); 1] {
     [("R", s.r as f64)]
 }
 
+/// Which fused forward kernel to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraVariant {
+    /// 64 rows per workgroup sharing u through workgroup memory (GPUs; any shape).
+    Workgroup,
+    /// 8 rows per thread, vec4 loads, no workgroup memory (CPU adapters). Needs k, n and r
+    /// to be multiples of 4, and falls back to [`LoraVariant::Workgroup`] otherwise.
+    Register,
+}
+
+impl LoraVariant {
+    /// The variant that suits the adapter: `Register` on CPU adapters, else `Workgroup`.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        match gpu.default_matmul() {
+            crate::gpu::MatmulVariant::Register => LoraVariant::Register,
+            crate::gpu::MatmulVariant::Tiled { .. } => LoraVariant::Workgroup,
+        }
+    }
+}
+
 /// y += scale · u · bᵀ where u = dropout(x) · aᵀ is also written (backward needs it).
 ///   y: (m, n)   u: (m, r)   x: (m, k)   a: (r, k)   b: (n, r)
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
+    variant: LoraVariant,
     y: &Tensor,
     u: &Tensor,
     x: &Tensor,
@@ -97,14 +118,12 @@ pub fn forward(
     expect_len(OP, "x", x, s.m * s.k)?;
     expect_len(OP, "lora_A", a, s.r * s.k)?;
     expect_len(OP, "lora_B", b, s.n * s.r)?;
-    let grid = [groups(s.m, 64)?, 1, 1];
-    gpu.dispatch(
-        Kernel::LoraForward,
-        &rank(s),
-        &params,
-        &[x, a, b, u, y],
-        grid,
-    )
+    let vec4 = s.k % 4 == 0 && s.n % 4 == 0 && s.r % 4 == 0;
+    let (kernel, grid) = match variant {
+        LoraVariant::Register if vec4 => (Kernel::LoraForwardVec4, [groups(s.m, 64)?, 1, 1]),
+        _ => (Kernel::LoraForward, [groups(s.m, 64)?, 1, 1]),
+    };
+    gpu.dispatch(kernel, &rank(s), &params, &[x, a, b, u, y], grid)
 }
 
 /// Where the LoRA backward writes. `da` and `db` are overwritten unless `accumulate`;
