@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lora_wgpu::gpu::{Dispatch, MatmulVariant};
+use lora_wgpu::gpu::{Dispatch, Kernel, MatmulVariant};
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
@@ -58,8 +58,9 @@ fn time(g: &Gpu, ds: &[&Dispatch], iters: u64) -> Duration {
     t.elapsed()
 }
 
-fn variant_name(v: MatmulVariant) -> String {
+fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
     match v {
+        MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
@@ -89,16 +90,22 @@ fn bench_matmul(c: &mut Criterion) {
         let w = filled(&g, "w", &[k, n]);
         let bias = filled(&g, "bias", &[n]);
         let out = g.zeros("y", &[m, n]).unwrap();
-        let mut variants = vec![
+        // The adapter's own choice at every shape; all variants side by side at one shape
+        // (everywhere on a GPU, where none of them is slow).
+        let all = [
             MatmulVariant::Register,
             MatmulVariant::Tiled { tm: 4, tn: 4 },
+            MatmulVariant::Tiled { tm: 1, tn: 1 },
         ];
-        if layer == "attn.c_proj" {
-            variants.push(MatmulVariant::Tiled { tm: 1, tn: 1 });
-        }
+        let on_cpu = g.default_matmul() == MatmulVariant::Register;
+        let variants: Vec<_> = if layer == "attn.c_proj" || !on_cpu {
+            all.to_vec()
+        } else {
+            vec![g.default_matmul()]
+        };
         for v in variants {
             let d = matmul(&g, v, &out, &a, &w, Some(&bias), &op).unwrap();
-            grp.bench_function(BenchmarkId::new(variant_name(v), layer), |b| {
+            grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {
                 b.iter_custom(|it| time(&g, &[&d], it))
             });
         }
@@ -192,8 +199,9 @@ fn bench_elementwise(c: &mut Criterion) {
         b.iter_custom(|it| time(&g, &[&drop], it))
     });
 
-    // LoRA r=8 on c_attn and c_proj of GPT-2 124M: 12 · 8 · (768+2304 + 768+768 + 768+768).
-    let p = 12 * 8 * (768 + 2304 + 768 + 768 + 768 + 768);
+    // LoRA r=8 on PEFT's targets c_attn,c_proj of GPT-2 124M (c_proj matches attn.c_proj and
+    // mlp.c_proj): 12 layers · 8 · ((768+2304) + (768+768) + (3072+768)) = 811,008 parameters.
+    let p = 12 * 8 * ((768 + 2304) + (768 + 768) + (3072 + 768));
     let (param, grad, m, v) = (
         filled(&g, "p", &[p]),
         filled(&g, "g", &[p]),

@@ -50,17 +50,17 @@ impl AdamW {
                 return Err(Error::invalid(name, b, "must be in [0, 1)"));
             }
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::invalid("adam epsilon", self.eps, "must be > 0"));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(Error::invalid(
                 "weight decay",
                 self.weight_decay,
                 "must be >= 0",
             ));
         }
-        if !(self.max_grad_norm >= 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             return Err(Error::invalid(
                 "max grad norm",
                 self.max_grad_norm,

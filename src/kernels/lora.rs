@@ -118,7 +118,7 @@ pub fn forward(
     expect_len(OP, "x", x, s.m * s.k)?;
     expect_len(OP, "lora_A", a, s.r * s.k)?;
     expect_len(OP, "lora_B", b, s.n * s.r)?;
-    let vec4 = s.k % 4 == 0 && s.n % 4 == 0 && s.r % 4 == 0;
+    let vec4 = s.k.is_multiple_of(4) && s.n.is_multiple_of(4) && s.r.is_multiple_of(4);
     let (kernel, grid) = match variant {
         LoraVariant::Register if vec4 => (Kernel::LoraForwardVec4, [groups(s.m, 64)?, 1, 1]),
         _ => (Kernel::LoraForward, [groups(s.m, 64)?, 1, 1]),

@@ -81,7 +81,9 @@ impl MatmulOp {
     /// Whether every contiguous dimension is a multiple of 4, so operands can be read as vec4:
     /// K always, M when A is transposed, N unless B is transposed.
     pub fn vec4_friendly(&self) -> bool {
-        self.k % 4 == 0 && (!self.trans_a || self.m % 4 == 0) && (self.trans_b || self.n % 4 == 0)
+        self.k.is_multiple_of(4)
+            && (!self.trans_a || self.m.is_multiple_of(4))
+            && (self.trans_b || self.n.is_multiple_of(4))
     }
 
     /// Floating-point operations (2·m·n·k per batch).

@@ -29,15 +29,13 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
     let mut worst = (0usize, 0.0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let excess = (g - w).abs() - (atol + rtol * w.abs());
-        if !(excess <= worst.1) {
-            worst = (
-                i,
-                if excess.is_nan() {
-                    f32::INFINITY
-                } else {
-                    excess
-                },
-            );
+        let excess = if excess.is_nan() {
+            f32::INFINITY
+        } else {
+            excess
+        };
+        if excess > worst.1 {
+            worst = (i, excess);
         }
     }
     let (i, excess) = worst;
