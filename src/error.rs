@@ -15,6 +15,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// Adapters exist, but none matches the backend or device the user asked for.
+    #[error("no compute-capable adapter matches {wanted} (found: {found}). Choose one of those with --device INDEX or part of its name (WGPU_ADAPTER_NAME), or another --backend (WGPU_BACKEND); `lora-wgpu devices` lists them.")]
+    AdapterNotFound {
+        /// What was asked for.
+        wanted: String,
+        /// The adapters that exist, as "index: name (backend)".
+        found: String,
+    },
+
     /// Requesting the device from the adapter failed.
     #[error("could not open the GPU device on adapter '{adapter}': {source}")]
     RequestDevice {

@@ -44,9 +44,16 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Devices { device } => devices(&device),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -65,7 +72,11 @@ fn devices(args: &DeviceArgs) -> Result<()> {
         "#", "", "name", "backend", "type", "storage bind", "max buffer", "wg mem"
     );
     for a in &all {
-        let mark = if Some(a.index) == chosen { "*" } else { "" };
+        let mark = if chosen.as_ref().ok() == Some(&a.index) {
+            "*"
+        } else {
+            ""
+        };
         let mut feats = Vec::new();
         if !a.compute {
             feats.push("no-compute");
@@ -89,14 +100,8 @@ fn devices(args: &DeviceArgs) -> Result<()> {
             feats.join(",")
         );
     }
-    match chosen {
-        Some(i) => println!(
-            "* = used (driver: {} {})",
-            all[i].info.driver, all[i].info.driver_info
-        ),
-        None => anyhow::bail!(lora_wgpu::Error::NoAdapter {
-            detail: ": none of the adapters above matches the chosen backend / device".into()
-        }),
-    }
+    let i = chosen?;
+    let used = &all[i].info;
+    println!("* = used (driver: {} {})", used.driver, used.driver_info);
     Ok(())
 }

@@ -13,21 +13,26 @@ fn opens_an_adapter_with_the_limits_it_offers() {
     let chosen = chosen.expect("list_adapters chose none although Gpu::new succeeded");
     let summary = &all[chosen];
     assert_eq!(summary.info.name, g.info().name);
+    // WGPU_BACKEND (as CI sets it to run the suite on GL) is honoured.
+    if let Some(wanted) = wgpu::Backends::from_env() {
+        let used = wgpu::Backends::from(g.info().backend);
+        assert!(
+            wanted.contains(used),
+            "WGPU_BACKEND={wanted:?} but {used:?} is in use"
+        );
+    }
     // The device has the adapter's own limits, not WebGPU's low defaults.
     assert_eq!(
         g.limits().max_storage_buffer_binding_size,
         summary.limits.max_storage_buffer_binding_size
     );
     assert_eq!(g.limits().max_buffer_size, summary.limits.max_buffer_size);
-    // Optional features are enabled exactly when offered.
-    assert_eq!(
-        g.features().f16,
-        summary.features.contains(wgpu::Features::SHADER_F16)
-    );
-    assert_eq!(
-        g.features().subgroup,
-        summary.features.contains(wgpu::Features::SUBGROUP)
-    );
+    // Optional features are enabled exactly when offered, unless LORA_WGPU_NO_OPTIONAL_FEATURES
+    // hides them.
+    let allowed = !GpuOptions::from_env().no_optional_features;
+    let offered = |f| allowed && summary.features.contains(f);
+    assert_eq!(g.features().f16, offered(wgpu::Features::SHADER_F16));
+    assert_eq!(g.features().subgroup, offered(wgpu::Features::SUBGROUP));
 }
 
 #[test]

@@ -194,10 +194,10 @@ fn enumerate(inst: &wgpu::Instance) -> Vec<(wgpu::Adapter, AdapterSummary)> {
 }
 
 /// Every adapter wgpu finds under `options` (backend filter applied, name filter not), and the
-/// index of the one [`Gpu::new`] would choose.
-pub fn list_adapters(options: &GpuOptions) -> (Vec<AdapterSummary>, Option<usize>) {
+/// index of the one [`Gpu::new`] would choose (or why none would be).
+pub fn list_adapters(options: &GpuOptions) -> (Vec<AdapterSummary>, Result<usize>) {
     let all = enumerate(&instance(options.backends));
-    let chosen = choose(&all, options).ok().map(|(_, s)| s.index);
+    let chosen = choose(&all, options).map(|(_, s)| s.index);
     (all.into_iter().map(|(_, s)| s).collect(), chosen)
 }
 
@@ -247,12 +247,20 @@ fn choose<'a>(
                 s.index,
             )
         })
-        .ok_or_else(|| Error::NoAdapter {
-            detail: if all.is_empty() {
-                String::new()
+        .ok_or_else(|| {
+            if all.is_empty() {
+                Error::NoAdapter {
+                    detail: match options.backends {
+                        Some(b) => format!(" for backends {b:?}"),
+                        None => String::new(),
+                    },
+                }
             } else {
-                format!(" with compute shader support (found: {})", names())
-            },
+                Error::AdapterNotFound {
+                    wanted: "compute shader support".into(),
+                    found: names(),
+                }
+            }
         })
 }
 
