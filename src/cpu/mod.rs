@@ -5,6 +5,7 @@
 //! Accumulation is in f64 where a sum runs over a long dimension, so the reference is more
 //! accurate than the kernels it checks.
 
+pub mod gpt2;
 pub mod philox;
 
 use crate::kernels::{adamw::AdamW, dropout::Dropout, lora::LoraShape, matmul::MatmulOp};

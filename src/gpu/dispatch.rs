@@ -24,13 +24,23 @@ pub enum ShaderFile {
     Merge,
     /// `peak.wgsl`
     Peak,
+    /// `embedding.wgsl`
+    Embedding,
+    /// `layernorm.wgsl`
+    Layernorm,
+    /// `elementwise.wgsl`
+    Elementwise,
+    /// `attention.wgsl`
+    Attention,
+    /// `cross_entropy.wgsl`
+    CrossEntropy,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 7] = [
+    pub const ALL: [ShaderFile; 12] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
@@ -38,6 +48,11 @@ impl ShaderFile {
         ShaderFile::Reduce,
         ShaderFile::Merge,
         ShaderFile::Peak,
+        ShaderFile::Embedding,
+        ShaderFile::Layernorm,
+        ShaderFile::Elementwise,
+        ShaderFile::Attention,
+        ShaderFile::CrossEntropy,
     ];
 
     /// File name inside `shaders/`.
@@ -50,6 +65,11 @@ impl ShaderFile {
             ShaderFile::Reduce => "reduce.wgsl",
             ShaderFile::Merge => "merge.wgsl",
             ShaderFile::Peak => "peak.wgsl",
+            ShaderFile::Embedding => "embedding.wgsl",
+            ShaderFile::Layernorm => "layernorm.wgsl",
+            ShaderFile::Elementwise => "elementwise.wgsl",
+            ShaderFile::Attention => "attention.wgsl",
+            ShaderFile::CrossEntropy => "cross_entropy.wgsl",
         }
     }
 
@@ -72,6 +92,13 @@ impl ShaderFile {
             ShaderFile::Reduce => include_str!("../../shaders/reduce.wgsl").to_string(),
             ShaderFile::Merge => include_str!("../../shaders/merge.wgsl").to_string(),
             ShaderFile::Peak => include_str!("../../shaders/peak.wgsl").to_string(),
+            ShaderFile::Embedding => include_str!("../../shaders/embedding.wgsl").to_string(),
+            ShaderFile::Layernorm => include_str!("../../shaders/layernorm.wgsl").to_string(),
+            ShaderFile::Elementwise => include_str!("../../shaders/elementwise.wgsl").to_string(),
+            ShaderFile::Attention => include_str!("../../shaders/attention.wgsl").to_string(),
+            ShaderFile::CrossEntropy => {
+                include_str!("../../shaders/cross_entropy.wgsl").to_string()
+            }
         }
     }
 }
@@ -122,11 +149,35 @@ pub enum Kernel {
     MergeForward,
     /// FMA throughput probe.
     PeakFma,
+    /// Token + position embedding (one vocab shard).
+    EmbeddingForward,
+    /// LayerNorm forward.
+    LayernormForward,
+    /// LayerNorm backward (input gradient only).
+    LayernormBackward,
+    /// gelu_new forward.
+    GeluForward,
+    /// gelu_new backward.
+    GeluBackward,
+    /// out = a + b.
+    AddForward,
+    /// Causal self-attention forward.
+    AttentionForward,
+    /// Attention backward over query rows: dpreatt and dq.
+    AttentionBackwardRows,
+    /// Attention backward over key columns: dk and dv.
+    AttentionBackwardCols,
+    /// Running softmax statistics of one logits chunk.
+    CeStats,
+    /// Per-row cross-entropy loss.
+    CeLoss,
+    /// dlogits of one chunk, in place.
+    CeGrad,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -143,6 +194,18 @@ impl Kernel {
         Kernel::SumsqFinal,
         Kernel::MergeForward,
         Kernel::PeakFma,
+        Kernel::EmbeddingForward,
+        Kernel::LayernormForward,
+        Kernel::LayernormBackward,
+        Kernel::GeluForward,
+        Kernel::GeluBackward,
+        Kernel::AddForward,
+        Kernel::AttentionForward,
+        Kernel::AttentionBackwardRows,
+        Kernel::AttentionBackwardCols,
+        Kernel::CeStats,
+        Kernel::CeLoss,
+        Kernel::CeGrad,
     ];
 
     /// The shader file holding the kernel.
@@ -157,6 +220,13 @@ impl Kernel {
             SumsqPartial | SumsqFinal => ShaderFile::Reduce,
             MergeForward => ShaderFile::Merge,
             PeakFma => ShaderFile::Peak,
+            EmbeddingForward => ShaderFile::Embedding,
+            LayernormForward | LayernormBackward => ShaderFile::Layernorm,
+            GeluForward | GeluBackward | AddForward => ShaderFile::Elementwise,
+            AttentionForward | AttentionBackwardRows | AttentionBackwardCols => {
+                ShaderFile::Attention
+            }
+            CeStats | CeLoss | CeGrad => ShaderFile::CrossEntropy,
         }
     }
 
@@ -180,6 +250,18 @@ impl Kernel {
             SumsqFinal => "sumsq_final",
             MergeForward => "merge_forward",
             PeakFma => "peak_fma",
+            EmbeddingForward => "embedding_forward",
+            LayernormForward => "layernorm_forward",
+            LayernormBackward => "layernorm_backward",
+            GeluForward => "gelu_forward",
+            GeluBackward => "gelu_backward",
+            AddForward => "add_forward",
+            AttentionForward => "attention_forward",
+            AttentionBackwardRows => "attention_backward_rows",
+            AttentionBackwardCols => "attention_backward_cols",
+            CeStats => "ce_stats",
+            CeLoss => "ce_loss",
+            CeGrad => "ce_grad",
         }
     }
 
@@ -202,6 +284,18 @@ impl Kernel {
             SumsqFinal => &[(3, R), (4, W)],
             MergeForward => &[(1, R), (2, R), (3, W)],
             PeakFma => &[(1, W)],
+            EmbeddingForward => &[(1, R), (2, R), (3, R), (4, W)],
+            LayernormForward => &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W)],
+            LayernormBackward => &[(7, R), (1, R), (2, R), (8, R), (9, R), (10, W)],
+            GeluForward => &[(1, R), (2, W)],
+            GeluBackward => &[(3, R), (1, R), (4, W)],
+            AddForward => &[(5, R), (6, R), (2, W)],
+            AttentionForward => &[(1, R), (2, W), (3, W)],
+            AttentionBackwardRows => &[(4, R), (1, R), (5, R), (6, W), (7, W)],
+            AttentionBackwardCols => &[(4, R), (1, R), (5, R), (8, R), (7, W)],
+            CeStats => &[(1, R), (2, R), (3, W), (4, W), (5, W)],
+            CeLoss => &[(1, R), (7, R), (8, R), (9, R), (6, W)],
+            CeGrad => &[(1, R), (7, R), (8, R), (10, W)],
         }
     }
 

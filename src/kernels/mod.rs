@@ -5,7 +5,12 @@
 //! Signatures follow llm.c: outputs first, then inputs, then the shape.
 
 pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
 pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod layernorm;
 pub mod lora;
 pub mod matmul;
 pub mod merge;
@@ -76,6 +81,11 @@ mod tests {
             ShaderFile::Reduce => size_of::<super::reduce::Params>(),
             ShaderFile::Merge => size_of::<super::merge::Params>(),
             ShaderFile::Peak => size_of::<super::peak::Params>(),
+            ShaderFile::Embedding => size_of::<super::embedding::Params>(),
+            ShaderFile::Layernorm => size_of::<super::layernorm::Params>(),
+            ShaderFile::Elementwise => size_of::<super::elementwise::Params>(),
+            ShaderFile::Attention => size_of::<super::attention::Params>(),
+            ShaderFile::CrossEntropy => size_of::<super::cross_entropy::Params>(),
         }
     }
 
