@@ -96,3 +96,33 @@ fn upload_download_round_trip_and_clear() {
     let ids = g.upload_u32("ids", &[1, 2, 50256], &[3]).unwrap();
     assert_eq!(g.download_u32(&ids).unwrap(), vec![1, 2, 50256]);
 }
+
+#[test]
+fn views_share_the_buffer_at_aligned_offsets() {
+    let g = gpu();
+    let flat = g.zeros("flat", &[256]).unwrap();
+    let a = flat.view("a", 64, &[2, 3]).unwrap();
+    g.write(&a, &[1., 2., 3., 4., 5., 6.]).unwrap();
+    let all = g.download(&flat).unwrap();
+    assert_eq!(&all[64..70], &[1., 2., 3., 4., 5., 6.]);
+    assert!(all[..64].iter().chain(&all[70..]).all(|&v| v == 0.0));
+    assert_eq!(g.download(&a).unwrap(), vec![1., 2., 3., 4., 5., 6.]);
+    // A kernel writes through a view without touching the rest of the buffer.
+    let x = g.upload("x", &[1., 1., 1.], &[1, 3]).unwrap();
+    let w = g
+        .upload("w", &[1., 0., 0., 0., 1., 0., 0., 0., 1.], &[3, 3])
+        .unwrap();
+    let out = flat.view("out", 128, &[1, 3]).unwrap();
+    let op = lora_wgpu::kernels::matmul::MatmulOp::new(1, 3, 3);
+    let d =
+        lora_wgpu::kernels::matmul::matmul(g, g.default_matmul(), &out, &x, &w, None, &op).unwrap();
+    g.run(&[&d]).unwrap();
+    let all = g.download(&flat).unwrap();
+    assert_eq!(&all[128..131], &[1., 1., 1.]);
+    assert_eq!(&all[64..70], &[1., 2., 3., 4., 5., 6.]);
+    g.clear(&a).unwrap();
+    let all = g.download(&flat).unwrap();
+    assert!(all[64..70].iter().all(|&v| v == 0.0) && all[128] == 1.0);
+    assert!(flat.view("misaligned", 3, &[2]).is_err());
+    assert!(flat.view("past the end", 192, &[100]).is_err());
+}

@@ -504,7 +504,7 @@ impl Gpu {
         for (&(binding, _), t) in spec.iter().zip(tensors) {
             entries.push(wgpu::BindGroupEntry {
                 binding,
-                resource: t.buffer().as_entire_binding(),
+                resource: t.binding(),
             });
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -636,7 +636,7 @@ impl Recording {
         while i < self.ops.len() {
             match &self.ops[i] {
                 Op::Clear(t) => {
-                    enc.clear_buffer(t.buffer(), 0, None);
+                    enc.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
                     i += 1;
                 }
                 Op::Dispatch(_) => {

@@ -8,7 +8,7 @@ mod dispatch;
 mod tensor;
 
 pub use dispatch::{Access, Dispatch, Kernel, Recording, ShaderFile};
-pub use tensor::Tensor;
+pub use tensor::{Tensor, VIEW_ALIGN};
 
 pub(crate) use dispatch::groups_1d;
 
@@ -466,7 +466,7 @@ impl Gpu {
         let t = self.zeros(name, shape)?;
         if !data.is_empty() {
             self.queue
-                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
         }
         Ok(t)
     }
@@ -481,7 +481,7 @@ impl Gpu {
         }
         if !data.is_empty() {
             self.queue
-                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -489,7 +489,7 @@ impl Gpu {
     /// Fill `t` with zeros (ordered before the next submitted work).
     pub fn clear(&self, t: &Tensor) -> Result<()> {
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.clear_buffer(t.buffer(), 0, None);
+        enc.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
         self.queue.submit([enc.finish()]);
         self.check("clear")
     }
@@ -519,7 +519,7 @@ impl Gpu {
             })
         })?;
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes);
+        enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, bytes);
         self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {

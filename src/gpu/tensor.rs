@@ -6,10 +6,16 @@
 #[derive(Clone, Debug)]
 pub struct Tensor {
     buffer: wgpu::Buffer,
+    /// Byte offset of element 0 inside `buffer` (non-zero for views).
+    offset: u64,
     shape: Vec<usize>,
     len: usize,
     name: String,
 }
+
+/// Views start at multiples of this many bytes: WebGPU's largest allowed
+/// `min_storage_buffer_offset_alignment`, so a layout is valid on every adapter.
+pub const VIEW_ALIGN: u64 = 256;
 
 impl Tensor {
     pub(crate) fn new_raw(device: &wgpu::Device, name: &str, shape: &[usize], bytes: u64) -> Self {
@@ -23,10 +29,51 @@ impl Tensor {
         });
         Tensor {
             buffer,
+            offset: 0,
             shape: shape.to_vec(),
             len: shape.iter().product(),
             name: name.to_string(),
         }
+    }
+
+    /// A view of `shape` starting `start` elements into this tensor, sharing its buffer.
+    /// `start · 4` must be a multiple of [`VIEW_ALIGN`].
+    pub fn view(&self, name: &str, start: usize, shape: &[usize]) -> crate::Result<Tensor> {
+        let len: usize = shape.iter().product();
+        let offset = self.offset + start as u64 * 4;
+        if start + len > self.len || offset % VIEW_ALIGN != 0 {
+            return Err(crate::Error::shape(
+                "view",
+                format!(
+                    "{name}: elements {start}..{} of {} ({} elements); views must lie inside it and start at a multiple of {} elements",
+                    start + len,
+                    self.name,
+                    self.len,
+                    VIEW_ALIGN / 4
+                ),
+            ));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            offset,
+            shape: shape.to_vec(),
+            len,
+            name: name.to_string(),
+        })
+    }
+
+    /// Byte offset of the first element inside [`Tensor::buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The bytes this tensor covers, for binding: whole buffer or the view's range.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new((self.len.max(1) * 4) as u64),
+        })
     }
 
     /// The shape, outermost dimension first.
@@ -49,9 +96,9 @@ impl Tensor {
         &self.name
     }
 
-    /// Size of the underlying buffer in bytes.
+    /// Size in bytes of the elements this tensor covers.
     pub fn bytes(&self) -> u64 {
-        self.buffer.size()
+        self.len as u64 * 4
     }
 
     /// The wgpu buffer.
