@@ -6,14 +6,15 @@
 //   ce_grad:   logits <- dlogits = (softmax - onehot(target)) · dloss, in place (second pass,
 //              after the logits of the chunk are recomputed)
 //   targets: (N,) u32, IGNORE = 0xFFFFFFFF    maxv, sumexp, target_logit, loss: (N,)
+//   dloss: (1,) d(mean loss)/d(loss[row]) = 1 / (number of counted targets), set per batch
 
 struct Params {
     n: u32,
     vc: u32,
     v0: u32,
     first: u32,     // 1 for the first chunk: reset the running statistics
-    dloss: f32,     // d(mean loss)/d(loss[row]) = 1 / (number of counted targets)
     _pad0: u32,
+    _pad3: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -31,6 +32,7 @@ const IGNORE: u32 = 0xFFFFFFFFu;
 @group(0) @binding(8) var<storage, read> sumexp_in: array<f32>;
 @group(0) @binding(9) var<storage, read> target_logit_in: array<f32>;
 @group(0) @binding(10) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(11) var<storage, read> dloss: array<f32>;
 
 @compute @workgroup_size(64)
 fn ce_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -91,7 +93,7 @@ fn ce_grad(
     if tgt != IGNORE {
         let prob = exp(logits[e] - maxv_in[row]) / sumexp_in[row];
         let onehot = select(0.0, 1.0, tgt == p.v0 + e % p.vc);
-        g = (prob - onehot) * p.dloss;
+        g = (prob - onehot) * dloss[0];
     }
     logits[e] = g;
 }

@@ -103,6 +103,24 @@ pub enum Error {
         expected: String,
     },
 
+    /// A file exists but its contents are not what was expected.
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        detail: String,
+    },
+
+    /// A checkpoint lacks a tensor, has one too many, or has one of the wrong shape or dtype.
+    #[error("{path}: {detail}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Which tensor and what is wrong.
+        detail: String,
+    },
+
     /// A problem reading or writing a file.
     #[error("{path}: {source}")]
     Io {

@@ -31,6 +31,8 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod lora;
+pub mod model;
 
 pub use error::{Error, Result};
 

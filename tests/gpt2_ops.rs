@@ -192,9 +192,10 @@ fn chunked_cross_entropy_matches_full_softmax() {
     );
     assert_close(&g.download(&loss).unwrap(), &wl, ATOL, RTOL, "loss");
     // Pass 2: dlogits chunk by chunk.
+    let dloss = g.upload("dloss", &[1.0 / counted], &[1]).unwrap();
     for &(v0, vc) in &chunks {
         let tl = g.upload("logits chunk", &slice(v0, vc), &[n, vc]).unwrap();
-        g.run(&[&ce::grad(g, &tl, &st, &tt, v0, 1.0 / counted).unwrap()])
+        g.run(&[&ce::grad(g, &tl, &st, &tt, &dloss, v0).unwrap()])
             .unwrap();
         let want: Vec<f32> = (0..n)
             .flat_map(|r| wd[r * v + v0..r * v + v0 + vc].to_vec())

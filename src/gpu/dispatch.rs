@@ -295,7 +295,7 @@ impl Kernel {
             AttentionBackwardCols => &[(4, R), (1, R), (5, R), (8, R), (7, W)],
             CeStats => &[(1, R), (2, R), (3, W), (4, W), (5, W)],
             CeLoss => &[(1, R), (7, R), (8, R), (9, R), (6, W)],
-            CeGrad => &[(1, R), (7, R), (8, R), (10, W)],
+            CeGrad => &[(1, R), (7, R), (8, R), (10, W), (11, R)],
         }
     }
 
@@ -583,7 +583,7 @@ impl Dispatch {
 }
 
 enum Op {
-    Dispatch(Dispatch),
+    Dispatch(Arc<Dispatch>),
     Clear(Tensor),
 }
 
@@ -603,6 +603,11 @@ impl Recording {
 
     /// Append a dispatch.
     pub fn push(&mut self, d: Dispatch) {
+        self.ops.push(Op::Dispatch(Arc::new(d)));
+    }
+
+    /// Append a dispatch that something else also holds (e.g. to update its parameters).
+    pub fn push_shared(&mut self, d: Arc<Dispatch>) {
         self.ops.push(Op::Dispatch(d));
     }
 
@@ -624,29 +629,49 @@ impl Recording {
     /// The recorded dispatches, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.ops.iter().filter_map(|op| match op {
-            Op::Dispatch(d) => Some(d),
+            Op::Dispatch(d) => Some(&**d),
             Op::Clear(_) => None,
         })
     }
 
-    /// Encode everything into one command buffer and submit it. Does not wait for the GPU.
-    pub fn run(&self, gpu: &Gpu) -> Result<()> {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
+    fn encode(&self, enc: &mut wgpu::CommandEncoder, count: usize) {
+        let ops = &self.ops[..count.min(self.ops.len())];
         let mut i = 0;
-        while i < self.ops.len() {
-            match &self.ops[i] {
+        while i < ops.len() {
+            match &ops[i] {
                 Op::Clear(t) => {
                     enc.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
                     i += 1;
                 }
                 Op::Dispatch(_) => {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    while let Some(Op::Dispatch(d)) = self.ops.get(i) {
+                    while let Some(Op::Dispatch(d)) = ops.get(i) {
                         d.encode(&mut pass);
                         i += 1;
                     }
                 }
             }
+        }
+    }
+
+    /// Encode everything into one command buffer and submit it. Does not wait for the GPU.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        Self::run_all(gpu, &[self])
+    }
+
+    /// Encode the first `count` operations only, and submit them. Does not wait.
+    pub fn run_prefix(&self, gpu: &Gpu, count: usize) -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc, count);
+        gpu.queue.submit([enc.finish()]);
+        gpu.check("running a recording")
+    }
+
+    /// Encode several recordings, in order, into one command buffer and submit it once.
+    pub fn run_all(gpu: &Gpu, recordings: &[&Recording]) -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for r in recordings {
+            r.encode(&mut enc, r.ops.len());
         }
         gpu.queue.submit([enc.finish()]);
         gpu.check("running a recording")

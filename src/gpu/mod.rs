@@ -471,6 +471,21 @@ impl Gpu {
         Ok(t)
     }
 
+    /// Overwrite all of `t` with raw 32-bit words. Ordered before the next submitted work.
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
+        if t.len() != data.len() {
+            return Err(Error::shape(
+                "write_u32",
+                format!("{} has {} values, {} given", t.name(), t.len(), data.len()),
+            ));
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
     /// Overwrite all of `t` with `data`. Ordered before the next submitted work.
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         if t.len() != data.len() {

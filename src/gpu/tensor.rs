@@ -41,7 +41,7 @@ impl Tensor {
     pub fn view(&self, name: &str, start: usize, shape: &[usize]) -> crate::Result<Tensor> {
         let len: usize = shape.iter().product();
         let offset = self.offset + start as u64 * 4;
-        if start + len > self.len || offset % VIEW_ALIGN != 0 {
+        if start + len > self.len || !offset.is_multiple_of(VIEW_ALIGN) {
             return Err(crate::Error::shape(
                 "view",
                 format!(

@@ -98,7 +98,7 @@ pub(crate) struct Params {
 /// A recorded AdamW update whose step and learning rate are set before each replay.
 #[derive(Debug)]
 pub struct AdamWUpdate {
-    dispatch: Dispatch,
+    dispatch: std::sync::Arc<Dispatch>,
     cfg: AdamW,
     n: u32,
 }
@@ -144,10 +144,10 @@ impl AdamWUpdate {
         &self.dispatch
     }
 
-    /// Consume into the dispatch (for a [`Recording`](crate::gpu::Recording)); set the step
-    /// before recording, or keep the `AdamWUpdate` and replay its [`AdamWUpdate::dispatch`].
-    pub fn into_dispatch(self) -> Dispatch {
-        self.dispatch
+    /// The dispatch, shared, for a [`Recording`](crate::gpu::Recording): later
+    /// [`AdamWUpdate::set_step`] calls still reach it.
+    pub fn shared(&self) -> std::sync::Arc<Dispatch> {
+        self.dispatch.clone()
     }
 }
 
@@ -174,7 +174,13 @@ pub fn update(
     let grid = groups_1d(groups(n as usize, 256)?);
     let tensors = [param, grad, m, v, norm_sq];
     Ok(AdamWUpdate {
-        dispatch: gpu.dispatch(Kernel::AdamwUpdate, &[], &params, &tensors, grid)?,
+        dispatch: std::sync::Arc::new(gpu.dispatch(
+            Kernel::AdamwUpdate,
+            &[],
+            &params,
+            &tensors,
+            grid,
+        )?),
         cfg: *cfg,
         n,
     })

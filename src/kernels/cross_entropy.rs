@@ -16,8 +16,7 @@ pub(crate) struct Params {
     vc: u32,
     v0: u32,
     first: u32,
-    dloss: f32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 /// The running per-row state of the chunked softmax.
@@ -42,14 +41,13 @@ impl CeState {
     }
 }
 
-fn params(n: usize, vc: usize, v0: usize, first: bool, dloss: f32) -> Result<Params> {
+fn params(n: usize, vc: usize, v0: usize, first: bool) -> Result<Params> {
     Ok(Params {
         n: u32_of("rows", n)?,
         vc: u32_of("vocab chunk", vc)?,
         v0: u32_of("vocab offset", v0)?,
         first: first.into(),
-        dloss,
-        _pad: [0; 3],
+        _pad: [0; 4],
     })
 }
 
@@ -69,7 +67,7 @@ pub fn stats(
     gpu.dispatch(
         Kernel::CeStats,
         &[],
-        &params(n, vc, v0, first, 0.0)?,
+        &params(n, vc, v0, first)?,
         &t,
         [groups(n, 64)?, 1, 1],
     )
@@ -83,31 +81,27 @@ pub fn loss(gpu: &Gpu, loss: &Tensor, st: &CeState, targets: &Tensor) -> Result<
     gpu.dispatch(
         Kernel::CeLoss,
         &[],
-        &params(n, 1, 0, false, 0.0)?,
+        &params(n, 1, 0, false)?,
         &t,
         [groups(n, 64)?, 1, 1],
     )
 }
 
-/// logits (N, vc) of vocab ids v0.. <- (softmax - onehot) · dloss, in place.
+/// logits (N, vc) of vocab ids v0.. <- (softmax - onehot) · dloss[0], in place.
+///   dloss: (1,) the gradient of the reduced loss w.r.t. each row's loss (1 / counted rows)
 pub fn grad(
     gpu: &Gpu,
     logits: &Tensor,
     st: &CeState,
     targets: &Tensor,
+    dloss: &Tensor,
     v0: usize,
-    dloss: f32,
 ) -> Result<Dispatch> {
     let n = targets.len();
     let vc = logits.len() / n.max(1);
     expect_len("cross_entropy::grad", "logits", logits, n * vc)?;
-    let t = [targets, &st.maxv, &st.sumexp, logits];
+    expect_len("cross_entropy::grad", "dloss", dloss, 1)?;
+    let t = [targets, &st.maxv, &st.sumexp, logits, dloss];
     let grid = groups_1d(groups(n * vc, 256)?);
-    gpu.dispatch(
-        Kernel::CeGrad,
-        &[],
-        &params(n, vc, v0, false, dloss)?,
-        &t,
-        grid,
-    )
+    gpu.dispatch(Kernel::CeGrad, &[], &params(n, vc, v0, false)?, &t, grid)
 }

@@ -1,0 +1,236 @@
+//! LoRA configuration, PEFT's target matching, the flat parameter layout, and PEFT adapter I/O.
+
+pub mod peft;
+
+use crate::error::{Error, Result};
+use crate::gpu::VIEW_ALIGN;
+use crate::kernels::lora::MAX_RANK;
+use crate::model::Gpt2Config;
+
+/// A LoRA adapter's hyperparameters, named as in PEFT's `LoraConfig`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank r.
+    pub r: usize,
+    /// lora_alpha; the update is scaled by alpha / r (alpha / √r with rsLoRA).
+    pub alpha: f32,
+    /// Dropout on the adapter's input, in [0, 1).
+    pub dropout: f32,
+    /// PEFT target names: a module matches when its path equals a name or ends with "." + name;
+    /// "all-linear" targets every linear layer of the blocks.
+    pub target_modules: Vec<String>,
+    /// Only these block indices (None: all).
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// Scale by alpha / √r instead of alpha / r.
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: vec!["c_attn".into(), "c_proj".into()],
+            layers_to_transform: None,
+            use_rslora: false,
+        }
+    }
+}
+
+/// The linear layers of a GPT-2 block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Linear {
+    /// attn.c_attn: C -> 3C
+    CAttn,
+    /// attn.c_proj: C -> C
+    AttnCProj,
+    /// mlp.c_fc: C -> 4C
+    CFc,
+    /// mlp.c_proj: 4C -> C
+    MlpCProj,
+}
+
+impl Linear {
+    /// All four, in the order a block applies them.
+    pub const ALL: [Linear; 4] = [
+        Linear::CAttn,
+        Linear::AttnCProj,
+        Linear::CFc,
+        Linear::MlpCProj,
+    ];
+
+    /// Path inside block i, as PEFT sees it ("h.{i}." + this).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Linear::CAttn => "attn.c_attn",
+            Linear::AttnCProj => "attn.c_proj",
+            Linear::CFc => "mlp.c_fc",
+            Linear::MlpCProj => "mlp.c_proj",
+        }
+    }
+
+    /// (in, out) features.
+    pub fn dims(self, c: usize) -> (usize, usize) {
+        match self {
+            Linear::CAttn => (c, 3 * c),
+            Linear::AttnCProj => (c, c),
+            Linear::CFc => (c, 4 * c),
+            Linear::MlpCProj => (4 * c, c),
+        }
+    }
+}
+
+/// PEFT's rule: `target` matches `path` when equal or when `path` ends with "." + target.
+pub fn target_matches(target: &str, path: &str) -> bool {
+    target == "all-linear" || path == target || path.ends_with(&format!(".{target}"))
+}
+
+impl LoraConfig {
+    /// alpha / r, or alpha / √r with rsLoRA.
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.alpha / (self.r as f32).sqrt()
+        } else {
+            self.alpha / self.r as f32
+        }
+    }
+
+    /// Check the hyperparameters against the model.
+    pub fn validate(&self, cfg: &Gpt2Config) -> Result<()> {
+        let c = cfg.n_embd;
+        if self.r == 0 || self.r > MAX_RANK || self.r > c {
+            return Err(Error::invalid(
+                "rank",
+                self.r,
+                format!("must be in 1..={} for this model", MAX_RANK.min(c)),
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err(Error::invalid("alpha", self.alpha, "must be > 0"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid("dropout", self.dropout, "must be in [0, 1)"));
+        }
+        if let Some(layers) = &self.layers_to_transform {
+            if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+                return Err(Error::invalid(
+                    "layers_to_transform",
+                    bad,
+                    format!("the model has layers 0..{}", cfg.n_layer),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One adapted module and where its A and B live in the flat parameter buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraEntry {
+    /// Block index.
+    pub layer: usize,
+    /// Which linear layer.
+    pub linear: Linear,
+    /// Input features (A is (r, d_in)).
+    pub d_in: usize,
+    /// Output features (B is (d_out, r)).
+    pub d_out: usize,
+    /// Element offset of A.
+    pub a_offset: usize,
+    /// Element offset of B.
+    pub b_offset: usize,
+}
+
+impl LoraEntry {
+    /// PEFT's module path, e.g. `h.3.attn.c_attn`.
+    pub fn path(&self) -> String {
+        format!("h.{}.{}", self.layer, self.linear.suffix())
+    }
+}
+
+/// Where every adapted module's parameters sit in one flat buffer (each piece starts at a
+/// [`VIEW_ALIGN`] boundary). Grads and AdamW moments share this layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraLayout {
+    /// Rank.
+    pub r: usize,
+    /// Adapted modules in model order.
+    pub entries: Vec<LoraEntry>,
+    /// Elements in the flat buffer, padding included.
+    pub len: usize,
+}
+
+impl LoraLayout {
+    /// Resolve `lora.target_modules` against the model's module names (PEFT's matching).
+    /// A config that matches nothing is an error listing the names that exist.
+    pub fn new(cfg: &Gpt2Config, lora: &LoraConfig) -> Result<Self> {
+        lora.validate(cfg)?;
+        let align = (VIEW_ALIGN / 4) as usize;
+        let mut entries = Vec::new();
+        let mut len = 0usize;
+        let mut take = |n: usize| {
+            let at = len;
+            len += n.div_ceil(align) * align;
+            at
+        };
+        for layer in 0..cfg.n_layer {
+            if let Some(ls) = &lora.layers_to_transform {
+                if !ls.contains(&layer) {
+                    continue;
+                }
+            }
+            for linear in Linear::ALL {
+                let path = format!("h.{layer}.{}", linear.suffix());
+                if !lora.target_modules.iter().any(|t| target_matches(t, &path)) {
+                    continue;
+                }
+                let (d_in, d_out) = linear.dims(cfg.n_embd);
+                let a_offset = take(lora.r * d_in);
+                let b_offset = take(d_out * lora.r);
+                entries.push(LoraEntry {
+                    layer,
+                    linear,
+                    d_in,
+                    d_out,
+                    a_offset,
+                    b_offset,
+                });
+            }
+        }
+        if entries.is_empty() {
+            return Err(Error::invalid(
+                "target_modules",
+                format!("{:?}", lora.target_modules),
+                "matches no module; GPT-2's linear layers are c_attn, c_proj, c_fc (paths h.N.attn.c_attn, h.N.attn.c_proj, h.N.mlp.c_fc, h.N.mlp.c_proj), or use all-linear",
+            ));
+        }
+        Ok(LoraLayout {
+            r: lora.r,
+            entries,
+            len,
+        })
+    }
+
+    /// Trainable parameters (padding excluded).
+    pub fn num_parameters(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| self.r * (e.d_in + e.d_out))
+            .sum()
+    }
+
+    /// Initial values as PEFT sets them: A Kaiming-uniform (a = √5, so U(±1/√d_in)), B zero.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut flat = vec![0.0f32; self.len];
+        for e in &self.entries {
+            let bound = 1.0 / (e.d_in as f32).sqrt();
+            for v in &mut flat[e.a_offset..e.a_offset + self.r * e.d_in] {
+                *v = rng.random_range(-bound..bound);
+            }
+        }
+        flat
+    }
+}

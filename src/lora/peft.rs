@@ -1,0 +1,159 @@
+//! Hugging Face PEFT's adapter format: `adapter_config.json` + `adapter_model.safetensors`.
+
+use std::path::Path;
+
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+use super::{LoraConfig, LoraEntry, LoraLayout};
+use crate::error::{Error, Result};
+
+/// The fields of `adapter_config.json` this crate reads.
+#[derive(Deserialize)]
+struct AdapterConfigJson {
+    peft_type: String,
+    r: usize,
+    lora_alpha: f32,
+    #[serde(default)]
+    lora_dropout: f32,
+    target_modules: TargetModules,
+    #[serde(default)]
+    layers_to_transform: Option<LayerList>,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default = "none")]
+    bias: String,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetModules {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LayerList {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+/// Read a PEFT `adapter_config.json` into a [`LoraConfig`].
+pub fn read_config(path: &Path) -> Result<LoraConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |detail: String| Error::Format {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let c: AdapterConfigJson = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a PEFT adapter_config.json: {e}")))?;
+    if c.peft_type != "LORA" {
+        return Err(bad(format!(
+            "peft_type is {:?}; only LORA adapters are supported",
+            c.peft_type
+        )));
+    }
+    if c.bias != "none" {
+        return Err(bad(format!(
+            "bias = {:?}; only bias \"none\" is supported",
+            c.bias
+        )));
+    }
+    Ok(LoraConfig {
+        r: c.r,
+        alpha: c.lora_alpha,
+        dropout: c.lora_dropout,
+        target_modules: match c.target_modules {
+            TargetModules::One(s) => vec![s],
+            TargetModules::Many(v) => v,
+        },
+        layers_to_transform: c.layers_to_transform.map(|l| match l {
+            LayerList::One(i) => vec![i],
+            LayerList::Many(v) => v,
+        }),
+        use_rslora: c.use_rslora,
+    })
+}
+
+/// PEFT's key for an entry's A (`which = "A"`) or B: `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight`.
+pub fn key(entry: &LoraEntry, which: &str) -> String {
+    format!(
+        "base_model.model.transformer.{}.lora_{which}.weight",
+        entry.path()
+    )
+}
+
+/// Read `adapter_model.safetensors` into the flat layout, strictly: every adapted module's A
+/// (r, in) and B (out, r) present with its shape, no tensor the layout does not expect.
+pub fn read_weights(path: &Path, layout: &LoraLayout) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |detail: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+    let mut flat = vec![0.0f32; layout.len];
+    let mut seen = 0usize;
+    for e in &layout.entries {
+        for (which, offset, shape) in [
+            ("A", e.a_offset, [layout.r, e.d_in]),
+            ("B", e.b_offset, [e.d_out, layout.r]),
+        ] {
+            let k = key(e, which);
+            let view = st.tensor(&k).map_err(|_| {
+                bad(format!("missing tensor {k}: the adapter was made for other target modules or another model"))
+            })?;
+            if view.shape() != shape {
+                return Err(bad(format!(
+                    "tensor {k} has shape {:?}, expected {shape:?}: the adapter was made for another model or rank",
+                    view.shape()
+                )));
+            }
+            let values = crate::model::weights::to_f32(path, &k, view.dtype(), view.data())?;
+            flat[offset..offset + values.len()].copy_from_slice(&values);
+            seen += 1;
+        }
+    }
+    if st.len() != seen {
+        let mut extra: Vec<_> = st
+            .names()
+            .into_iter()
+            .filter(|n| {
+                !layout
+                    .entries
+                    .iter()
+                    .any(|e| key(e, "A") == *n || key(e, "B") == *n)
+            })
+            .map(str::to_string)
+            .collect();
+        extra.sort();
+        return Err(bad(format!(
+            "unexpected tensors for this LoRA configuration: {}",
+            extra.join(", ")
+        )));
+    }
+    Ok(flat)
+}
+
+/// Load a PEFT adapter directory: its config, the flat layout for `model`, and the weights.
+pub fn load(
+    dir: &Path,
+    model: &crate::model::Gpt2Config,
+) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
+    let cfg = read_config(&dir.join("adapter_config.json"))?;
+    let layout = LoraLayout::new(model, &cfg)?;
+    let flat = read_weights(&dir.join("adapter_model.safetensors"), &layout)?;
+    Ok((cfg, layout, flat))
+}

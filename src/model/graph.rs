@@ -1,0 +1,758 @@
+//! The GPT-2 + LoRA graph: weights on the GPU, and a training step (forward, backward, grad
+//! norm, AdamW) recorded once per batch shape and replayed with one submit per step.
+//!
+//! Forward and backward are explicit op sequences in llm.c's style; backward makes the same
+//! calls in reverse. Frozen weights get no gradient: only the LoRA A and B, which live in one
+//! flat buffer laid out like their gradients and AdamW moments.
+
+use std::path::Path;
+
+use super::weights::{self, HostWeights};
+use super::Gpt2Config;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, MatmulVariant, Recording, Tensor};
+use crate::kernels::adamw::{self, AdamW, AdamWUpdate};
+use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::cross_entropy::{self as ce, CeState, IGNORE};
+use crate::kernels::dropout::Dropout;
+use crate::kernels::lora::{self as lk, LoraGrads, LoraShape, LoraVariant};
+use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::kernels::{elementwise, embedding, layernorm, reduce};
+use crate::lora::{Linear, LoraConfig, LoraEntry, LoraLayout};
+
+/// Most vocabulary rows per wte shard (and per logits chunk of the fused classifier).
+const MAX_SHARD_ROWS: usize = 4096;
+
+/// A linear layer's frozen weight ([in, out], as GPT-2's Conv1D stores it) and bias.
+#[derive(Debug)]
+struct Dense {
+    w: Tensor,
+    b: Tensor,
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: Dense,
+    c_attn: Dense,
+    attn_c_proj: Dense,
+    ln_2: Dense,
+    c_fc: Dense,
+    mlp_c_proj: Dense,
+}
+
+/// GPT-2's frozen weights on the GPU.
+#[derive(Debug)]
+pub struct Gpt2 {
+    /// The model's shape.
+    pub config: Gpt2Config,
+    /// Token embedding (also the tied LM head) in shards of consecutive vocab rows.
+    wte: Vec<Tensor>,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Dense,
+}
+
+impl Gpt2 {
+    /// Upload host weights (as [`weights::load`] or [`weights::random`] return them).
+    pub fn upload(gpu: &Gpu, config: &Gpt2Config, w: &HostWeights) -> Result<Self> {
+        config.validate()?;
+        let c = config.n_embd;
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let data = w
+                .get(name)
+                .ok_or_else(|| Error::shape("Gpt2::upload", format!("missing tensor {name}")))?;
+            gpu.upload(name, data, shape)
+        };
+        let dense = |w_name: String, b_name: String, d_in: usize, d_out: usize| -> Result<Dense> {
+            let shape: &[usize] = if d_in == 0 { &[d_out] } else { &[d_in, d_out] };
+            Ok(Dense {
+                w: get(&w_name, shape)?,
+                b: get(&b_name, &[d_out])?,
+            })
+        };
+        let rows_fit = (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
+        let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size);
+        let wte_all = w
+            .get("wte.weight")
+            .ok_or_else(|| Error::shape("Gpt2::upload", "missing tensor wte.weight"))?;
+        let mut wte = Vec::new();
+        for (i, rows) in wte_all.chunks(shard_rows * c).enumerate() {
+            wte.push(gpu.upload(
+                &format!("wte.weight[shard {i}]"),
+                rows,
+                &[rows.len() / c, c],
+            )?);
+        }
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let h = |s: &str| format!("h.{i}.{s}");
+            let pair = |s: &str, d_in, d_out| {
+                dense(
+                    h(&format!("{s}.weight")),
+                    h(&format!("{s}.bias")),
+                    d_in,
+                    d_out,
+                )
+            };
+            blocks.push(Block {
+                ln_1: pair("ln_1", 0, c)?,
+                c_attn: pair("attn.c_attn", c, 3 * c)?,
+                attn_c_proj: pair("attn.c_proj", c, c)?,
+                ln_2: pair("ln_2", 0, c)?,
+                c_fc: pair("mlp.c_fc", c, 4 * c)?,
+                mlp_c_proj: pair("mlp.c_proj", 4 * c, c)?,
+            });
+        }
+        Ok(Gpt2 {
+            config: config.clone(),
+            wte,
+            wpe: get("wpe.weight", &[config.n_positions, c])?,
+            blocks,
+            ln_f: dense("ln_f.weight".into(), "ln_f.bias".into(), 0, c)?,
+        })
+    }
+
+    /// Load a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`).
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model directory not found (expected config.json and model.safetensors inside)",
+                ),
+            });
+        }
+        let config = Gpt2Config::from_file(&dir.join("config.json"))?;
+        let w = weights::load(&dir.join("model.safetensors"), &config)?;
+        Self::upload(gpu, &config, &w)
+    }
+
+    /// Vocabulary rows of each wte shard.
+    fn shard_ranges(&self) -> Vec<(usize, usize)> {
+        let c = self.config.n_embd;
+        let mut v0 = 0;
+        self.wte
+            .iter()
+            .map(|s| {
+                let r = (v0, s.len() / c);
+                v0 += r.1;
+                r
+            })
+            .collect()
+    }
+}
+
+/// Activations of one block that backward needs.
+struct BlockActs {
+    ln1: Tensor,
+    mean1: Tensor,
+    rstd1: Tensor,
+    qkv: Tensor,
+    att: Tensor,
+    atty: Tensor,
+    xmid: Tensor,
+    ln2: Tensor,
+    mean2: Tensor,
+    rstd2: Tensor,
+    fc: Tensor,
+    gelu: Tensor,
+}
+
+/// One adapted module: its parameter and gradient views and its saved u = x·Aᵀ.
+struct Adapted {
+    entry: LoraEntry,
+    a: Tensor,
+    b: Tensor,
+    da: Tensor,
+    db: Tensor,
+    u: Tensor,
+    dropout: Dropout,
+}
+
+/// A training step for one model, LoRA configuration and batch shape (B, T), recorded once.
+///
+/// Per step: [`TrainGraph::set_batch`], then [`TrainGraph::step`] (or [`TrainGraph::forward`]
+/// alone for evaluation), then [`TrainGraph::loss`].
+pub struct TrainGraph {
+    b: usize,
+    t: usize,
+    layout: LoraLayout,
+    /// Flat LoRA parameters (A and B of every adapted module).
+    pub params: Tensor,
+    /// Gradients, same layout as `params`.
+    pub grads: Tensor,
+    m: Tensor,
+    v: Tensor,
+    tokens: Tensor,
+    targets: Tensor,
+    dloss: Tensor,
+    loss_rows: Tensor,
+    lnf: Tensor,
+    shards: Vec<(usize, usize, Tensor)>,
+    forward: Recording,
+    backward: Recording,
+    optimizer: AdamWUpdate,
+    counted: usize,
+    allocated: u64,
+}
+
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    mm: MatmulVariant,
+    lv: LoraVariant,
+    allocated: u64,
+}
+
+impl Builder<'_> {
+    fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.gpu.zeros(name, shape)?;
+        self.allocated += t.bytes();
+        Ok(t)
+    }
+
+    /// out = inp · W + b, then out += scale · lora(inp) when the module is adapted.
+    fn linear(
+        &self,
+        rec: &mut Recording,
+        out: &Tensor,
+        inp: &Tensor,
+        d: &Dense,
+        lora: Option<&Adapted>,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        rec.push(matmul(
+            self.gpu,
+            self.mm,
+            out,
+            inp,
+            &d.w,
+            Some(&d.b),
+            &MatmulOp::new(m, d_out, d_in),
+        )?);
+        if let Some(l) = lora {
+            let s = LoraShape {
+                m,
+                k: d_in,
+                n: d_out,
+                r: l.a.shape()[0],
+            };
+            rec.push(lk::forward(
+                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &l.dropout,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// dinp = dout · Wᵀ (+ the LoRA path's dx), and the LoRA gradients (accumulated).
+    fn linear_backward(
+        &self,
+        rec: &mut Recording,
+        dinp: &Tensor,
+        du: &Tensor,
+        dout: &Tensor,
+        inp: &Tensor,
+        d: &Dense,
+        lora: Option<&Adapted>,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        rec.push(matmul(
+            self.gpu,
+            self.mm,
+            dinp,
+            dout,
+            &d.w,
+            None,
+            &MatmulOp::new(m, d_in, d_out).trans_b(),
+        )?);
+        if let Some(l) = lora {
+            let r = l.a.shape()[0];
+            let s = LoraShape {
+                m,
+                k: d_in,
+                n: d_out,
+                r,
+            };
+            let du = du.view("du", 0, &[m, r])?;
+            let g = LoraGrads {
+                dx: Some(dinp),
+                da: &l.da,
+                db: &l.db,
+                du: &du,
+            };
+            for d in lk::backward(
+                self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
+            )? {
+                rec.push(d);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrainGraph {
+    /// Allocate every buffer and record forward, backward and optimizer for batches of
+    /// `b` sequences of `t` tokens. LoRA parameters start from `init` (the layout's length) or,
+    /// when `None`, from PEFT's initialisation with `seed`.
+    pub fn new(
+        gpu: &Gpu,
+        model: &Gpt2,
+        lora: &LoraConfig,
+        init: Option<&[f32]>,
+        seed: u64,
+        b: usize,
+        t: usize,
+        opt: &AdamW,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        if b == 0 {
+            return Err(Error::invalid("batch size", b, "must be > 0"));
+        }
+        if t < 2 || t > cfg.n_positions {
+            return Err(Error::invalid(
+                "block size",
+                t,
+                format!(
+                    "must be in 2..={} (the model's n_positions)",
+                    cfg.n_positions
+                ),
+            ));
+        }
+        let layout = LoraLayout::new(cfg, lora)?;
+        let (c, nh, bt) = (cfg.n_embd, cfg.n_head, b * t);
+        let scale = lora.scale();
+        let r = lora.r;
+        let mut bl = Builder {
+            gpu,
+            mm: gpu.default_matmul(),
+            lv: LoraVariant::for_gpu(gpu),
+            allocated: 0,
+        };
+
+        // LoRA state: one flat buffer each for params, grads, m, v.
+        let params = bl.zeros("lora params", &[layout.len])?;
+        let grads = bl.zeros("lora grads", &[layout.len])?;
+        let m = bl.zeros("adamw m", &[layout.len])?;
+        let v = bl.zeros("adamw v", &[layout.len])?;
+        let norm_sq = bl.zeros("grad norm²", &[1])?;
+        match init {
+            Some(p) => gpu.write(&params, p)?,
+            None => gpu.write(&params, &layout.init(seed))?,
+        }
+        let mut adapted: Vec<Adapted> = Vec::new();
+        for (i, e) in layout.entries.iter().enumerate() {
+            let path = e.path();
+            adapted.push(Adapted {
+                entry: e.clone(),
+                a: params.view(&format!("{path}.lora_A"), e.a_offset, &[r, e.d_in])?,
+                b: params.view(&format!("{path}.lora_B"), e.b_offset, &[e.d_out, r])?,
+                da: grads.view(&format!("{path}.lora_A.grad"), e.a_offset, &[r, e.d_in])?,
+                db: grads.view(&format!("{path}.lora_B.grad"), e.b_offset, &[e.d_out, r])?,
+                u: bl.zeros(&format!("{path}.u"), &[bt, r])?,
+                dropout: Dropout::new(lora.dropout, seed, i as u32)?,
+            });
+        }
+        let find = |layer: usize, l: Linear| {
+            adapted
+                .iter()
+                .find(|a| a.entry.layer == layer && a.entry.linear == l)
+        };
+
+        // Activations.
+        let tokens = bl.zeros("tokens", &[bt])?;
+        let targets = bl.zeros("targets", &[bt])?;
+        let dloss = bl.zeros("dloss", &[1])?;
+        let mut res = Vec::new();
+        for l in 0..=cfg.n_layer {
+            res.push(bl.zeros(&format!("residual {l}"), &[bt, c])?);
+        }
+        let mut acts = Vec::new();
+        for l in 0..cfg.n_layer {
+            let mut z = |name: &str, shape: &[usize]| bl.zeros(&format!("h.{l}.{name}"), shape);
+            acts.push(BlockActs {
+                ln1: z("ln_1", &[bt, c])?,
+                mean1: z("ln_1.mean", &[bt])?,
+                rstd1: z("ln_1.rstd", &[bt])?,
+                qkv: z("qkv", &[bt, 3 * c])?,
+                att: z("att", &[b, nh, t, t])?,
+                atty: z("attn_y", &[bt, c])?,
+                xmid: z("residual mid", &[bt, c])?,
+                ln2: z("ln_2", &[bt, c])?,
+                mean2: z("ln_2.mean", &[bt])?,
+                rstd2: z("ln_2.rstd", &[bt])?,
+                fc: z("mlp.c_fc out", &[bt, 4 * c])?,
+                gelu: z("mlp.gelu out", &[bt, 4 * c])?,
+            });
+        }
+        let lnf = bl.zeros("ln_f", &[bt, c])?;
+        let meanf = bl.zeros("ln_f.mean", &[bt])?;
+        let rstdf = bl.zeros("ln_f.rstd", &[bt])?;
+        let tmp_c = bl.zeros("scratch (B·T, C)", &[bt, c])?;
+        let ranges = model.shard_ranges();
+        let max_rows = ranges.iter().map(|r| r.1).max().unwrap_or(1);
+        let logits = bl.zeros("logits chunk", &[bt, max_rows])?;
+        let st = CeState::new(gpu, bt)?;
+        bl.allocated += 3 * 4 * bt as u64;
+        let loss_rows = bl.zeros("loss per row", &[bt])?;
+        // Gradient scratch.
+        let dres = bl.zeros("d residual", &[bt, c])?;
+        let dln = bl.zeros("d ln", &[bt, c])?;
+        let datty = bl.zeros("d attn_y", &[bt, c])?;
+        let dqkv = bl.zeros("d qkv", &[bt, 3 * c])?;
+        let dpre = bl.zeros("d preatt", &[b, nh, t, t])?;
+        let dgelu = bl.zeros("d gelu", &[bt, 4 * c])?;
+        let dfc = bl.zeros("d c_fc", &[bt, 4 * c])?;
+        let du = bl.zeros("d u", &[bt, r])?;
+
+        let ashape = AttentionShape { b, t, c, nh };
+        let shards = ranges
+            .iter()
+            .map(|&(v0, rows)| Ok((v0, rows, logits.view("logits", 0, &[bt, rows])?)))
+            .collect::<Result<Vec<_>>>()?;
+
+        // ---- forward ----
+        let mut fwd = Recording::new();
+        let wte: Vec<&Tensor> = model.wte.iter().collect();
+        for d in embedding::forward(gpu, &res[0], &tokens, &wte, &model.wpe, t, c)? {
+            fwd.push(d);
+        }
+        let eps = cfg.layer_norm_epsilon;
+        for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate() {
+            fwd.push(layernorm::forward(
+                gpu,
+                &a.ln1,
+                &a.mean1,
+                &a.rstd1,
+                &res[l],
+                &blk.ln_1.w,
+                &blk.ln_1.b,
+                c,
+                eps,
+            )?);
+            bl.linear(
+                &mut fwd,
+                &a.qkv,
+                &a.ln1,
+                &blk.c_attn,
+                find(l, Linear::CAttn),
+                bt,
+                scale,
+            )?;
+            fwd.push(attention::forward(gpu, &a.atty, &a.att, &a.qkv, &ashape)?);
+            bl.linear(
+                &mut fwd,
+                &tmp_c,
+                &a.atty,
+                &blk.attn_c_proj,
+                find(l, Linear::AttnCProj),
+                bt,
+                scale,
+            )?;
+            fwd.push(elementwise::add(gpu, &a.xmid, &res[l], &tmp_c)?);
+            fwd.push(layernorm::forward(
+                gpu,
+                &a.ln2,
+                &a.mean2,
+                &a.rstd2,
+                &a.xmid,
+                &blk.ln_2.w,
+                &blk.ln_2.b,
+                c,
+                eps,
+            )?);
+            bl.linear(
+                &mut fwd,
+                &a.fc,
+                &a.ln2,
+                &blk.c_fc,
+                find(l, Linear::CFc),
+                bt,
+                scale,
+            )?;
+            fwd.push(elementwise::gelu_forward(gpu, &a.gelu, &a.fc)?);
+            bl.linear(
+                &mut fwd,
+                &tmp_c,
+                &a.gelu,
+                &blk.mlp_c_proj,
+                find(l, Linear::MlpCProj),
+                bt,
+                scale,
+            )?;
+            fwd.push(elementwise::add(gpu, &res[l + 1], &a.xmid, &tmp_c)?);
+        }
+        let last = &res[cfg.n_layer];
+        fwd.push(layernorm::forward(
+            gpu,
+            &lnf,
+            &meanf,
+            &rstdf,
+            last,
+            &model.ln_f.w,
+            &model.ln_f.b,
+            c,
+            eps,
+        )?);
+        for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
+            fwd.push(matmul(
+                gpu,
+                bl.mm,
+                lg,
+                &lnf,
+                shard,
+                None,
+                &MatmulOp::new(bt, *rows, c).trans_b(),
+            )?);
+            fwd.push(ce::stats(gpu, &st, lg, &targets, *v0, i == 0)?);
+        }
+        fwd.push(ce::loss(gpu, &loss_rows, &st, &targets)?);
+
+        // ---- backward ----
+        let mut bwd = Recording::new();
+        bwd.clear(&grads);
+        bwd.clear(&dres);
+        for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
+            bwd.push(matmul(
+                gpu,
+                bl.mm,
+                lg,
+                &lnf,
+                shard,
+                None,
+                &MatmulOp::new(bt, *rows, c).trans_b(),
+            )?);
+            bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
+            let mut op = MatmulOp::new(bt, c, *rows);
+            op.accumulate = i > 0;
+            bwd.push(matmul(gpu, bl.mm, &dln, lg, shard, None, &op)?);
+        }
+        bwd.push(layernorm::backward(
+            gpu,
+            &dres,
+            &dln,
+            last,
+            &model.ln_f.w,
+            &meanf,
+            &rstdf,
+            c,
+        )?);
+        for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate().rev() {
+            bl.linear_backward(
+                &mut bwd,
+                &dgelu,
+                &du,
+                &dres,
+                &a.gelu,
+                &blk.mlp_c_proj,
+                find(l, Linear::MlpCProj),
+                bt,
+                scale,
+            )?;
+            bwd.push(elementwise::gelu_backward(gpu, &dfc, &dgelu, &a.fc)?);
+            bl.linear_backward(
+                &mut bwd,
+                &dln,
+                &du,
+                &dfc,
+                &a.ln2,
+                &blk.c_fc,
+                find(l, Linear::CFc),
+                bt,
+                scale,
+            )?;
+            bwd.push(layernorm::backward(
+                gpu,
+                &dres,
+                &dln,
+                &a.xmid,
+                &blk.ln_2.w,
+                &a.mean2,
+                &a.rstd2,
+                c,
+            )?);
+            bl.linear_backward(
+                &mut bwd,
+                &datty,
+                &du,
+                &dres,
+                &a.atty,
+                &blk.attn_c_proj,
+                find(l, Linear::AttnCProj),
+                bt,
+                scale,
+            )?;
+            for d in attention::backward(gpu, &dqkv, &dpre, &datty, &a.qkv, &a.att, &ashape)? {
+                bwd.push(d);
+            }
+            bl.linear_backward(
+                &mut bwd,
+                &dln,
+                &du,
+                &dqkv,
+                &a.ln1,
+                &blk.c_attn,
+                find(l, Linear::CAttn),
+                bt,
+                scale,
+            )?;
+            bwd.push(layernorm::backward(
+                gpu,
+                &dres,
+                &dln,
+                &res[l],
+                &blk.ln_1.w,
+                &a.mean1,
+                &a.rstd1,
+                c,
+            )?);
+        }
+        let [n1, n2] = reduce::sumsq(gpu, &norm_sq, &grads)?;
+        bwd.push(n1);
+        bwd.push(n2);
+        let optimizer = adamw::update(gpu, &params, &grads, &m, &v, &norm_sq, opt)?;
+        bwd.push_shared(optimizer.shared());
+
+        Ok(TrainGraph {
+            b,
+            t,
+            layout,
+            params,
+            grads,
+            m,
+            v,
+            tokens,
+            targets,
+            dloss,
+            loss_rows,
+            lnf,
+            shards,
+            forward: fwd,
+            backward: bwd,
+            optimizer,
+            counted: 0,
+            allocated: bl.allocated,
+        })
+    }
+
+    /// The flat parameter layout.
+    pub fn layout(&self) -> &LoraLayout {
+        &self.layout
+    }
+
+    /// Bytes of GPU memory this graph allocated (activations, LoRA state, scratch), on top of
+    /// the model's weights.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Upload a batch: `inputs` and `targets` are (B, T) token ids; a target of
+    /// [`IGNORE`] contributes no loss.
+    pub fn set_batch(&mut self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let n = self.b * self.t;
+        if inputs.len() != n || targets.len() != n {
+            return Err(Error::shape(
+                "set_batch",
+                format!(
+                    "expected {n} = {} x {} inputs and targets, got {} and {}",
+                    self.b,
+                    self.t,
+                    inputs.len(),
+                    targets.len()
+                ),
+            ));
+        }
+        let vocab: usize = self.shards.iter().map(|s| s.1).sum();
+        if let Some(&bad) = inputs
+            .iter()
+            .chain(targets.iter().filter(|&&t| t != IGNORE))
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(Error::invalid(
+                "token id",
+                bad,
+                format!("must be below the vocabulary size {vocab}"),
+            ));
+        }
+        self.counted = targets.iter().filter(|&&t| t != IGNORE).count();
+        gpu.write_u32(&self.tokens, inputs)?;
+        gpu.write_u32(&self.targets, targets)?;
+        gpu.write(&self.dloss, &[1.0 / self.counted.max(1) as f32])
+    }
+
+    /// Forward pass and per-row losses only (evaluation). Does not wait.
+    pub fn forward(&self, gpu: &Gpu) -> Result<()> {
+        self.forward.run(gpu)
+    }
+
+    /// One training step at 1-based `step` with learning rate `lr`: forward, backward, grad
+    /// norm and AdamW in one submit. Does not wait.
+    pub fn step(&self, gpu: &Gpu, step: u64, lr: f32) -> Result<()> {
+        self.optimizer.set_step(gpu, step, lr)?;
+        Recording::run_all(gpu, &[&self.forward, &self.backward])
+    }
+
+    /// Forward and backward without the optimizer update: leaves the gradients in
+    /// [`TrainGraph::grads`] (for inspection and tests). Does not wait.
+    pub fn gradients(&self, gpu: &Gpu) -> Result<()> {
+        self.forward.run(gpu)?;
+        let n = self.backward.len();
+        self.backward.run_prefix(gpu, n - 1)
+    }
+
+    /// Mean cross-entropy over the counted targets of the last batch (waits for the GPU).
+    pub fn loss(&self, gpu: &Gpu) -> Result<f32> {
+        let rows = gpu.download(&self.loss_rows)?;
+        let sum: f64 = rows.iter().map(|&l| l as f64).sum();
+        Ok((sum / self.counted.max(1) as f64) as f32)
+    }
+
+    /// Full logits (B·T, V) of the last forward pass, assembled chunk by chunk (waits).
+    pub fn logits(&self, gpu: &Gpu, model: &Gpt2) -> Result<Vec<f32>> {
+        let (bt, c) = (self.b * self.t, model.config.n_embd);
+        let v: usize = self.shards.iter().map(|s| s.1).sum();
+        let mut out = vec![0.0f32; bt * v];
+        for ((v0, rows, lg), shard) in self.shards.iter().zip(&model.wte) {
+            let d = matmul(
+                gpu,
+                gpu.default_matmul(),
+                lg,
+                &self.lnf,
+                shard,
+                None,
+                &MatmulOp::new(bt, *rows, c).trans_b(),
+            )?;
+            gpu.run(&[&d])?;
+            let chunk = gpu.download(lg)?;
+            for row in 0..bt {
+                out[row * v + v0..row * v + v0 + rows]
+                    .copy_from_slice(&chunk[row * rows..(row + 1) * rows]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the flat LoRA parameters.
+    pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.download(&self.params)
+    }
+
+    /// Replace the AdamW state (for resuming).
+    pub fn moments(&self) -> (&Tensor, &Tensor) {
+        (&self.m, &self.v)
+    }
+}
+
+impl std::fmt::Debug for TrainGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainGraph")
+            .field("b", &self.b)
+            .field("t", &self.t)
+            .field("lora_parameters", &self.layout.num_parameters())
+            .field("dispatches", &(self.forward.len() + self.backward.len()))
+            .finish()
+    }
+}

@@ -1,0 +1,8 @@
+//! GPT-2: configuration, checkpoint loading and the forward/backward graph.
+
+mod config;
+pub mod graph;
+pub mod weights;
+
+pub use config::Gpt2Config;
+pub use graph::{Gpt2, TrainGraph};

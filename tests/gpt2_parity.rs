@@ -1,0 +1,157 @@
+//! GPT-2 + LoRA against PyTorch + transformers + PEFT (fixtures from scripts/make_fixtures.py):
+//! logits, loss, every LoRA gradient, and 10 AdamW steps.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::gpu;
+use lora_wgpu::kernels::adamw::AdamW;
+use lora_wgpu::kernels::cross_entropy::IGNORE;
+use lora_wgpu::lora::peft;
+use lora_wgpu::model::{Gpt2, TrainGraph};
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_gpt2")
+}
+
+struct Fixture {
+    b: usize,
+    t: usize,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    json: Value,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json"))
+        .expect("fixture missing: run scripts/make_fixtures.py");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let ints = |k: &str| -> Vec<i64> {
+        json[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    Fixture {
+        b: json["batch"].as_u64().unwrap() as usize,
+        t: json["seq_len"].as_u64().unwrap() as usize,
+        inputs: ints("inputs").into_iter().map(|v| v as u32).collect(),
+        targets: ints("targets")
+            .into_iter()
+            .map(|v| if v < 0 { IGNORE } else { v as u32 })
+            .collect(),
+        json,
+    }
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn setup(opt: &AdamW) -> (Gpt2, TrainGraph, Fixture) {
+    let g = gpu();
+    let f = fixture();
+    let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
+    let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
+    let mut graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, opt).unwrap();
+    graph.set_batch(g, &f.inputs, &f.targets).unwrap();
+    (model, graph, f)
+}
+
+#[test]
+fn logits_and_loss_match_pytorch() {
+    let g = gpu();
+    let (model, graph, f) = setup(&AdamW::default());
+    graph.forward(g).unwrap();
+    let loss = graph.loss(g).unwrap();
+    let want_loss = f.json["loss"].as_f64().unwrap() as f32;
+    assert!(
+        (loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
+        "loss {loss} vs PyTorch {want_loss}"
+    );
+    let logits = graph.logits(g, &model).unwrap();
+    let want = floats(&f.json["logits"]);
+    assert_eq!(logits.len(), want.len());
+    let max_ref = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (i, err) = logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0.0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+    assert!(
+        err <= 2e-4 || err <= 1e-4 * max_ref,
+        "logit {i}: {} vs PyTorch {} (|diff| {err}, max |logit| {max_ref})",
+        logits[i],
+        want[i]
+    );
+}
+
+#[test]
+fn lora_gradients_match_pytorch() {
+    let g = gpu();
+    let (_, graph, f) = setup(&AdamW::default());
+    graph.gradients(g).unwrap();
+    let grads = g.download(&graph.grads).unwrap();
+    let layout = graph.layout();
+    let want = f.json["grads"].as_object().unwrap();
+    assert_eq!(
+        want.len(),
+        2 * layout.entries.len(),
+        "adapted modules differ from PEFT's"
+    );
+    for e in &layout.entries {
+        for (which, offset, len) in [
+            ("A", e.a_offset, layout.r * e.d_in),
+            ("B", e.b_offset, e.d_out * layout.r),
+        ] {
+            let key = peft::key(e, which);
+            let reference = floats(
+                want.get(&key)
+                    .unwrap_or_else(|| panic!("PyTorch has no gradient {key}")),
+            );
+            let got = &grads[offset..offset + len];
+            let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&reference)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-3 * scale,
+                "{key}: max |diff| {err} vs max |grad| {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ten_adamw_steps_match_pytorch() {
+    let g = gpu();
+    let probe = fixture();
+    let a = &probe.json["adamw"];
+    let opt = AdamW {
+        lr: a["lr"].as_f64().unwrap() as f32,
+        weight_decay: a["weight_decay"].as_f64().unwrap() as f32,
+        max_grad_norm: a["max_grad_norm"].as_f64().unwrap() as f32,
+        ..AdamW::default()
+    };
+    let (_, graph, f) = setup(&opt);
+    let want = floats(&f.json["losses"]);
+    for (i, w) in want.iter().enumerate() {
+        graph.step(g, i as u64 + 1, opt.lr).unwrap();
+        let loss = graph.loss(g).unwrap();
+        assert!(
+            (loss - w).abs() <= 1e-4,
+            "step {}: loss {loss} vs PyTorch {w}",
+            i + 1
+        );
+    }
+}
