@@ -669,9 +669,22 @@ impl Recording {
 
     /// Encode several recordings, in order, into one command buffer and submit it once.
     pub fn run_all(gpu: &Gpu, recordings: &[&Recording]) -> Result<()> {
+        Self::run_all_then_copy(gpu, recordings, None)
+    }
+
+    /// Like [`Recording::run_all`], then copy `src` into the start of `dst` (a staging buffer
+    /// for a readback that must not stall the next submit) in the same command buffer.
+    pub fn run_all_then_copy(
+        gpu: &Gpu,
+        recordings: &[&Recording],
+        copy: Option<(&Tensor, &wgpu::Buffer)>,
+    ) -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for r in recordings {
             r.encode(&mut enc, r.ops.len());
+        }
+        if let Some((src, dst)) = copy {
+            enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst, 0, src.bytes());
         }
         gpu.queue.submit([enc.finish()]);
         gpu.check("running a recording")

@@ -5,9 +5,11 @@
 //! to bind and how many workgroups to launch.
 
 mod dispatch;
+mod readback;
 mod tensor;
 
 pub use dispatch::{Access, Dispatch, Kernel, Recording, ShaderFile};
+pub use readback::ReadbackRing;
 pub use tensor::{Tensor, VIEW_ALIGN};
 
 pub(crate) use dispatch::groups_1d;

@@ -72,6 +72,47 @@ impl Params {
     }
 }
 
+/// A recorded LoRA dispatch whose dropout mask must change every step: keeps what its
+/// parameters were built from so [`Reseed::set_offset`] can rewrite them before a replay.
+#[derive(Debug)]
+pub struct Reseed {
+    dispatch: std::sync::Arc<Dispatch>,
+    shape: LoraShape,
+    scale: f32,
+    dropout: Dropout,
+    accumulate: bool,
+}
+
+impl Reseed {
+    /// Wrap a dispatch made by [`forward`] or [`backward`] with the same arguments.
+    pub fn new(
+        dispatch: std::sync::Arc<Dispatch>,
+        shape: LoraShape,
+        scale: f32,
+        dropout: Dropout,
+        accumulate: bool,
+    ) -> Self {
+        Reseed {
+            dispatch,
+            shape,
+            scale,
+            dropout,
+            accumulate,
+        }
+    }
+
+    /// Use the dropout mask at counter `offset` from the next replay on.
+    pub fn set_offset(&self, gpu: &Gpu, offset: u32) -> Result<()> {
+        let d = Dropout {
+            offset,
+            ..self.dropout
+        };
+        let p = Params::new(&self.shape, self.scale, &d, self.accumulate)?;
+        self.dispatch.set_params(gpu, &p);
+        Ok(())
+    }
+}
+
 fn rank(s: &LoraShape) -> [(&'static str, f64); 1] {
     [("R", s.r as f64)]
 }

@@ -10,7 +10,9 @@ use std::path::Path;
 use super::weights::{self, HostWeights};
 use super::Gpt2Config;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MatmulVariant, Recording, Tensor};
+use std::collections::BTreeMap;
+
+use crate::gpu::{Gpu, MatmulVariant, ReadbackRing, Recording, Tensor};
 use crate::kernels::adamw::{self, AdamW, AdamWUpdate};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy::{self as ce, CeState, IGNORE};
@@ -19,6 +21,9 @@ use crate::kernels::lora::{self as lk, LoraGrads, LoraShape, LoraVariant};
 use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::kernels::{elementwise, embedding, layernorm, reduce};
 use crate::lora::{Linear, LoraConfig, LoraEntry, LoraLayout};
+
+/// Staging buffers for per-step losses in flight.
+const LOSS_SLOTS: usize = 4;
 
 /// Most vocabulary rows per wte shard (and per logits chunk of the fused classifier).
 const MAX_SHARD_ROWS: usize = 4096;
@@ -161,6 +166,7 @@ struct BlockActs {
 
 /// One adapted module: its parameter and gradient views and its saved u = x·Aᵀ.
 struct Adapted {
+    index: usize,
     entry: LoraEntry,
     a: Tensor,
     b: Tensor,
@@ -195,6 +201,16 @@ pub struct TrainGraph {
     optimizer: AdamWUpdate,
     counted: usize,
     allocated: u64,
+    /// Per-step row losses on their way back to the host.
+    ring: ReadbackRing,
+    /// Counted targets of each submitted step, until its loss is read.
+    step_counted: BTreeMap<u64, usize>,
+    /// Mean losses read back, by step.
+    step_losses: BTreeMap<u64, f32>,
+    /// LoRA dispatches whose dropout mask moves with the step.
+    reseed: Vec<(usize, lk::Reseed)>,
+    /// Number of adapted modules (dropout sites per step).
+    modules: usize,
 }
 
 struct Builder<'a> {
@@ -202,6 +218,8 @@ struct Builder<'a> {
     mm: MatmulVariant,
     lv: LoraVariant,
     allocated: u64,
+    /// LoRA dispatches whose dropout mask moves every step, with their module index.
+    reseed: Vec<(usize, lk::Reseed)>,
 }
 
 impl Builder<'_> {
@@ -211,9 +229,29 @@ impl Builder<'_> {
         Ok(t)
     }
 
+    /// Append a LoRA dispatch; with dropout on, keep a handle to move its mask every step.
+    fn push_lora(
+        &mut self,
+        rec: &mut Recording,
+        d: crate::gpu::Dispatch,
+        l: &Adapted,
+        s: LoraShape,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        if l.dropout.p > 0.0 {
+            let d = std::sync::Arc::new(d);
+            rec.push_shared(d.clone());
+            self.reseed
+                .push((l.index, lk::Reseed::new(d, s, scale, l.dropout, accumulate)));
+        } else {
+            rec.push(d);
+        }
+    }
+
     /// out = inp · W + b, then out += scale · lora(inp) when the module is adapted.
     fn linear(
-        &self,
+        &mut self,
         rec: &mut Recording,
         out: &Tensor,
         inp: &Tensor,
@@ -239,16 +277,17 @@ impl Builder<'_> {
                 n: d_out,
                 r: l.a.shape()[0],
             };
-            rec.push(lk::forward(
+            let d = lk::forward(
                 self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &l.dropout,
-            )?);
+            )?;
+            self.push_lora(rec, d, l, s, scale, false);
         }
         Ok(())
     }
 
     /// dinp = dout · Wᵀ (+ the LoRA path's dx), and the LoRA gradients (accumulated).
     fn linear_backward(
-        &self,
+        &mut self,
         rec: &mut Recording,
         dinp: &Tensor,
         du: &Tensor,
@@ -284,10 +323,11 @@ impl Builder<'_> {
                 db: &l.db,
                 du: &du,
             };
-            for d in lk::backward(
+            let ds = lk::backward(
                 self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
-            )? {
-                rec.push(d);
+            )?;
+            for d in ds {
+                self.push_lora(rec, d, l, s, scale, true);
             }
         }
         Ok(())
@@ -323,6 +363,7 @@ impl TrainGraph {
             ));
         }
         let layout = LoraLayout::new(cfg, lora)?;
+        let layout_len = layout.entries.len();
         let (c, nh, bt) = (cfg.n_embd, cfg.n_head, b * t);
         let scale = lora.scale();
         let r = lora.r;
@@ -331,6 +372,7 @@ impl TrainGraph {
             mm: gpu.default_matmul(),
             lv: LoraVariant::for_gpu(gpu),
             allocated: 0,
+            reseed: Vec::new(),
         };
 
         // LoRA state: one flat buffer each for params, grads, m, v.
@@ -347,6 +389,7 @@ impl TrainGraph {
         for (i, e) in layout.entries.iter().enumerate() {
             let path = e.path();
             adapted.push(Adapted {
+                index: i,
                 entry: e.clone(),
                 a: params.view(&format!("{path}.lora_A"), e.a_offset, &[r, e.d_in])?,
                 b: params.view(&format!("{path}.lora_B"), e.b_offset, &[e.d_out, r])?,
@@ -634,7 +677,12 @@ impl TrainGraph {
             backward: bwd,
             optimizer,
             counted: 0,
-            allocated: bl.allocated,
+            allocated: bl.allocated + 4 * (bt * LOSS_SLOTS) as u64,
+            ring: ReadbackRing::new(gpu, bt, LOSS_SLOTS),
+            reseed: bl.reseed,
+            modules: layout_len,
+            step_counted: BTreeMap::new(),
+            step_losses: BTreeMap::new(),
         })
     }
 
@@ -689,10 +737,62 @@ impl TrainGraph {
     }
 
     /// One training step at 1-based `step` with learning rate `lr`: forward, backward, grad
-    /// norm and AdamW in one submit. Does not wait.
-    pub fn step(&self, gpu: &Gpu, step: u64, lr: f32) -> Result<()> {
+    /// norm and AdamW in one submit, plus a copy of the step's losses into a staging ring.
+    /// Does not wait for the GPU (unless the ring is full of unread losses).
+    pub fn step(&mut self, gpu: &Gpu, step: u64, lr: f32) -> Result<()> {
         self.optimizer.set_step(gpu, step, lr)?;
-        Recording::run_all(gpu, &[&self.forward, &self.backward])
+        self.set_dropout_step(gpu, step)?;
+        let mut evicted = Vec::new();
+        let slot = self.ring.reserve(gpu, &mut evicted)?;
+        Recording::run_all_then_copy(
+            gpu,
+            &[&self.forward, &self.backward],
+            Some((&self.loss_rows, slot)),
+        )?;
+        self.ring.submitted(step);
+        self.step_counted.insert(step, self.counted);
+        self.collect(evicted);
+        Ok(())
+    }
+
+    /// Dropout masks of step s use Philox counter offsets s·modules + module: a fresh mask for
+    /// every module and step, the same one in forward and backward.
+    fn set_dropout_step(&self, gpu: &Gpu, step: u64) -> Result<()> {
+        for (module, r) in &self.reseed {
+            let offset = (step as usize * self.modules + module) as u32;
+            r.set_offset(gpu, offset)?;
+        }
+        Ok(())
+    }
+
+    fn collect(&mut self, results: Vec<(u64, Vec<f32>)>) {
+        for (step, rows) in results {
+            let counted = self.step_counted.remove(&step).unwrap_or(1).max(1);
+            let sum: f64 = rows.iter().map(|&l| l as f64).sum();
+            self.step_losses.insert(step, (sum / counted as f64) as f32);
+        }
+    }
+
+    /// Mean losses of the steps whose results have arrived, oldest first, without waiting.
+    pub fn ready_losses(&mut self, gpu: &Gpu) -> Result<Vec<(u64, f32)>> {
+        let r = self.ring.ready(gpu)?;
+        self.collect(r);
+        Ok(std::mem::take(&mut self.step_losses).into_iter().collect())
+    }
+
+    /// The mean loss of training step `step` (waits for it if it is still running).
+    pub fn step_loss(&mut self, gpu: &Gpu, step: u64) -> Result<f32> {
+        if !self.step_losses.contains_key(&step) {
+            let r = self.ring.drain(gpu)?;
+            self.collect(r);
+        }
+        self.step_losses.remove(&step).ok_or_else(|| {
+            Error::invalid(
+                "step",
+                step,
+                "no loss for this step: it was not run, or its loss was already taken",
+            )
+        })
     }
 
     /// Forward and backward without the optimizer update: leaves the gradients in
@@ -703,7 +803,7 @@ impl TrainGraph {
         self.backward.run_prefix(gpu, n - 1)
     }
 
-    /// Mean cross-entropy over the counted targets of the last batch (waits for the GPU).
+    /// Mean cross-entropy of the last forward pass or step (waits for the GPU).
     pub fn loss(&self, gpu: &Gpu) -> Result<f32> {
         let rows = gpu.download(&self.loss_rows)?;
         let sum: f64 = rows.iter().map(|&l| l as f64).sum();

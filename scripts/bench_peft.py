@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Time PyTorch + PEFT training steps on the same configuration as benches/train_step.rs.
+
+    python scripts/bench_peft.py [--shape gpt2] [--batch 4] [--seq 128] [--rank 8] [--steps 3] [--device cpu|cuda]
+
+GPT-2 of the named shape with random weights, LoRA r on c_attn,c_proj (alpha 2r, dropout 0),
+AdamW, fp32. Prints one JSON line like the Rust bench: median step time, tokens/s, peak memory
+(torch.cuda.max_memory_allocated on a GPU, peak RSS growth on the CPU).
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+SHAPES = {"gpt2": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2-large": (1280, 36, 20),
+          "gpt2-xl": (1600, 48, 25), "tiny": (128, 4, 4)}
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--shape", default="gpt2")
+ap.add_argument("--batch", type=int, default=4)
+ap.add_argument("--seq", type=int, default=128)
+ap.add_argument("--rank", type=int, default=8)
+ap.add_argument("--steps", type=int, default=3)
+ap.add_argument("--warmup", type=int, default=1)
+ap.add_argument("--device", default="cpu")
+a = ap.parse_args()
+
+c, layers, heads = SHAPES[a.shape]
+torch.manual_seed(0)
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg = GPT2Config(n_embd=c, n_layer=layers, n_head=heads, n_positions=1024 if a.shape != "tiny" else 256,
+                 vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+model = GPT2LMHeadModel(cfg).to(a.device)
+model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                                         target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                                         task_type="CAUSAL_LM"))
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+ids = torch.randint(0, 50257, (a.batch, a.seq), device=a.device)
+if a.device == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+
+
+def step():
+    opt.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    if a.device == "cuda":
+        torch.cuda.synchronize()
+    return loss.item()
+
+
+for _ in range(a.warmup):
+    step()
+times = []
+for _ in range(a.steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+times.sort()
+median = times[len(times) // 2]
+if a.device == "cuda":
+    peak_mib = torch.cuda.max_memory_allocated() / 2**20
+else:
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+print(json.dumps({"impl": "pytorch+peft", "device": a.device, "torch": torch.__version__,
+                  "threads": torch.get_num_threads(), "shape": a.shape, "batch": a.batch, "seq": a.seq,
+                  "rank": a.rank, "step_s_median": round(median, 3),
+                  "tokens_per_s": round(a.batch * a.seq / median, 2), "peak_mib": round(peak_mib, 1)}))
