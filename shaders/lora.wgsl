@@ -57,6 +57,21 @@ fn keep(words: vec4<u32>, i: u32) -> f32 {
     return select(0.0, p.drop_scale, words[i & 3u] >= p.threshold);
 }
 
+// Dropout multipliers of four ascending element indices i.x <= .. <= i.w spanning at most two
+// Philox chunks (one call per chunk).
+fn keep4(i: vec4<u32>) -> vec4<f32> {
+    let w0 = dropout_words(i.x >> 2u, p.offset, seed());
+    var w1 = w0;
+    if (i.w >> 2u) != (i.x >> 2u) {
+        w1 = dropout_words(i.w >> 2u, p.offset, seed());
+    }
+    var m: vec4<f32>;
+    for (var e = 0u; e < 4u; e++) {
+        m[e] = keep(select(w1, w0, (i[e] >> 2u) == (i.x >> 2u)), i[e]);
+    }
+    return m;
+}
+
 // One thread per row: u[row] = dropout(x[row]) · aᵀ; then the workgroup adds
 // scale · u · bᵀ to its 64 rows of y, one column per thread at a time.
 @compute @workgroup_size(64)
@@ -172,16 +187,7 @@ fn lora_backward_da(@builtin(global_invocation_id) gid: vec3<u32>) {
         let base = row * p.k;
         var xv = vec4<f32>(x[base + ks.x], x[base + ks.y], x[base + ks.z], x[base + ks.w]);
         if p.threshold != 0u {
-            let i = base + ks;
-            let w0 = dropout_words(i.x >> 2u, p.offset, seed());
-            var w1 = w0;
-            if (i.w >> 2u) != (i.x >> 2u) {
-                w1 = dropout_words(i.w >> 2u, p.offset, seed());
-            }
-            for (var e = 0u; e < 4u; e++) {
-                let words = select(w1, w0, (i[e] >> 2u) == (i.x >> 2u));
-                xv[e] *= keep(words, i[e]);
-            }
+            xv *= keep4(base + ks);
         }
         for (var j = 0u; j < R; j++) {
             acc[j] = fma(vec4<f32>(du_in[row * R + j]), xv, acc[j]);
@@ -227,15 +233,7 @@ fn lora_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         let i = row * p.k + ks;
         if p.threshold != 0u {
-            let w0 = dropout_words(i.x >> 2u, p.offset, seed());
-            var w1 = w0;
-            if (i.w >> 2u) != (i.x >> 2u) {
-                w1 = dropout_words(i.w >> 2u, p.offset, seed());
-            }
-            for (var e = 0u; e < 4u; e++) {
-                let words = select(w1, w0, (i[e] >> 2u) == (i.x >> 2u));
-                s[e] *= keep(words, i[e]);
-            }
+            s *= keep4(i);
         }
         for (var e = 0u; e < 4u; e++) {
             if k0 + e < p.k {

@@ -438,27 +438,35 @@ impl Gpu {
 
     /// A tensor of `shape` holding `data` (f32, row-major).
     pub fn upload(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        if len != data.len() {
-            return Err(Error::shape(
-                "upload",
-                format!(
-                    "{name}: shape {shape:?} holds {len} values but {} were given",
-                    data.len()
-                ),
-            ));
-        }
-        let t = self.zeros(name, shape)?;
-        self.write(&t, data)?;
-        Ok(t)
+        self.upload_words("upload", name, data, shape)
     }
 
     /// A tensor of `shape` holding raw 32-bit words (token ids and other integers).
     pub fn upload_u32(&self, name: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        self.upload_words("upload_u32", name, data, shape)
+    }
+
+    /// Overwrite all of `t` with `data`. Ordered before the next submitted work.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        self.write_words("write", t, data)
+    }
+
+    /// Overwrite all of `t` with raw 32-bit words. Ordered before the next submitted work.
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
+        self.write_words("write_u32", t, data)
+    }
+
+    fn upload_words<T: bytemuck::Pod>(
+        &self,
+        op: &'static str,
+        name: &str,
+        data: &[T],
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let len: usize = shape.iter().product();
         if len != data.len() {
             return Err(Error::shape(
-                "upload_u32",
+                op,
                 format!(
                     "{name}: shape {shape:?} holds {len} values but {} were given",
                     data.len()
@@ -466,33 +474,19 @@ impl Gpu {
             ));
         }
         let t = self.zeros(name, shape)?;
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
-        }
+        self.write_words(op, &t, data)?;
         Ok(t)
     }
 
-    /// Overwrite all of `t` with raw 32-bit words. Ordered before the next submitted work.
-    pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
+    fn write_words<T: bytemuck::Pod>(
+        &self,
+        op: &'static str,
+        t: &Tensor,
+        data: &[T],
+    ) -> Result<()> {
         if t.len() != data.len() {
             return Err(Error::shape(
-                "write_u32",
-                format!("{} has {} values, {} given", t.name(), t.len(), data.len()),
-            ));
-        }
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
-        }
-        Ok(())
-    }
-
-    /// Overwrite all of `t` with `data`. Ordered before the next submitted work.
-    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
-        if t.len() != data.len() {
-            return Err(Error::shape(
-                "write",
+                op,
                 format!("{} has {} values, {} given", t.name(), t.len(), data.len()),
             ));
         }
