@@ -289,3 +289,64 @@ fn peft_adapters_load_strictly() {
         "{e}"
     );
 }
+
+#[test]
+fn saved_adapters_round_trip_with_peft_names() {
+    let model = Gpt2Config::from_file(&fixture("model/config.json")).unwrap();
+    let (cfg, layout, flat) = peft::load(&fixture("adapter"), &model).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adapter");
+    peft::save(&out, &cfg, &layout, &flat, Some("tiny_gpt2")).unwrap();
+    let (cfg2, layout2, flat2) = peft::load(&out, &model).unwrap();
+    assert_eq!((&cfg2, &layout2, &flat2), (&cfg, &layout, &flat));
+    // Exactly PEFT's key names, shapes, dtype and metadata.
+    let ours = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let theirs = std::fs::read(fixture("adapter/adapter_model.safetensors")).unwrap();
+    let (ours, theirs) = (
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut a: Vec<_> = ours
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec(), v.dtype()))
+        .collect();
+    let mut b: Vec<_> = theirs
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec(), v.dtype()))
+        .collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a, b);
+    let (_, meta) = safetensors::SafeTensors::read_metadata(
+        &std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            json["peft_type"].as_str(),
+            json["fan_in_fan_out"].as_bool(),
+            json["bias"].as_str()
+        ),
+        (Some("LORA"), Some(true), Some("none"))
+    );
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // A wrong-sized parameter vector is refused before anything is written.
+    assert!(peft::save(&dir.path().join("bad"), &cfg, &layout, &flat[1..], None).is_err());
+}

@@ -157,3 +157,107 @@ pub fn load(
     let flat = read_weights(&dir.join("adapter_model.safetensors"), &layout)?;
     Ok((cfg, layout, flat))
 }
+
+/// Write `bytes` to `path` atomically: a temporary sibling, fsynced, then renamed over it, so a
+/// crash leaves either the old file or the new one, never half of either.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            // Make the rename itself durable (best effort: not every platform can open a dir).
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Save an adapter in PEFT's format: `dir/adapter_config.json` and
+/// `dir/adapter_model.safetensors` (f32, metadata `{"format": "pt"}`, PEFT's key names), each
+/// written atomically. `PeftModel.from_pretrained(model, dir)` loads it.
+pub fn save(
+    dir: &Path,
+    cfg: &LoraConfig,
+    layout: &LoraLayout,
+    flat: &[f32],
+    base_model: Option<&str>,
+) -> Result<()> {
+    if flat.len() != layout.len {
+        return Err(Error::shape(
+            "peft::save",
+            format!(
+                "{} parameters given for a layout of {}",
+                flat.len(),
+                layout.len
+            ),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for e in &layout.entries {
+        for (which, offset, shape) in [
+            ("A", e.a_offset, [layout.r, e.d_in]),
+            ("B", e.b_offset, [e.d_out, layout.r]),
+        ] {
+            let n = shape[0] * shape[1];
+            let bytes = flat[offset..offset + n]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            tensors.push((key(e, which), shape.to_vec(), bytes));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::shape("peft::save", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let model_path = dir.join("adapter_model.safetensors");
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {
+        path: model_path.clone(),
+        detail: e.to_string(),
+    })?;
+    write_atomic(&model_path, &bytes)?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "layers_to_transform": cfg.layers_to_transform,
+        "fan_in_fan_out": true,
+        "bias": "none",
+        "use_rslora": cfg.use_rslora,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    });
+    let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
+    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
