@@ -27,30 +27,33 @@ fn small() -> Gpt2Config {
     }
 }
 
-/// Write `w` as safetensors (f32, or f16 when `half`), optionally with a `transformer.` prefix.
+/// Write `w` as safetensors in `dtype` (F32, F16 or BF16), keys with a `transformer.` prefix.
 fn write_checkpoint(
     path: &Path,
     cfg: &Gpt2Config,
     w: &weights::HostWeights,
-    half: bool,
+    dtype: Dtype,
     edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>),
 ) {
     let mut items: Vec<(String, Vec<usize>, Vec<u8>)> = weights::tensor_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| {
             let vals = &w[&name];
-            let bytes = if half {
-                vals.iter()
+            let bytes = match dtype {
+                Dtype::F16 => vals
+                    .iter()
                     .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                    .collect()
-            } else {
-                vals.iter().flat_map(|v| v.to_le_bytes()).collect()
+                    .collect(),
+                Dtype::BF16 => vals
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
             };
             (format!("transformer.{name}"), shape, bytes)
         })
         .collect();
     edit(&mut items);
-    let dtype = if half { Dtype::F16 } else { Dtype::F32 };
     let views: Vec<(String, TensorView)> = items
         .iter()
         .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
@@ -106,10 +109,20 @@ fn checkpoints_load_strictly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
 
-    write_checkpoint(&path, &cfg, &w, false, |_| {});
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |_| {});
     assert_eq!(weights::load(&path, &cfg).unwrap(), w, "f32 round trip");
 
-    write_checkpoint(&path, &cfg, &w, true, |_| {});
+    for (dtype, tol) in [(Dtype::F16, 1e-3), (Dtype::BF16, 8e-3)] {
+        write_checkpoint(&path, &cfg, &w, dtype, |_| {});
+        let h = weights::load(&path, &cfg).unwrap();
+        let (got, want) = (&h["h.1.mlp.c_fc.weight"], &w["h.1.mlp.c_fc.weight"]);
+        let ok = got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| (a - b).abs() <= tol * b.abs().max(1e-2));
+        assert!(ok, "{dtype:?} checkpoint values");
+    }
+    write_checkpoint(&path, &cfg, &w, Dtype::F16, |_| {});
     let h = weights::load(&path, &cfg).unwrap();
     let wte = &h["wte.weight"];
     assert!(
@@ -119,19 +132,19 @@ fn checkpoints_load_strictly() {
         "f16"
     );
 
-    write_checkpoint(&path, &cfg, &w, false, |items| {
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |items| {
         items.retain(|(n, _, _)| !n.ends_with("h.1.ln_2.bias"))
     });
     let e = weights::load(&path, &cfg).unwrap_err().to_string();
     assert!(e.contains("missing") && e.contains("h.1.ln_2.bias"), "{e}");
 
-    write_checkpoint(&path, &cfg, &w, false, |items| {
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |items| {
         items.push(("transformer.h.0.extra".into(), vec![1], vec![0; 4]))
     });
     let e = weights::load(&path, &cfg).unwrap_err().to_string();
     assert!(e.contains("unexpected") && e.contains("h.0.extra"), "{e}");
 
-    write_checkpoint(&path, &cfg, &w, false, |items| {
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |items| {
         let wpe = items
             .iter_mut()
             .find(|(n, _, _)| n.ends_with("wpe.weight"))
@@ -142,13 +155,13 @@ fn checkpoints_load_strictly() {
     assert!(e.contains("wpe.weight") && e.contains("[8, 4]"), "{e}");
 
     // Mask buffers and a tied lm_head are accepted and ignored.
-    write_checkpoint(&path, &cfg, &w, false, |items| {
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |items| {
         items.push(("h.0.attn.bias".into(), vec![1, 1, 4, 4], vec![0; 64]));
         items.push(("lm_head.weight".into(), vec![10, 8], vec![0; 320]));
     });
     assert_eq!(weights::load(&path, &cfg).unwrap(), w);
 
-    write_checkpoint(&path, &cfg, &w, false, |_| {});
+    write_checkpoint(&path, &cfg, &w, Dtype::F32, |_| {});
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = weights::load(&path, &cfg).unwrap_err().to_string();
