@@ -87,3 +87,22 @@ fixture = {
 }
 (OUT / "expected.json").write_text(json.dumps(fixture))
 print(f"wrote {OUT}: loss {loss.item():.6f}, 10-step losses {losses[0]:.4f} -> {losses[-1]:.4f}")
+
+# GPT-2 tokenizer: transformers' implementation over the vocabulary the crate bundles.
+from transformers import GPT2TokenizerFast  # noqa: E402
+
+SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "tokenizer" / "gpt2"
+tok = GPT2TokenizerFast(vocab=str(SRC / "encoder.json"), merges=str(SRC / "vocab.bpe"))
+assert tok.encode("Hello world") == [15496, 995], "vocabulary did not load"
+texts = [
+    "Hello world",
+    " Hello world!",
+    "LoRA fine-tunes GPT-2 on any GPU, through wgpu.",
+    "Numbers 1234567 and  double  spaces\nnew lines\t tabs",
+    "Unicode: café, naïve, 日本語, emoji 🙂",
+    "<|endoftext|>The end.<|endoftext|>",
+    "",
+]
+cases = [{"text": t, "ids": tok.encode(t)} for t in texts]
+(OUT.parent / "gpt2_tokenizer.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1))
+print(f"wrote {OUT.parent / 'gpt2_tokenizer.json'}")

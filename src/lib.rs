@@ -33,6 +33,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod lora;
 pub mod model;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 

