@@ -136,7 +136,6 @@ pub fn attention_backward(
     let scale = 1.0 / (hs as f64).sqrt();
     let at =
         |bb: usize, tt: usize, h: usize, part: usize| (bb * t + tt) * 3 * c + part * c + h * hs;
-    dqkv.iter_mut().for_each(|v| *v = 0.0);
     let mut acc = vec![0.0f64; dqkv.len()];
     for bb in 0..b {
         for h in 0..nh {

@@ -626,16 +626,8 @@ impl Recording {
         self.ops.is_empty()
     }
 
-    /// The recorded dispatches, in order.
-    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
-        self.ops.iter().filter_map(|op| match op {
-            Op::Dispatch(d) => Some(&**d),
-            Op::Clear(_) => None,
-        })
-    }
-
-    fn encode(&self, enc: &mut wgpu::CommandEncoder, count: usize) {
-        let ops = &self.ops[..count.min(self.ops.len())];
+    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        let ops = &self.ops;
         let mut i = 0;
         while i < ops.len() {
             match &ops[i] {
@@ -659,14 +651,6 @@ impl Recording {
         Self::run_all(gpu, &[self])
     }
 
-    /// Encode the first `count` operations only, and submit them. Does not wait.
-    pub fn run_prefix(&self, gpu: &Gpu, count: usize) -> Result<()> {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc, count);
-        gpu.queue.submit([enc.finish()]);
-        gpu.check("running a recording")
-    }
-
     /// Encode several recordings, in order, into one command buffer and submit it once.
     pub fn run_all(gpu: &Gpu, recordings: &[&Recording]) -> Result<()> {
         Self::run_all_then_copy(gpu, recordings, None)
@@ -681,7 +665,7 @@ impl Recording {
     ) -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for r in recordings {
-            r.encode(&mut enc, r.ops.len());
+            r.encode(&mut enc);
         }
         if let Some((src, dst)) = copy {
             enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst, 0, src.bytes());

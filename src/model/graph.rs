@@ -198,6 +198,8 @@ pub struct TrainGraph {
     shards: Vec<(usize, usize, Tensor)>,
     forward: Recording,
     backward: Recording,
+    /// The AdamW dispatch alone, so gradients can be computed without applying them.
+    update: Recording,
     optimizer: AdamWUpdate,
     counted: usize,
     allocated: u64,
@@ -316,12 +318,11 @@ impl Builder<'_> {
                 n: d_out,
                 r,
             };
-            let du = du.view("du", 0, &[m, r])?;
             let g = LoraGrads {
                 dx: Some(dinp),
                 da: &l.da,
                 db: &l.db,
-                du: &du,
+                du,
             };
             let ds = lk::backward(
                 self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
@@ -657,7 +658,8 @@ impl TrainGraph {
         bwd.push(n1);
         bwd.push(n2);
         let optimizer = adamw::update(gpu, &params, &grads, &m, &v, &norm_sq, opt)?;
-        bwd.push_shared(optimizer.shared());
+        let mut update = Recording::new();
+        update.push_shared(optimizer.shared());
 
         Ok(TrainGraph {
             b,
@@ -675,6 +677,7 @@ impl TrainGraph {
             shards,
             forward: fwd,
             backward: bwd,
+            update,
             optimizer,
             counted: 0,
             allocated: bl.allocated + 4 * (bt * LOSS_SLOTS) as u64,
@@ -746,7 +749,7 @@ impl TrainGraph {
         let slot = self.ring.reserve(gpu, &mut evicted)?;
         Recording::run_all_then_copy(
             gpu,
-            &[&self.forward, &self.backward],
+            &[&self.forward, &self.backward, &self.update],
             Some((&self.loss_rows, slot)),
         )?;
         self.ring.submitted(step);
@@ -798,9 +801,7 @@ impl TrainGraph {
     /// Forward and backward without the optimizer update: leaves the gradients in
     /// [`TrainGraph::grads`] (for inspection and tests). Does not wait.
     pub fn gradients(&self, gpu: &Gpu) -> Result<()> {
-        self.forward.run(gpu)?;
-        let n = self.backward.len();
-        self.backward.run_prefix(gpu, n - 1)
+        Recording::run_all(gpu, &[&self.forward, &self.backward])
     }
 
     /// Mean cross-entropy of the last forward pass or step (waits for the GPU).
@@ -853,7 +854,10 @@ impl std::fmt::Debug for TrainGraph {
             .field("b", &self.b)
             .field("t", &self.t)
             .field("lora_parameters", &self.layout.num_parameters())
-            .field("dispatches", &(self.forward.len() + self.backward.len()))
+            .field(
+                "dispatches",
+                &(self.forward.len() + self.backward.len() + self.update.len()),
+            )
             .finish()
     }
 }
