@@ -7,6 +7,8 @@
 //   v  = beta2 * v + (1 - beta2) * g * g
 //   w -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 // step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t) come from the host each step.
+// A non-finite norm_sq (a NaN or Inf somewhere in the gradients) skips the whole update: the
+// parameters and moments stay as they were, and the host sees the norm it reads back.
 //   param, grad, m, v: (n,)    norm_sq: (1,) from reduce.wgsl
 
 struct Params {
@@ -41,9 +43,14 @@ fn adamw_update(
     if i >= p.n {
         return;
     }
+    let ns = norm_sq[0];
+    // Exponent bits all ones: Inf or NaN (compared as bits, since WGSL may assume finite floats).
+    if (bitcast<u32>(ns) & 0x7f800000u) == 0x7f800000u {
+        return;
+    }
     var clip = 1.0;
     if p.max_norm > 0.0 {
-        clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6));
+        clip = min(1.0, p.max_norm / (sqrt(ns) + 1e-6));
     }
     let g = grad[i] * clip;
     var w = param[i] * (1.0 - p.lr * p.weight_decay);

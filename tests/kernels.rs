@@ -460,3 +460,41 @@ fn recording_replays_in_order_with_clears() {
         "replayed recording",
     );
 }
+
+/// A NaN or Inf anywhere in the gradients makes the squared norm non-finite; AdamW must then
+/// leave parameters and moments untouched (the trainer reports the skipped step).
+#[test]
+fn adamw_skips_non_finite_gradients() {
+    let g = gpu();
+    let n = 1000;
+    let cfg = AdamW {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..AdamW::default()
+    };
+    let p0 = random(n, 7);
+    let tp = g.upload("param", &p0, &[n]).unwrap();
+    let tg = g.zeros("grad", &[n]).unwrap();
+    let tm = g.upload("m", &random(n, 8), &[n]).unwrap();
+    let tv = g.upload("v", &vec![0.5; n], &[n]).unwrap();
+    let norm = g.zeros("norm_sq", &[1]).unwrap();
+    let [s1, s2] = reduce::sumsq(g, &norm, &tg).unwrap();
+    let upd = adamw::update(g, &tp, &tg, &tm, &tv, &norm, &cfg).unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut grad = random(n, 9);
+        grad[n / 2] = bad;
+        g.write(&tg, &grad).unwrap();
+        upd.set_step(g, 1, cfg.lr).unwrap();
+        g.run(&[&s1, &s2, upd.dispatch()]).unwrap();
+        assert!(!g.download(&norm).unwrap()[0].is_finite());
+        assert_eq!(
+            g.download(&tp).unwrap(),
+            p0,
+            "params changed by a {bad} gradient"
+        );
+        assert_eq!(g.download(&tv).unwrap(), vec![0.5; n], "v changed by {bad}");
+        let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+        cpu::adamw(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
+        assert_eq!(p, p0, "CPU reference must skip too");
+    }
+}

@@ -155,7 +155,8 @@ pub fn sumsq(x: &[f32]) -> f64 {
 }
 
 /// One AdamW step at `step` (1-based) in the same f32 arithmetic as `adamw.wgsl`; `norm_sq`
-/// is the squared global gradient norm used for clipping.
+/// is the squared global gradient norm used for clipping; when it is not finite the update is
+/// skipped and nothing changes.
 pub fn adamw(
     param: &mut [f32],
     grad: &[f32],
@@ -166,6 +167,9 @@ pub fn adamw(
     lr: f32,
     norm_sq: f32,
 ) {
+    if !norm_sq.is_finite() {
+        return;
+    }
     let (step_size, bc2_sqrt) = cfg.bias_correction(step, lr);
     let clip = if cfg.max_grad_norm > 0.0 {
         (cfg.max_grad_norm / (norm_sq.sqrt() + 1e-6)).min(1.0)

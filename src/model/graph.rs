@@ -12,7 +12,7 @@ use super::Gpt2Config;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
-use crate::gpu::{Gpu, MatmulVariant, ReadbackRing, Recording, Tensor};
+use crate::gpu::{Gpu, MatmulVariant, ReadbackRing, Recording, Tensor, VIEW_ALIGN};
 use crate::kernels::adamw::{self, AdamW, AdamWUpdate};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy::{self as ce, CeState, IGNORE};
@@ -193,22 +193,32 @@ pub struct TrainGraph {
     tokens: Tensor,
     targets: Tensor,
     dloss: Tensor,
-    loss_rows: Tensor,
+    /// Per-row losses, then (at `norm_at`) the squared gradient norm.
+    stats: Tensor,
+    norm_at: usize,
     lnf: Tensor,
     shards: Vec<(usize, usize, Tensor)>,
+    /// Training forward (LoRA dropout on).
     forward: Recording,
+    /// Evaluation forward (LoRA dropout off), when it differs from `forward`.
+    eval_forward: Option<Recording>,
+    clear_grads: Recording,
     backward: Recording,
     /// The AdamW dispatch alone, so gradients can be computed without applying them.
     update: Recording,
     optimizer: AdamWUpdate,
     counted: usize,
     allocated: u64,
-    /// Per-step row losses on their way back to the host.
+    /// Per-submission row losses and grad norm on their way back to the host.
     ring: ReadbackRing,
-    /// Counted targets of each submitted step, until its loss is read.
-    step_counted: BTreeMap<u64, usize>,
-    /// Mean losses read back, by step.
-    step_losses: BTreeMap<u64, f32>,
+    /// Submissions so far (the ring's tags).
+    submissions: u64,
+    /// Per submission in flight: (step, counted targets, whether it ends the step).
+    in_flight: BTreeMap<u64, (u64, usize, bool)>,
+    /// Loss sums and target counts of steps whose micro-batches are still arriving.
+    partial: BTreeMap<u64, (f64, usize)>,
+    /// Results read back, by step.
+    finished: BTreeMap<u64, StepStats>,
     /// LoRA dispatches whose dropout mask moves with the step.
     reseed: Vec<(usize, lk::Reseed)>,
     /// Number of adapted modules (dropout sites per step).
@@ -251,7 +261,8 @@ impl Builder<'_> {
         }
     }
 
-    /// out = inp · W + b, then out += scale · lora(inp) when the module is adapted.
+    /// out = inp · W + b, then out += scale · lora(inp) when the module is adapted (with the
+    /// module's dropout when `train`, without it otherwise).
     fn linear(
         &mut self,
         rec: &mut Recording,
@@ -261,6 +272,7 @@ impl Builder<'_> {
         lora: Option<&Adapted>,
         m: usize,
         scale: f32,
+        train: bool,
     ) -> Result<()> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
         rec.push(matmul(
@@ -279,10 +291,15 @@ impl Builder<'_> {
                 n: d_out,
                 r: l.a.shape()[0],
             };
+            let dropout = if train { l.dropout } else { Dropout::NONE };
             let d = lk::forward(
-                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &l.dropout,
+                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout,
             )?;
-            self.push_lora(rec, d, l, s, scale, false);
+            if train {
+                self.push_lora(rec, d, l, s, scale, false);
+            } else {
+                rec.push(d);
+            }
         }
         Ok(())
     }
@@ -381,7 +398,6 @@ impl TrainGraph {
         let grads = bl.zeros("lora grads", &[layout.len])?;
         let m = bl.zeros("adamw m", &[layout.len])?;
         let v = bl.zeros("adamw v", &[layout.len])?;
-        let norm_sq = bl.zeros("grad norm²", &[1])?;
         match init {
             Some(p) => gpu.write(&params, p)?,
             None => gpu.write(&params, &layout.init(seed))?,
@@ -441,7 +457,11 @@ impl TrainGraph {
         let logits = bl.zeros("logits chunk", &[bt, max_rows])?;
         let st = CeState::new(gpu, bt)?;
         bl.allocated += 3 * 4 * bt as u64;
-        let loss_rows = bl.zeros("loss per row", &[bt])?;
+        // Per-row losses and the squared grad norm share one buffer, read back together.
+        let norm_at = bt.next_multiple_of(VIEW_ALIGN as usize / 4);
+        let stats = bl.zeros("step stats", &[norm_at + 1])?;
+        let loss_rows = stats.view("loss per row", 0, &[bt])?;
+        let norm_sq = stats.view("grad norm²", norm_at, &[1])?;
         // Gradient scratch.
         let dres = bl.zeros("d residual", &[bt, c])?;
         let dln = bl.zeros("d ln", &[bt, c])?;
@@ -458,106 +478,122 @@ impl TrainGraph {
             .map(|&(v0, rows)| Ok((v0, rows, logits.view("logits", 0, &[bt, rows])?)))
             .collect::<Result<Vec<_>>>()?;
 
-        // ---- forward ----
-        let mut fwd = Recording::new();
+        // ---- forward: recorded for training and, when LoRA dropout is on, again without it
+        // for evaluation ----
         let wte: Vec<&Tensor> = model.wte.iter().collect();
-        for d in embedding::forward(gpu, &res[0], &tokens, &wte, &model.wpe, t, c)? {
-            fwd.push(d);
-        }
         let eps = cfg.layer_norm_epsilon;
-        for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate() {
+        let record_forward = |bl: &mut Builder, train: bool| -> Result<Recording> {
+            let mut fwd = Recording::new();
+            for d in embedding::forward(gpu, &res[0], &tokens, &wte, &model.wpe, t, c)? {
+                fwd.push(d);
+            }
+            for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate() {
+                fwd.push(layernorm::forward(
+                    gpu,
+                    &a.ln1,
+                    &a.mean1,
+                    &a.rstd1,
+                    &res[l],
+                    &blk.ln_1.w,
+                    &blk.ln_1.b,
+                    c,
+                    eps,
+                )?);
+                bl.linear(
+                    &mut fwd,
+                    &a.qkv,
+                    &a.ln1,
+                    &blk.c_attn,
+                    find(l, Linear::CAttn),
+                    bt,
+                    scale,
+                    train,
+                )?;
+                fwd.push(attention::forward(gpu, &a.atty, &a.att, &a.qkv, &ashape)?);
+                bl.linear(
+                    &mut fwd,
+                    &tmp_c,
+                    &a.atty,
+                    &blk.attn_c_proj,
+                    find(l, Linear::AttnCProj),
+                    bt,
+                    scale,
+                    train,
+                )?;
+                fwd.push(elementwise::add(gpu, &a.xmid, &res[l], &tmp_c)?);
+                fwd.push(layernorm::forward(
+                    gpu,
+                    &a.ln2,
+                    &a.mean2,
+                    &a.rstd2,
+                    &a.xmid,
+                    &blk.ln_2.w,
+                    &blk.ln_2.b,
+                    c,
+                    eps,
+                )?);
+                bl.linear(
+                    &mut fwd,
+                    &a.fc,
+                    &a.ln2,
+                    &blk.c_fc,
+                    find(l, Linear::CFc),
+                    bt,
+                    scale,
+                    train,
+                )?;
+                fwd.push(elementwise::gelu_forward(gpu, &a.gelu, &a.fc)?);
+                bl.linear(
+                    &mut fwd,
+                    &tmp_c,
+                    &a.gelu,
+                    &blk.mlp_c_proj,
+                    find(l, Linear::MlpCProj),
+                    bt,
+                    scale,
+                    train,
+                )?;
+                fwd.push(elementwise::add(gpu, &res[l + 1], &a.xmid, &tmp_c)?);
+            }
+            let last = &res[cfg.n_layer];
             fwd.push(layernorm::forward(
                 gpu,
-                &a.ln1,
-                &a.mean1,
-                &a.rstd1,
-                &res[l],
-                &blk.ln_1.w,
-                &blk.ln_1.b,
-                c,
-                eps,
-            )?);
-            bl.linear(
-                &mut fwd,
-                &a.qkv,
-                &a.ln1,
-                &blk.c_attn,
-                find(l, Linear::CAttn),
-                bt,
-                scale,
-            )?;
-            fwd.push(attention::forward(gpu, &a.atty, &a.att, &a.qkv, &ashape)?);
-            bl.linear(
-                &mut fwd,
-                &tmp_c,
-                &a.atty,
-                &blk.attn_c_proj,
-                find(l, Linear::AttnCProj),
-                bt,
-                scale,
-            )?;
-            fwd.push(elementwise::add(gpu, &a.xmid, &res[l], &tmp_c)?);
-            fwd.push(layernorm::forward(
-                gpu,
-                &a.ln2,
-                &a.mean2,
-                &a.rstd2,
-                &a.xmid,
-                &blk.ln_2.w,
-                &blk.ln_2.b,
-                c,
-                eps,
-            )?);
-            bl.linear(
-                &mut fwd,
-                &a.fc,
-                &a.ln2,
-                &blk.c_fc,
-                find(l, Linear::CFc),
-                bt,
-                scale,
-            )?;
-            fwd.push(elementwise::gelu_forward(gpu, &a.gelu, &a.fc)?);
-            bl.linear(
-                &mut fwd,
-                &tmp_c,
-                &a.gelu,
-                &blk.mlp_c_proj,
-                find(l, Linear::MlpCProj),
-                bt,
-                scale,
-            )?;
-            fwd.push(elementwise::add(gpu, &res[l + 1], &a.xmid, &tmp_c)?);
-        }
-        let last = &res[cfg.n_layer];
-        fwd.push(layernorm::forward(
-            gpu,
-            &lnf,
-            &meanf,
-            &rstdf,
-            last,
-            &model.ln_f.w,
-            &model.ln_f.b,
-            c,
-            eps,
-        )?);
-        for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
-            fwd.push(matmul(
-                gpu,
-                bl.mm,
-                lg,
                 &lnf,
-                shard,
-                None,
-                &MatmulOp::new(bt, *rows, c).trans_b(),
+                &meanf,
+                &rstdf,
+                last,
+                &model.ln_f.w,
+                &model.ln_f.b,
+                c,
+                eps,
             )?);
-            fwd.push(ce::stats(gpu, &st, lg, &targets, *v0, i == 0)?);
-        }
-        fwd.push(ce::loss(gpu, &loss_rows, &st, &targets)?);
+            for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
+                fwd.push(matmul(
+                    gpu,
+                    bl.mm,
+                    lg,
+                    &lnf,
+                    shard,
+                    None,
+                    &MatmulOp::new(bt, *rows, c).trans_b(),
+                )?);
+                fwd.push(ce::stats(gpu, &st, lg, &targets, *v0, i == 0)?);
+            }
+            fwd.push(ce::loss(gpu, &loss_rows, &st, &targets)?);
+            Ok(fwd)
+        };
+        let fwd = record_forward(&mut bl, true)?;
+        let eval_fwd = if lora.dropout > 0.0 {
+            Some(record_forward(&mut bl, false)?)
+        } else {
+            None
+        };
 
         // ---- backward ----
+        let last = &res[cfg.n_layer];
+        let mut clear_grads = Recording::new();
+        clear_grads.clear(&grads);
         let mut bwd = Recording::new();
-        bwd.clear(&grads);
         bwd.clear(&dres);
         for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
             bwd.push(matmul(
@@ -655,10 +691,10 @@ impl TrainGraph {
             )?);
         }
         let [n1, n2] = reduce::sumsq(gpu, &norm_sq, &grads)?;
-        bwd.push(n1);
-        bwd.push(n2);
         let optimizer = adamw::update(gpu, &params, &grads, &m, &v, &norm_sq, opt)?;
         let mut update = Recording::new();
+        update.push(n1);
+        update.push(n2);
         update.push_shared(optimizer.shared());
 
         Ok(TrainGraph {
@@ -672,20 +708,25 @@ impl TrainGraph {
             tokens,
             targets,
             dloss,
-            loss_rows,
+            stats,
+            norm_at,
             lnf,
             shards,
             forward: fwd,
+            eval_forward: eval_fwd,
+            clear_grads,
             backward: bwd,
             update,
             optimizer,
             counted: 0,
-            allocated: bl.allocated + 4 * (bt * LOSS_SLOTS) as u64,
-            ring: ReadbackRing::new(gpu, bt, LOSS_SLOTS),
+            allocated: bl.allocated + 4 * ((norm_at + 1) * LOSS_SLOTS) as u64,
+            ring: ReadbackRing::new(gpu, norm_at + 1, LOSS_SLOTS),
             reseed: bl.reseed,
             modules: layout_len,
-            step_counted: BTreeMap::new(),
-            step_losses: BTreeMap::new(),
+            submissions: 0,
+            in_flight: BTreeMap::new(),
+            partial: BTreeMap::new(),
+            finished: BTreeMap::new(),
         })
     }
 
@@ -701,8 +742,21 @@ impl TrainGraph {
     }
 
     /// Upload a batch: `inputs` and `targets` are (B, T) token ids; a target of
-    /// [`IGNORE`] contributes no loss.
+    /// [`IGNORE`] contributes no loss. The loss is the mean over this batch's counted targets.
     pub fn set_batch(&mut self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        self.set_micro_batch(gpu, inputs, targets, None)
+    }
+
+    /// Upload one micro-batch of a gradient-accumulation step whose micro-batches count
+    /// `step_targets` targets in all: gradients are scaled so that their sum over the step is
+    /// the gradient of the mean loss over every counted target of the step.
+    pub fn set_micro_batch(
+        &mut self,
+        gpu: &Gpu,
+        inputs: &[u32],
+        targets: &[u32],
+        step_targets: Option<usize>,
+    ) -> Result<()> {
         let n = self.b * self.t;
         if inputs.len() != n || targets.len() != n {
             return Err(Error::shape(
@@ -729,86 +783,154 @@ impl TrainGraph {
             ));
         }
         self.counted = targets.iter().filter(|&&t| t != IGNORE).count();
+        let denominator = step_targets.unwrap_or(self.counted).max(1);
         gpu.write_u32(&self.tokens, inputs)?;
         gpu.write_u32(&self.targets, targets)?;
-        gpu.write(&self.dloss, &[1.0 / self.counted.max(1) as f32])
+        gpu.write(&self.dloss, &[1.0 / denominator as f32])
     }
 
-    /// Forward pass and per-row losses only (evaluation). Does not wait.
+    /// Forward pass and per-row losses only, LoRA dropout off (evaluation). Does not wait;
+    /// [`TrainGraph::loss`] reads the result.
     pub fn forward(&self, gpu: &Gpu) -> Result<()> {
-        self.forward.run(gpu)
+        self.eval_forward.as_ref().unwrap_or(&self.forward).run(gpu)
     }
 
     /// One training step at 1-based `step` with learning rate `lr`: forward, backward, grad
     /// norm and AdamW in one submit, plus a copy of the step's losses into a staging ring.
-    /// Does not wait for the GPU (unless the ring is full of unread losses).
+    /// Does not wait for the GPU (unless the ring is full of unread results).
     pub fn step(&mut self, gpu: &Gpu, step: u64, lr: f32) -> Result<()> {
-        self.optimizer.set_step(gpu, step, lr)?;
-        self.set_dropout_step(gpu, step)?;
+        self.micro_step(gpu, step, 0, 1, lr)
+    }
+
+    /// Micro-batch `micro` (0-based) of `micros` in optimizer step `step` (gradient
+    /// accumulation): the first clears the gradients, each adds its own (upload it with
+    /// [`TrainGraph::set_micro_batch`]), the last applies the clipped AdamW update with `lr`.
+    /// A step whose gradient norm is not finite changes nothing (see [`StepStats::skipped`]).
+    pub fn micro_step(
+        &mut self,
+        gpu: &Gpu,
+        step: u64,
+        micro: usize,
+        micros: usize,
+        lr: f32,
+    ) -> Result<()> {
+        if step == 0 || micros == 0 || micro >= micros {
+            return Err(Error::invalid(
+                "micro step",
+                format!("{micro} of {micros} in step {step}"),
+                "steps count from 1 and micro < micros",
+            ));
+        }
+        let last = micro + 1 == micros;
+        if last {
+            self.optimizer.set_step(gpu, step, lr)?;
+        }
+        self.set_dropout_index(gpu, step * micros as u64 + micro as u64)?;
         let mut evicted = Vec::new();
         let slot = self.ring.reserve(gpu, &mut evicted)?;
-        Recording::run_all_then_copy(
-            gpu,
-            &[&self.forward, &self.backward, &self.update],
-            Some((&self.loss_rows, slot)),
-        )?;
-        self.ring.submitted(step);
-        self.step_counted.insert(step, self.counted);
+        let mut recs = Vec::with_capacity(4);
+        if micro == 0 {
+            recs.push(&self.clear_grads);
+        }
+        recs.extend([&self.forward, &self.backward]);
+        if last {
+            recs.push(&self.update);
+        }
+        Recording::run_all_then_copy(gpu, &recs, Some((&self.stats, slot)))?;
+        self.submissions += 1;
+        self.ring.submitted(self.submissions);
+        self.in_flight
+            .insert(self.submissions, (step, self.counted, last));
         self.collect(evicted);
         Ok(())
     }
 
-    /// Dropout masks of step s use Philox counter offsets s·modules + module: a fresh mask for
-    /// every module and step, the same one in forward and backward.
-    fn set_dropout_step(&self, gpu: &Gpu, step: u64) -> Result<()> {
+    /// Dropout masks of forward pass `index` use Philox counter offsets index·modules + module:
+    /// a fresh mask for every module and micro-batch, the same one in forward and backward.
+    fn set_dropout_index(&self, gpu: &Gpu, index: u64) -> Result<()> {
         for (module, r) in &self.reseed {
-            let offset = (step as usize * self.modules + module) as u32;
+            let offset = (index as usize * self.modules + module) as u32;
             r.set_offset(gpu, offset)?;
         }
         Ok(())
     }
 
     fn collect(&mut self, results: Vec<(u64, Vec<f32>)>) {
-        for (step, rows) in results {
-            let counted = self.step_counted.remove(&step).unwrap_or(1).max(1);
-            let sum: f64 = rows.iter().map(|&l| l as f64).sum();
-            self.step_losses.insert(step, (sum / counted as f64) as f32);
+        let bt = self.b * self.t;
+        for (tag, values) in results {
+            let Some((step, counted, last)) = self.in_flight.remove(&tag) else {
+                continue;
+            };
+            let sum: f64 = values[..bt].iter().map(|&l| l as f64).sum();
+            let entry = self.partial.entry(step).or_insert((0.0, 0));
+            entry.0 += sum;
+            entry.1 += counted;
+            if last {
+                let (sum, counted) = self.partial.remove(&step).unwrap_or_default();
+                self.finished.insert(
+                    step,
+                    StepStats {
+                        loss: (sum / counted.max(1) as f64) as f32,
+                        grad_norm: values[self.norm_at].sqrt(),
+                        targets: counted,
+                    },
+                );
+            }
         }
     }
 
-    /// Mean losses of the steps whose results have arrived, oldest first, without waiting.
-    pub fn ready_losses(&mut self, gpu: &Gpu) -> Result<Vec<(u64, f32)>> {
+    /// Results of the steps that have arrived, oldest first, without waiting.
+    pub fn ready_steps(&mut self, gpu: &Gpu) -> Result<Vec<(u64, StepStats)>> {
         let r = self.ring.ready(gpu)?;
         self.collect(r);
-        Ok(std::mem::take(&mut self.step_losses).into_iter().collect())
+        Ok(std::mem::take(&mut self.finished).into_iter().collect())
     }
 
-    /// The mean loss of training step `step` (waits for it if it is still running).
-    pub fn step_loss(&mut self, gpu: &Gpu, step: u64) -> Result<f32> {
-        if !self.step_losses.contains_key(&step) {
+    /// Results of every submitted step, oldest first, waiting for the GPU.
+    pub fn drain_steps(&mut self, gpu: &Gpu) -> Result<Vec<(u64, StepStats)>> {
+        let r = self.ring.drain(gpu)?;
+        self.collect(r);
+        Ok(std::mem::take(&mut self.finished).into_iter().collect())
+    }
+
+    /// The result of training step `step` (waits for it if it is still running).
+    pub fn step_stats(&mut self, gpu: &Gpu, step: u64) -> Result<StepStats> {
+        if !self.finished.contains_key(&step) {
             let r = self.ring.drain(gpu)?;
             self.collect(r);
         }
-        self.step_losses.remove(&step).ok_or_else(|| {
+        self.finished.remove(&step).ok_or_else(|| {
             Error::invalid(
                 "step",
                 step,
-                "no loss for this step: it was not run, or its loss was already taken",
+                "no result for this step: it was not run, or its result was already taken",
             )
         })
     }
 
-    /// Forward and backward without the optimizer update: leaves the gradients in
-    /// [`TrainGraph::grads`] (for inspection and tests). Does not wait.
+    /// The mean loss of training step `step` (waits for it if it is still running).
+    pub fn step_loss(&mut self, gpu: &Gpu, step: u64) -> Result<f32> {
+        Ok(self.step_stats(gpu, step)?.loss)
+    }
+
+    /// Forward and backward (training mode) without the optimizer update: leaves the
+    /// gradients in [`TrainGraph::grads`] (for inspection and tests). Does not wait.
     pub fn gradients(&self, gpu: &Gpu) -> Result<()> {
-        Recording::run_all(gpu, &[&self.forward, &self.backward])
+        Recording::run_all(gpu, &[&self.clear_grads, &self.forward, &self.backward])
     }
 
     /// Mean cross-entropy of the last forward pass or step (waits for the GPU).
     pub fn loss(&self, gpu: &Gpu) -> Result<f32> {
-        let rows = gpu.download(&self.loss_rows)?;
-        let sum: f64 = rows.iter().map(|&l| l as f64).sum();
-        Ok((sum / self.counted.max(1) as f64) as f32)
+        let (sum, counted) = self.loss_sum(gpu)?;
+        Ok((sum / counted.max(1) as f64) as f32)
+    }
+
+    /// Sum of the per-target losses of the last forward pass and the number of counted
+    /// targets, for averaging over many batches (waits for the GPU).
+    pub fn loss_sum(&self, gpu: &Gpu) -> Result<(f64, usize)> {
+        let rows = gpu.download(&self.stats)?;
+        let sum = rows[..self.b * self.t].iter().map(|&l| l as f64).sum();
+        Ok((sum, self.counted))
     }
 
     /// Full logits (B·T, V) of the last forward pass, assembled chunk by chunk (waits).
@@ -841,11 +963,76 @@ impl TrainGraph {
         gpu.download(&self.params)
     }
 
-    /// AdamW's first and second moments (the parameters' layout), to save or restore for an
-    /// exact resume.
-    pub fn moments(&self) -> (&Tensor, &Tensor) {
-        (&self.m, &self.v)
+    /// Replace the flat LoRA parameters (e.g. with a loaded adapter's).
+    pub fn write_params(&self, gpu: &Gpu, params: &[f32]) -> Result<()> {
+        self.check_len("parameters", params.len())?;
+        gpu.write(&self.params, params)
     }
+
+    /// LoRA parameters and AdamW's first and second moments, for a checkpoint.
+    pub fn read_state(&self, gpu: &Gpu) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            params: gpu.download(&self.params)?,
+            m: gpu.download(&self.m)?,
+            v: gpu.download(&self.v)?,
+        })
+    }
+
+    /// Restore what [`TrainGraph::read_state`] returned: training then continues exactly.
+    pub fn write_state(&self, gpu: &Gpu, state: &OptimizerState) -> Result<()> {
+        for (what, x) in [
+            ("parameters", &state.params),
+            ("AdamW m", &state.m),
+            ("AdamW v", &state.v),
+        ] {
+            self.check_len(what, x.len())?;
+        }
+        gpu.write(&self.params, &state.params)?;
+        gpu.write(&self.m, &state.m)?;
+        gpu.write(&self.v, &state.v)
+    }
+
+    fn check_len(&self, what: &str, len: usize) -> Result<()> {
+        if len != self.layout.len {
+            return Err(Error::shape(
+                "TrainGraph state",
+                format!(
+                    "{what} hold {len} values but this LoRA layout needs {}",
+                    self.layout.len
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one training step reports, read back without stalling the GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the step's counted targets (all micro-batches).
+    pub loss: f32,
+    /// Global L2 norm of the LoRA gradients before clipping.
+    pub grad_norm: f32,
+    /// Targets that counted towards the loss.
+    pub targets: usize,
+}
+
+impl StepStats {
+    /// Whether AdamW skipped this step because the gradients held a NaN or an infinity.
+    pub fn skipped(&self) -> bool {
+        !self.grad_norm.is_finite()
+    }
+}
+
+/// LoRA parameters and AdamW moments, all in the flat [`LoraLayout`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// LoRA A and B of every adapted module.
+    pub params: Vec<f32>,
+    /// AdamW first moments.
+    pub m: Vec<f32>,
+    /// AdamW second moments.
+    pub v: Vec<f32>,
 }
 
 impl std::fmt::Debug for TrainGraph {

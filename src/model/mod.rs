@@ -5,4 +5,4 @@ pub mod graph;
 pub mod weights;
 
 pub use config::Gpt2Config;
-pub use graph::{Gpt2, TrainGraph};
+pub use graph::{Gpt2, OptimizerState, StepStats, TrainGraph};
