@@ -28,10 +28,12 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod tokenizer;
 

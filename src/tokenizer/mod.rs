@@ -106,4 +106,17 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The id of one token of the vocabulary (special tokens included), e.g. `<|endoftext|>`.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The tokenizer as a Hugging Face `tokenizer.json` document, which
+    /// [`Tokenizer::from_file`], the `tokenizers` library and transformers load.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| tok_err("serialising the tokenizer", e))
+    }
 }

@@ -1,0 +1,421 @@
+//! Merging PEFT LoRA adapters into GPT-2's weights, and writing the result as a Hugging Face
+//! GPT-2 directory that transformers' `GPT2LMHeadModel.from_pretrained` loads.
+//!
+//! GPT-2's linear layers are Conv1D with weights stored [in, out] (y = x W + b), while PEFT
+//! keeps A (r, in) and B (out, r) in `nn.Linear` layout (`fan_in_fan_out = true`), so a merge adds
+//! `scale · lora_scale · (B A)ᵀ` to W, lora_scale being alpha / r (alpha / √r with rsLoRA).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use lora_wgpu::merge::merge_dirs;
+//!
+//! # fn main() -> lora_wgpu::Result<()> {
+//! let summary = merge_dirs(
+//!     Path::new("gpt2"),
+//!     &[(Path::new("runs/adapter").to_path_buf(), 1.0)],
+//!     Path::new("gpt2-merged"),
+//!     false,
+//! )?;
+//! println!("merged {} modules", summary.modules);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::lora::{peft, LoraConfig, LoraLayout};
+use crate::model::weights::{self, HostWeights};
+use crate::model::Gpt2Config;
+use crate::tokenizer::{Tokenizer, EOT};
+
+/// Add `scale · lora_scale · (B A)ᵀ` of every module the adapter targets to its Conv1D weight
+/// in `weights` (`h.{i}.attn.c_attn.weight` and so on, [in, out]). `adapter` is the
+/// adapter's config, its flat layout (as [`LoraLayout::new`] builds it for `cfg`) and its flat
+/// parameters (as [`peft::load`] returns them). `scale` 1 merges, -1 unmerges; several adapters
+/// merge by calling this once for each.
+///
+/// Everything is checked before anything is changed: on error `weights` is untouched.
+pub fn merge_into(
+    weights: &mut HostWeights,
+    cfg: &Gpt2Config,
+    adapter: (&LoraConfig, &LoraLayout, &[f32]),
+    scale: f32,
+) -> Result<usize> {
+    let (lora, layout, params) = adapter;
+    cfg.validate()?;
+    if !scale.is_finite() {
+        return Err(Error::invalid(
+            "merge scale",
+            scale,
+            "must be a finite number",
+        ));
+    }
+    let expected = LoraLayout::new(cfg, lora)?;
+    if &expected != layout {
+        return Err(Error::shape(
+            "merge_into",
+            "the adapter's layout is not the one its LoRA config gives for this model: build it with LoraLayout::new(model config, lora config)",
+        ));
+    }
+    if params.len() != layout.len {
+        return Err(Error::shape(
+            "merge_into",
+            format!(
+                "{} adapter parameters given for a layout of {}",
+                params.len(),
+                layout.len
+            ),
+        ));
+    }
+    let r = layout.r;
+    for e in &layout.entries {
+        let key = format!("{}.weight", e.path());
+        match weights.get(&key) {
+            Some(w) if w.len() == e.d_in * e.d_out => {}
+            Some(w) => {
+                return Err(Error::shape(
+                    "merge_into",
+                    format!(
+                        "{key} has {} values, expected {} x {}",
+                        w.len(),
+                        e.d_in,
+                        e.d_out
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::shape(
+                    "merge_into",
+                    format!("the model weights have no {key}"),
+                ))
+            }
+        }
+    }
+    let s = scale as f64 * lora.scale() as f64;
+    for e in &layout.entries {
+        let key = format!("{}.weight", e.path());
+        let Some(w) = weights.get_mut(&key) else {
+            continue; // checked above
+        };
+        let a = &params[e.a_offset..e.a_offset + r * e.d_in]; // (r, d_in)
+        let b = &params[e.b_offset..e.b_offset + e.d_out * r]; // (d_out, r)
+        let (d_in, d_out) = (e.d_in, e.d_out);
+        let mut a_col = vec![0.0f64; r];
+        for k in 0..d_in {
+            for (j, v) in a_col.iter_mut().enumerate() {
+                *v = a[j * d_in + k] as f64;
+            }
+            let row = &mut w[k * d_out..(k + 1) * d_out];
+            for (n, wv) in row.iter_mut().enumerate() {
+                let dot: f64 = b[n * r..(n + 1) * r]
+                    .iter()
+                    .zip(&a_col)
+                    .map(|(&bv, &av)| bv as f64 * av)
+                    .sum();
+                *wv += (s * dot) as f32;
+            }
+        }
+    }
+    Ok(layout.entries.len())
+}
+
+/// What [`merge_dirs`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergeSummary {
+    /// The base model's shape.
+    pub config: Gpt2Config,
+    /// Adapters merged.
+    pub adapters: usize,
+    /// Modules changed, counted once per adapter.
+    pub modules: usize,
+}
+
+/// Load the Hugging Face GPT-2 directory `base`, merge each PEFT adapter directory of
+/// `adapters` with its scale, in order ([`merge_into`]), and write the result to `out`
+/// ([`save_hf_dir`]) with the base's `tokenizer.json` (GPT-2's when it has none).
+pub fn merge_dirs(
+    base: &Path,
+    adapters: &[(PathBuf, f32)],
+    out: &Path,
+    overwrite: bool,
+) -> Result<MergeSummary> {
+    if adapters.is_empty() {
+        return Err(Error::invalid(
+            "adapters",
+            "none",
+            "give at least one PEFT adapter directory to merge",
+        ));
+    }
+    check_out_dir(out, overwrite)?;
+    let cfg = Gpt2Config::from_file(&base.join("config.json"))?;
+    let mut w = weights::load(&base.join("model.safetensors"), &cfg)?;
+    let tok = Tokenizer::for_model_dir(base)?;
+    let mut modules = 0;
+    for (dir, scale) in adapters {
+        let (lora, layout, params) = peft::load(dir, &cfg)?;
+        modules += merge_into(&mut w, &cfg, (&lora, &layout, &params), *scale)?;
+    }
+    save_hf_dir(out, &cfg, &w, &tok, overwrite)?;
+    Ok(MergeSummary {
+        config: cfg,
+        adapters: adapters.len(),
+        modules,
+    })
+}
+
+/// A full Hugging Face GPT-2 `config.json` for `cfg`. Dropout rates are GPT-2's published
+/// ones (they do not change inference); bos/eos are `<|endoftext|>` (50256) when the
+/// vocabulary has it, else null.
+pub fn hf_config_json(cfg: &Gpt2Config) -> serde_json::Value {
+    let eot = (cfg.vocab_size > EOT as usize).then_some(EOT);
+    serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "activation_function": cfg.activation_function,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": null,
+        "n_positions": cfg.n_positions,
+        "n_ctx": cfg.n_positions,
+        "vocab_size": cfg.vocab_size,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "attn_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "resid_pdrop": 0.1,
+        "summary_first_dropout": 0.1,
+        "summary_type": "cls_index",
+        "summary_use_proj": true,
+        "summary_activation": null,
+        "summary_proj_to_labels": true,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false,
+        "tie_word_embeddings": true,
+        "use_cache": true,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "dtype": "float32",
+    })
+}
+
+/// One f32 tensor, viewed as little-endian bytes for safetensors without a copy on
+/// little-endian machines.
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl safetensors::View for F32View<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            Cow::Borrowed(bytemuck::cast_slice(self.data))
+        } else {
+            Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Errors unless `out` is absent, an empty directory, or a directory and `overwrite`.
+fn check_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(out, e)),
+        Ok(m) if !m.is_dir() => Err(Error::Format {
+            path: out.to_path_buf(),
+            detail: "exists and is not a directory: give a path for a new directory".into(),
+        }),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(out).map_err(|e| io_err(out, e))?;
+            if entries.next().is_some() && !overwrite {
+                Err(Error::Format {
+                    path: out.to_path_buf(),
+                    detail: "exists and is not empty: give a new directory, or pass --overwrite to replace it".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Write `bytes` to `path` (a new file) and flush it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))
+}
+
+/// Flush a directory's entries to disk (best effort: not every platform opens directories).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Write the files of a Hugging Face GPT-2 directory into `dir` (which exists and is empty).
+fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokenizer) -> Result<()> {
+    let config = serde_json::to_string_pretty(&hf_config_json(cfg))
+        .map_err(|e| Error::shape("save_hf_dir", e.to_string()))?;
+    write_synced(&dir.join("config.json"), config.as_bytes())?;
+
+    let views = weights::tensor_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let data = w.get(&name).map(Vec::as_slice).unwrap_or_default();
+            (format!("transformer.{name}"), F32View { shape, data })
+        })
+        .collect::<Vec<_>>();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let st = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, Some(meta), &st).map_err(|e| Error::Format {
+        path: st.clone(),
+        detail: format!("writing safetensors: {e}"),
+    })?;
+    std::fs::File::open(&st)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(&st, e))?;
+
+    write_synced(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
+    if tokenizer.token_to_id("<|endoftext|>").is_some() {
+        let tc = serde_json::json!({
+            "tokenizer_class": "GPT2Tokenizer",
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "add_prefix_space": false,
+            "add_bos_token": false,
+            "model_max_length": cfg.n_positions,
+            "clean_up_tokenization_spaces": false,
+        });
+        let text = serde_json::to_string_pretty(&tc)
+            .map_err(|e| Error::shape("save_hf_dir", e.to_string()))?;
+        write_synced(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Write a Hugging Face GPT-2 directory: `config.json` ([`hf_config_json`]),
+/// `model.safetensors` (f32, keys `transformer.h.0.attn.c_attn.weight` and so on, Conv1D
+/// weights [in, out], the LM head tied to `wte` and not stored, metadata `{"format": "pt"}`),
+/// `tokenizer.json`, and a `tokenizer_config.json` naming `<|endoftext|>` as bos/eos/unk when
+/// the tokenizer has it.
+///
+/// Atomic: the files go into a temporary sibling directory, are flushed to disk, and the
+/// directory is renamed into place, so `out` is never seen half-written. An existing non-empty
+/// `out` is an error unless `overwrite`; then the old directory is renamed aside, the new one
+/// renamed in, and the old one deleted.
+pub fn save_hf_dir(
+    out: &Path,
+    cfg: &Gpt2Config,
+    weights: &HostWeights,
+    tokenizer: &Tokenizer,
+    overwrite: bool,
+) -> Result<()> {
+    cfg.validate()?;
+    let shapes = weights::tensor_shapes(cfg);
+    for (name, shape) in &shapes {
+        let n: usize = shape.iter().product();
+        match weights.get(name) {
+            Some(v) if v.len() == n => {}
+            Some(v) => {
+                return Err(Error::shape(
+                    "save_hf_dir",
+                    format!("{name} has {} values, expected {shape:?}", v.len()),
+                ))
+            }
+            None => {
+                return Err(Error::shape(
+                    "save_hf_dir",
+                    format!("the weights have no {name}"),
+                ))
+            }
+        }
+    }
+    if weights.len() != shapes.len() {
+        let mut extra: Vec<_> = weights
+            .keys()
+            .filter(|k| !shapes.iter().any(|(n, _)| n == *k))
+            .cloned()
+            .collect();
+        extra.sort();
+        return Err(Error::shape(
+            "save_hf_dir",
+            format!("tensors GPT-2 does not have: {}", extra.join(", ")),
+        ));
+    }
+    check_out_dir(out, overwrite)?;
+
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Format {
+            path: out.to_path_buf(),
+            detail: "the output path has no directory name: give e.g. ./merged".into(),
+        })?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let tmp = parent.join(format!(".{name}.tmp-{unique}"));
+    std::fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    if let Err(e) = write_files(&tmp, cfg, weights, tokenizer) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+
+    let result = if out.exists() {
+        // Empty, or non-empty with overwrite (checked above): move it aside, move the new one
+        // in, then delete the old one.
+        let old = parent.join(format!(".{name}.old-{unique}"));
+        std::fs::rename(out, &old)
+            .map_err(|e| io_err(out, e))
+            .and_then(|()| match std::fs::rename(&tmp, out) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&old);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::rename(&old, out);
+                    Err(io_err(out, e))
+                }
+            })
+    } else {
+        std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    sync_dir(&parent);
+    result
+}
