@@ -35,7 +35,9 @@ pub mod kernels;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod plot;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

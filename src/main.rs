@@ -1,8 +1,17 @@
 //! `lora-wgpu`: the command-line front end. It parses arguments and calls the library.
 
-use anyhow::Result;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use lora_wgpu::data::{self, Dataset};
 use lora_wgpu::gpu::{list_adapters, GpuOptions};
+use lora_wgpu::kernels::adamw::AdamW;
+use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
+use lora_wgpu::model::{Model, ModelSource, TrainGraph};
+use lora_wgpu::train::{self, Duration, Event, TrainConfig, Trainer};
+use lora_wgpu::Gpu;
 
 /// LoRA fine-tuning of GPT-2 on any GPU through wgpu.
 #[derive(Parser)]
@@ -33,10 +42,217 @@ impl DeviceArgs {
         o.adapter = self.device.clone();
         Ok(o)
     }
+
+    fn gpu(&self) -> Result<Gpu> {
+        Ok(Gpu::new(&self.options()?)?)
+    }
+}
+
+/// LoRA hyperparameters (PEFT's names as aliases).
+#[derive(clap::Args, Clone)]
+struct LoraArgs {
+    /// LoRA rank r.
+    #[arg(
+        long,
+        alias = "r",
+        alias = "lora-r",
+        alias = "lora_r",
+        default_value_t = 8
+    )]
+    rank: usize,
+    /// lora_alpha: the update is scaled by alpha / r.
+    #[arg(
+        long,
+        alias = "lora-alpha",
+        alias = "lora_alpha",
+        default_value_t = 16.0
+    )]
+    alpha: f32,
+    /// Dropout on the adapter input, in [0, 1).
+    #[arg(
+        long,
+        alias = "lora-dropout",
+        alias = "lora_dropout",
+        default_value_t = 0.05
+    )]
+    dropout: f32,
+    /// Modules to adapt (PEFT names, comma-separated): c_attn, c_proj, c_fc, attn.c_proj,
+    /// mlp.c_proj, or all-linear.
+    #[arg(
+        long,
+        alias = "target-modules",
+        alias = "target_modules",
+        value_delimiter = ',',
+        default_value = "c_attn,c_proj"
+    )]
+    targets: Vec<String>,
+    /// Only these block indices (comma-separated; default all).
+    #[arg(
+        long,
+        alias = "layers-to-transform",
+        alias = "layers_to_transform",
+        value_delimiter = ','
+    )]
+    layers: Option<Vec<usize>>,
+    /// Rank-stabilised scaling alpha / √r.
+    #[arg(long, alias = "use-rslora", alias = "use_rslora")]
+    rslora: bool,
+}
+
+impl LoraArgs {
+    fn config(&self) -> LoraConfig {
+        LoraConfig {
+            r: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules: self.targets.clone(),
+            layers_to_transform: self.layers.clone(),
+            use_rslora: self.rslora,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Model: a Hugging Face GPT-2 dir, `tiny` (built-in demo), `random:<shape>`, or a hub id.
+    /// Default with no --data: tiny.
+    #[arg(long)]
+    model: Option<String>,
+    /// Training text: a .txt file, a directory of .txt files, or .jsonl with {"text"} or
+    /// {"prompt", "completion"} per line. Default: the bundled demo corpus.
+    #[arg(long, alias = "train-file", alias = "train_file")]
+    data: Option<PathBuf>,
+    /// Output directory (adapter, checkpoints/, best/, metrics.jsonl, loss_curve.svg).
+    /// Default: runs/run-<time>.
+    #[arg(long, alias = "output-dir", alias = "output_dir")]
+    out: Option<PathBuf>,
+    /// Validation data (same formats as --data).
+    #[arg(long, alias = "validation-file", alias = "validation_file")]
+    valid: Option<PathBuf>,
+    /// Hold out this fraction of the training blocks for validation (when no --valid).
+    #[arg(long, alias = "validation-split-percentage", conflicts_with = "valid")]
+    val_split: Option<f64>,
+    /// jsonl prompt/completion: loss on the completion only.
+    #[arg(long)]
+    mask_prompt: bool,
+    /// Tokens per training sequence. Default: min(1024, n_positions); 64 for the demo.
+    #[arg(long, alias = "block_size", alias = "max-seq-length")]
+    block_size: Option<usize>,
+    #[command(flatten)]
+    lora: LoraArgs,
+    /// Peak learning rate.
+    #[arg(long, alias = "learning-rate", alias = "learning_rate")]
+    lr: Option<f32>,
+    /// AdamW weight decay.
+    #[arg(long, alias = "weight_decay", default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Warmup steps.
+    #[arg(long, alias = "warmup_steps", conflicts_with = "warmup_ratio")]
+    warmup_steps: Option<u64>,
+    /// Warmup as a fraction of the total steps.
+    #[arg(long, alias = "warmup_ratio", default_value_t = 0.0)]
+    warmup_ratio: f32,
+    /// Learning-rate schedule after warmup: linear, cosine or constant.
+    #[arg(
+        long,
+        alias = "lr-scheduler-type",
+        alias = "lr_scheduler_type",
+        default_value = "linear"
+    )]
+    lr_scheduler: String,
+    /// Passes over the training data (default 1).
+    #[arg(long, alias = "num-train-epochs", alias = "num_train_epochs")]
+    epochs: Option<u64>,
+    /// Optimizer steps (wins over --epochs).
+    #[arg(long, alias = "max_steps", alias = "iters")]
+    max_steps: Option<u64>,
+    /// Sequences per micro-batch.
+    #[arg(
+        long,
+        alias = "per-device-train-batch-size",
+        alias = "per_device_train_batch_size"
+    )]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(
+        long,
+        alias = "gradient-accumulation-steps",
+        alias = "gradient_accumulation_steps",
+        default_value_t = 1
+    )]
+    grad_accum: usize,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, alias = "max_grad_norm", default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Seed of the LoRA init, data order, validation split and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Log every N steps.
+    #[arg(long, alias = "logging-steps", alias = "logging_steps")]
+    log_every: Option<u64>,
+    /// Evaluate every N steps (0: at epoch ends and at the end only).
+    #[arg(long, alias = "eval-steps", alias = "eval_steps")]
+    eval_every: Option<u64>,
+    /// Checkpoint every N steps (0: at the end only).
+    #[arg(long, alias = "save-steps", alias = "save_steps", default_value_t = 0)]
+    save_every: u64,
+    /// Checkpoints to keep (0: all).
+    #[arg(long, alias = "save_total_limit", default_value_t = 2)]
+    save_total_limit: usize,
+    /// Stop after this many non-finite (skipped) steps in a row.
+    #[arg(long, default_value_t = 5)]
+    max_bad_steps: u64,
+    /// Continue from a checkpoint: a checkpoint dir, or (no value) --out's newest.
+    #[arg(long, alias = "resume-from-checkpoint", num_args = 0..=1, default_missing_value = "")]
+    resume: Option<PathBuf>,
+    /// Replace an existing run in --out.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Text to generate from after training (default: the start of the validation text).
+    #[arg(long)]
+    sample_prompt: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a LoRA adapter (no arguments: a 3-minute demo on the built-in tiny model).
+    Train(Box<TrainArgs>),
+    /// Mean next-token loss and perplexity of a model (+ adapter) on a text file.
+    Eval {
+        /// Model dir, tiny, random:<shape> or hub id.
+        #[arg(long)]
+        model: String,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Text file (the whole text is tokenised and cut into windows).
+        #[arg(long)]
+        data: PathBuf,
+        /// Window length N (default min(1024, n_positions)).
+        #[arg(long)]
+        block_size: Option<usize>,
+        /// Windows per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Trainable parameters per target module (PEFT's print_trainable_parameters, and more).
+    Info {
+        /// Model dir, tiny, random:<shape> or hub id.
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Read the LoRA settings from this PEFT adapter instead of the options.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[command(flatten)]
+        lora: LoraArgs,
+    },
     /// List every adapter wgpu finds and mark the one that would be used.
     Devices {
         #[command(flatten)]
@@ -46,6 +262,29 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Command::Train(args) => train_cmd(&args),
+        Command::Eval {
+            model,
+            adapter,
+            data,
+            block_size,
+            batch_size,
+            json,
+            device,
+        } => eval_cmd(
+            &model,
+            adapter.as_deref(),
+            &data,
+            block_size,
+            batch_size,
+            json,
+            &device,
+        ),
+        Command::Info {
+            model,
+            adapter,
+            lora,
+        } => info_cmd(&model, adapter.as_deref(), &lora),
         Command::Devices { device } => devices(&device),
     };
     match result {
@@ -54,6 +293,456 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Settings of the built-in demo (no --model and no --data): small enough to finish in about
+/// three minutes on two CPU cores with lavapipe.
+struct Demo;
+
+impl Demo {
+    const BLOCK: usize = 64;
+    const BATCH: usize = 4;
+    const STEPS: u64 = 40;
+    const LR: f32 = 3e-3;
+    const EVAL_EVERY: u64 = 10;
+    const LOG_EVERY: u64 = 5;
+    const VAL_SPLIT: f64 = 0.02;
+}
+
+fn train_cmd(a: &TrainArgs) -> Result<()> {
+    let demo = a.model.is_none() && a.data.is_none();
+    if a.model.is_none() != a.data.is_none() {
+        bail!(
+            "pass both --model and --data (or neither, for the built-in demo: the tiny model \
+             on the bundled corpus)"
+        );
+    }
+    let gpu = a.device.gpu()?;
+    let model = Model::load(&gpu, a.model.as_deref().unwrap_or("tiny"))?;
+    let cfg_model = &model.config;
+    let block = a.block_size.unwrap_or(if demo {
+        Demo::BLOCK
+    } else {
+        1024.min(cfg_model.n_positions)
+    });
+    let cfg = TrainConfig {
+        lora: a.lora.config(),
+        lr: a.lr.unwrap_or(if demo { Demo::LR } else { 2e-4 }),
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        warmup_ratio: a.warmup_ratio,
+        schedule: a.lr_scheduler.parse()?,
+        duration: match (a.max_steps, a.epochs) {
+            (Some(s), _) => Duration::Steps(s),
+            (None, Some(e)) => Duration::Epochs(e),
+            (None, None) if demo => Duration::Steps(Demo::STEPS),
+            (None, None) => Duration::Epochs(1),
+        },
+        batch_size: a.batch_size.unwrap_or(if demo { Demo::BATCH } else { 4 }),
+        grad_accum: a.grad_accum,
+        max_grad_norm: a.max_grad_norm,
+        block_size: block,
+        seed: a.seed,
+        log_every: a
+            .log_every
+            .unwrap_or(if demo { Demo::LOG_EVERY } else { 10 }),
+        eval_every: a
+            .eval_every
+            .unwrap_or(if demo { Demo::EVAL_EVERY } else { 0 }),
+        save_every: a.save_every,
+        save_total_limit: a.save_total_limit,
+        max_bad_steps: a.max_bad_steps,
+    };
+    cfg.validate(cfg_model)?;
+
+    // Data.
+    let tok = &model.tokenizer;
+    let (train_data, valid) = match &a.data {
+        None => {
+            let all = Dataset::from_text(data::BUNDLED_CORPUS, "bundled corpus", tok, block)?;
+            let (t, v) = all.split_validation(a.val_split.unwrap_or(Demo::VAL_SPLIT), a.seed)?;
+            (t, Some(v))
+        }
+        Some(path) => {
+            let all = Dataset::from_path(path, tok, block, a.mask_prompt)?;
+            match (&a.valid, a.val_split) {
+                (Some(v), _) => (all, Some(Dataset::from_path(v, tok, block, a.mask_prompt)?)),
+                (None, Some(f)) => {
+                    let (t, v) = all.split_validation(f, a.seed)?;
+                    (t, Some(v))
+                }
+                (None, None) => (all, None),
+            }
+        }
+    };
+    let s = train_data.stats();
+    println!(
+        "model    {} ({} layers, {} channels, {} parameters)",
+        model.source,
+        cfg_model.n_layer,
+        cfg_model.n_embd,
+        human(cfg_model.num_parameters() as f64)
+    );
+    println!(
+        "data     {}: {} blocks of {block} tokens ({} tokens){}",
+        a.data
+            .as_ref()
+            .map_or(data::BUNDLED_CORPUS_NAME.to_string(), |p| p
+                .display()
+                .to_string()),
+        s.blocks,
+        s.tokens,
+        valid
+            .as_ref()
+            .map(|v| format!(", validation {} blocks", v.len()))
+            .unwrap_or_default()
+    );
+    if demo {
+        println!(
+            "demo     the built-in tiny model has random weights: its loss starts near \
+             ln(50257) = 10.8 and falls as the adapter learns the corpus's token statistics. \
+             For real use pass --model <GPT-2 dir> --data <text>."
+        );
+    }
+
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => default_out_dir(),
+    };
+    let resuming = a.resume.is_some();
+    prepare_out_dir(&out, resuming, a.overwrite)?;
+
+    let sample_prompt = a.sample_prompt.clone().unwrap_or_else(|| {
+        valid
+            .as_ref()
+            .and_then(|v| v.block(0))
+            .and_then(|(ids, _)| tok.decode(&ids[..ids.len().min(8)]).ok())
+            .unwrap_or_else(|| "The".into())
+    });
+
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let mut trainer = Trainer::new(&gpu, &model, cfg.clone(), train_data)?.with_output(&out);
+    if let Some(v) = valid {
+        trainer = trainer.with_validation(v);
+    }
+    if let Some(r) = &a.resume {
+        let from = if r.as_os_str().is_empty() { &out } else { r };
+        let step = trainer.resume(from)?;
+        println!("resume   from step {step} ({})", from.display());
+    }
+    println!(
+        "lora     r={} alpha={} dropout={} targets={} -> {} trainable parameters ({:.3}% of the model)",
+        cfg.lora.r,
+        cfg.lora.alpha,
+        cfg.lora.dropout,
+        cfg.lora.target_modules.join(","),
+        trainer.graph().layout().num_parameters(),
+        100.0 * trainer.graph().layout().num_parameters() as f64
+            / cfg_model.num_parameters() as f64
+    );
+    println!(
+        "run      {} steps, batch {} x {} tokens x {} accumulation, lr {} ({:?}), output {}",
+        trainer.total_steps(),
+        cfg.batch_size,
+        block,
+        cfg.grad_accum,
+        cfg.lr,
+        cfg.schedule,
+        out.display()
+    );
+    let mut trainer = trainer.on_event(|e| progress.event(e));
+    let started = std::time::Instant::now();
+    trainer.run()?;
+    progress.finish();
+    println!(
+        "done     {} steps in {:.1} s; adapter in {} (best: {}/best), loss curve {}",
+        trainer.step(),
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        out.display(),
+        out.join("loss_curve.svg").display()
+    );
+    drop(trainer);
+    let _ = sample_prompt;
+    Ok(())
+}
+
+fn default_out_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from(format!("runs/run-{secs}"))
+}
+
+/// Refuse to mix two runs in one directory unless asked to.
+fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    let holds_run = ["trainer_state.json", "checkpoints", "metrics.jsonl"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    if resume {
+        return Ok(());
+    }
+    if holds_run {
+        if !overwrite {
+            bail!(
+                "{} already holds a training run; pass --resume to continue it, --overwrite to \
+                 replace it, or choose another --out",
+                out.display()
+            );
+        }
+        for f in [
+            "trainer_state.json",
+            "metrics.jsonl",
+            "loss_curve.svg",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+        for d in ["checkpoints", "best"] {
+            let _ = std::fs::remove_dir_all(out.join(d));
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "cannot write into the output directory {} (read-only or full?)",
+            out.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// A progress bar on a terminal, plain log lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Self {
+        Progress {
+            bar: terminal.then(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
+                    )
+                    .expect("a valid template"),
+                );
+                bar
+            }),
+        }
+    }
+
+    fn line(&self, s: String) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => println!("{s}"),
+        }
+    }
+
+    fn event(&self, e: &Event) {
+        match e {
+            Event::Start {
+                step, total_steps, ..
+            } => {
+                if let Some(b) = &self.bar {
+                    b.set_length(*total_steps);
+                    b.set_position(*step);
+                }
+            }
+            Event::Log(r) => {
+                if let Some(b) = &self.bar {
+                    b.set_position(r.step);
+                    b.set_message(format!(
+                        "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                        r.loss, r.lr, r.tokens_per_sec
+                    ));
+                }
+                self.line(format!(
+                    "step {:>6}  epoch {:>6.2}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:>8.1} tok/s",
+                    r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_sec
+                ));
+            }
+            Event::Eval {
+                step,
+                loss,
+                perplexity,
+                best,
+            } => self.line(format!(
+                "eval {:>6}  val_loss {loss:.4}  val_ppl {perplexity:.2}{}",
+                step,
+                if *best { "  (best)" } else { "" }
+            )),
+            Event::Skipped { step, loss } => self.line(format!(
+                "warning: step {step} skipped: non-finite gradients (loss {loss})"
+            )),
+            Event::Saved { step, path } => {
+                self.line(format!("saved  {step:>6}  {}", path.display()))
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn eval_cmd(
+    model: &str,
+    adapter: Option<&Path>,
+    data_path: &Path,
+    block_size: Option<usize>,
+    batch_size: usize,
+    json: bool,
+    device: &DeviceArgs,
+) -> Result<()> {
+    let gpu = device.gpu()?;
+    let model = Model::load(&gpu, model)?;
+    let n = block_size.unwrap_or(1024.min(model.config.n_positions));
+    let data = Dataset::from_path(data_path, &model.tokenizer, n, false)?;
+    let (lora, params) = match adapter {
+        Some(dir) => {
+            let (cfg, _, params) = peft::load(dir, &model.config)?;
+            (
+                LoraConfig {
+                    dropout: 0.0,
+                    ..cfg
+                },
+                Some(params),
+            )
+        }
+        // B = 0 at init: exactly the base model.
+        None => (LoraConfig::default(), None),
+    };
+    let mut graph = TrainGraph::new(
+        &gpu,
+        &model.gpt2,
+        &lora,
+        params.as_deref(),
+        0,
+        batch_size,
+        n,
+        &AdamW::default(),
+    )?;
+    let loss = train::mean_loss(&gpu, &mut graph, &data, batch_size)?;
+    let s = data.stats();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "loss": loss,
+                "perplexity": loss.exp(),
+                "windows": s.blocks,
+                "tokens": s.tokens,
+                "predicted": s.predicted,
+                "block_size": n,
+            })
+        );
+    } else {
+        println!(
+            "loss {loss:.4}  perplexity {:.3}  ({} windows of {n} tokens, {} predicted)",
+            loss.exp(),
+            s.blocks,
+            s.predicted
+        );
+    }
+    Ok(())
+}
+
+fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> {
+    let source = ModelSource::parse(model)?;
+    let cfg = source.config()?;
+    let lora = match adapter {
+        Some(dir) => peft::read_config(&dir.join("adapter_config.json"))?,
+        None => lora.config(),
+    };
+    let layout = LoraLayout::new(&cfg, &lora)?;
+    let c = cfg.n_embd;
+    println!(
+        "model {source}: {} layers, {} channels, {} heads, {} positions, vocab {}",
+        cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size
+    );
+    println!(
+        "LoRA r={} alpha={} (scale {}) dropout={} targets={}{}",
+        lora.r,
+        lora.alpha,
+        lora.scale(),
+        lora.dropout,
+        lora.target_modules.join(","),
+        lora.layers_to_transform
+            .as_ref()
+            .map(|l| format!(" layers={l:?}"))
+            .unwrap_or_default()
+    );
+    println!();
+    println!(
+        "{:<14} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
+        "module", "adapted", "shape", "trainable", "frozen", "percent", "reduction"
+    );
+    let mut trainable_total = 0usize;
+    for lin in Linear::ALL {
+        let (d_in, d_out) = lin.dims(c);
+        let count = layout.entries.iter().filter(|e| e.linear == lin).count();
+        let trainable = count * lora.r * (d_in + d_out);
+        let frozen = count * (d_in * d_out + d_out);
+        trainable_total += trainable;
+        let (pct, red) = if count == 0 {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.3}%", 100.0 * trainable as f64 / frozen as f64),
+                format!("{:.0}x", frozen as f64 / trainable as f64),
+            )
+        };
+        println!(
+            "{:<14} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
+            lin.suffix(),
+            format!("{count}/{}", cfg.n_layer),
+            format!("{d_in}x{d_out}"),
+            trainable,
+            frozen,
+            pct,
+            red
+        );
+    }
+    let all = cfg.num_parameters() + trainable_total;
+    println!();
+    println!(
+        "trainable params: {} || all params: {} || trainable%: {:.4}",
+        trainable_total,
+        all,
+        100.0 * trainable_total as f64 / all as f64
+    );
+    println!(
+        "adapter file: {} (f32); optimizer state while training: {} (AdamW m, v and grads)",
+        bytes(4 * trainable_total as u64),
+        bytes(12 * trainable_total as u64)
+    );
+    Ok(())
+}
+
+fn human(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{:.2}B", x / 1e9),
+        x if x >= 1e6 => format!("{:.1}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}K", x / 1e3),
+        x => format!("{x}"),
+    }
+}
+
+fn bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
     }
 }
 
