@@ -251,9 +251,15 @@ fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
             continue;
         }
         let ex: Example = serde_json::from_str(line).map_err(|e| {
+            // serde_json's own " at line 1 column C" would contradict our line number.
+            let msg = e.to_string();
+            let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
             format_err(
                 path,
-                format!("line {n}: not valid JSON or a field is not a string ({e}); {SHAPE}"),
+                format!(
+                    "line {n}, column {}: not valid JSON or a field is not a string ({msg}); {SHAPE}",
+                    e.column()
+                ),
             )
         })?;
         match ex {
@@ -317,6 +323,22 @@ pub struct DataStats {
     pub predicted: usize,
     /// Tokens of the trailing partial block, and of blocks with nothing to predict, left out.
     pub dropped_tokens: usize,
+}
+
+impl std::fmt::Display for DataStats {
+    /// One line for logs, e.g. `166 blocks (42496 tokens, 42330 predicted) from 1 document(s) of 42576 tokens; 80 tokens dropped`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} blocks ({} tokens, {} predicted) from {} document(s) of {} tokens; {} tokens dropped",
+            self.blocks,
+            self.tokens,
+            self.predicted,
+            self.documents,
+            self.source_tokens,
+            self.dropped_tokens
+        )
+    }
 }
 
 /// Token blocks ready for training or evaluation: every block's inputs and targets, flat.

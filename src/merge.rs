@@ -150,6 +150,16 @@ pub fn merge_dirs(
         ));
     }
     check_out_dir(out, overwrite)?;
+    if let Ok(o) = out.canonicalize() {
+        for input in std::iter::once(base).chain(adapters.iter().map(|(p, _)| p.as_path())) {
+            if input.canonicalize().is_ok_and(|i| i == o) {
+                return Err(Error::Format {
+                    path: out.to_path_buf(),
+                    detail: "is one of the inputs (the base model or an adapter): write the merged model to another directory".into(),
+                });
+            }
+        }
+    }
     let cfg = Gpt2Config::from_file(&base.join("config.json"))?;
     let mut w = weights::load(&base.join("model.safetensors"), &cfg)?;
     let tok = Tokenizer::for_model_dir(base)?;

@@ -58,6 +58,10 @@ fn packing_cuts_blocks_and_places_ignore_last() {
     assert_eq!(s.tokens, 20);
     assert_eq!(s.predicted, 16, "N - 1 predictions per block");
     assert_eq!(s.dropped_tokens, 3);
+    assert_eq!(
+        s.to_string(),
+        "4 blocks (20 tokens, 16 predicted) from 1 document(s) of 23 tokens; 3 tokens dropped"
+    );
     // Exactly one block: nothing dropped.
     let one = Dataset::from_tokens(&plain(5), Path::new("x"), 5, false).unwrap();
     assert_eq!(one.len(), 1);
@@ -292,6 +296,10 @@ fn jsonl_errors_name_the_line() {
         assert!(
             e.contains(&format!("bad{i}.jsonl")) && e.contains(line),
             "case {i}: {e}"
+        );
+        assert!(
+            !e.contains("at line"),
+            "case {i}: serde's own line number: {e}"
         );
         for w in *words {
             assert!(e.contains(w), "case {i}: {e}");

@@ -360,3 +360,24 @@ fn merge_dirs_writes_the_merged_fixture() {
     let e = merge_dirs(&fixture_dir().join("model"), &[], &out, true).unwrap_err();
     assert!(e.to_string().contains("adapter"), "{e}");
 }
+
+#[test]
+fn merge_dirs_never_replaces_an_input() {
+    // On a copy of the fixture: a bug here would delete the directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, adapter) = (tmp.path().join("model"), tmp.path().join("adapter"));
+    for (src, dst) in [("model", &model), ("adapter", &adapter)] {
+        std::fs::create_dir(dst).unwrap();
+        for f in std::fs::read_dir(fixture_dir().join(src)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+    }
+    for out in [&model, &adapter] {
+        let e = merge_dirs(&model, &[(adapter.clone(), 1.0)], out, true).unwrap_err();
+        assert!(e.to_string().contains("one of the inputs"), "{e}");
+    }
+    assert!(
+        model.join("model.safetensors").exists() && adapter.join("adapter_config.json").exists()
+    );
+}
