@@ -346,11 +346,25 @@ impl Gpu {
 
     /// The matmul variant that suits this adapter: [`MatmulVariant::Register`] on CPU adapters,
     /// a 4x4-per-thread [`MatmulVariant::Tiled`] kernel on GPUs.
+    ///
+    /// The environment variable `LORA_WGPU_MATMUL` overrides the choice (for benchmarks and
+    /// comparisons): `register`, `tiled1x1`, `tiled4x4` or `tiled8x8` (any `tiledMxN` that
+    /// [`crate::kernels::matmul::matmul`] accepts). An unrecognised value is ignored.
     pub fn default_matmul(&self) -> MatmulVariant {
-        match self.info.device_type {
+        let forced = std::env::var("LORA_WGPU_MATMUL").ok().and_then(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            if v == "register" {
+                return Some(MatmulVariant::Register);
+            }
+            let (tm, tn) = v.strip_prefix("tiled")?.split_once('x')?;
+            let (tm, tn) = (tm.parse().ok()?, tn.parse().ok()?);
+            let ok = ((1..=4).contains(&tm) && (1..=4).contains(&tn)) || (tm, tn) == (8, 8);
+            ok.then_some(MatmulVariant::Tiled { tm, tn })
+        });
+        forced.unwrap_or(match self.info.device_type {
             wgpu::DeviceType::Cpu => MatmulVariant::Register,
             _ => MatmulVariant::Tiled { tm: 4, tn: 4 },
-        }
+        })
     }
 
     /// Surface any error wgpu reported asynchronously (validation, device loss).
