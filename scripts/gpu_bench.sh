@@ -25,7 +25,8 @@ if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
     for f in "$ROOT"/.gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
-if ! ls /etc/vulkan/icd.d/*nvidia* /usr/share/vulkan/icd.d/*nvidia* >/dev/null 2>&1 &&
+if ! compgen -G '/etc/vulkan/icd.d/*nvidia*' >/dev/null &&
+    ! compgen -G '/usr/share/vulkan/icd.d/*nvidia*' >/dev/null &&
     [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
