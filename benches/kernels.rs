@@ -63,6 +63,7 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
         MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
+        MatmulVariant::Tiled { tm: 8, tn: 8 } => "block128x128_8x8".into(),
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
     }
 }
@@ -94,6 +95,7 @@ fn bench_matmul(c: &mut Criterion) {
         // (everywhere on a GPU, where none of them is slow).
         let all = [
             MatmulVariant::Register,
+            MatmulVariant::Tiled { tm: 8, tn: 8 },
             MatmulVariant::Tiled { tm: 4, tn: 4 },
             MatmulVariant::Tiled { tm: 1, tn: 1 },
         ];

@@ -4,8 +4,9 @@
     python scripts/bench_peft.py [--shape gpt2] [--batch 4] [--seq 128] [--rank 8] [--steps 3] [--device cpu|cuda]
 
 GPT-2 of the named shape with random weights, LoRA r on c_attn,c_proj (alpha 2r, dropout 0),
-AdamW, fp32. Prints one JSON line like the Rust bench: median step time, tokens/s, peak memory
-(torch.cuda.max_memory_allocated on a GPU, peak RSS growth on the CPU).
+AdamW, fp32 (TF32 off: float32 matmuls run as true fp32 on NVIDIA GPUs). Prints one JSON line
+like the Rust bench: median step time, tokens/s, peak memory (torch.cuda.max_memory_allocated on
+a GPU, peak RSS growth on the CPU).
 """
 import argparse
 import json
@@ -28,6 +29,9 @@ ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--warmup", type=int, default=1)
 ap.add_argument("--device", default="cpu")
 a = ap.parse_args()
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+torch.set_float32_matmul_precision("highest")
 
 c, layers, heads = SHAPES[a.shape]
 torch.manual_seed(0)
@@ -67,7 +71,9 @@ if a.device == "cuda":
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
 else:
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-print(json.dumps({"impl": "pytorch+peft", "device": a.device, "torch": torch.__version__,
+name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+print(json.dumps({"impl": "pytorch+peft", "device": a.device, "device_name": name,
+                  "torch": torch.__version__, "step_s_all": [round(t, 5) for t in times],
                   "threads": torch.get_num_threads(), "shape": a.shape, "batch": a.batch, "seq": a.seq,
-                  "rank": a.rank, "step_s_median": round(median, 3),
+                  "rank": a.rank, "step_s_median": round(median, 5),
                   "tokens_per_s": round(a.batch * a.seq / median, 2), "peak_mib": round(peak_mib, 1)}))

@@ -7,7 +7,9 @@
 //
 // Two kernels, chosen per adapter (src/kernels/matmul.rs):
 //   matmul_tiled     workgroup-memory tiles, 16x16 threads each computing TM x TN outputs
-//                    (TM = TN = 1 is the textbook kernel). For GPUs.
+//                    (TM = TN = 1 is the textbook kernel). For GPUs. TM = TN = 8 selects the
+//                    GPU-class kernel (tiled_8x8 below): 128x128 block tile, BK = 8, double
+//                    buffered, 8x8 register micro-tile read from workgroup memory as vec4.
 //   matmul_register  no workgroup memory and no barriers: each thread keeps a 4x4 block of C
 //                    in registers. For CPU adapters (lavapipe), where barriers are very costly.
 
@@ -75,6 +77,16 @@ fn matmul_tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    // TM and TN are pipeline constants: the driver sees only one of the two paths.
+    if TM == 8u && TN == 8u {
+        tiled_8x8(wid, lid);
+    } else {
+        tiled_small(wid, lid);
+    }
+}
+
+// TM, TN in 1..=4: one TILE-deep stage per barrier pair, scalar workgroup-memory reads.
+fn tiled_small(wid: vec3<u32>, lid: vec3<u32>) {
     let bm = TILE * TM;
     let bn = TILE * TN;
     let row0 = wid.y * bm;
@@ -146,6 +158,152 @@ fn matmul_tiled(
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tiled_8x8: the GPU-class kernel (matmul_tiled with TM = TN = 8).
+//
+// Workgroup of 16 x 16 threads owns a 128 x 128 block of C. Thread (tx, ty) owns rows
+// row0 + ty*4 + {0..3} and row0 + 64 + ty*4 + {0..3}, columns col0 + tx*4 + {0..3} and
+// col0 + 64 + tx*4 + {0..3}: an 8 x 8 micro-tile in 16 vec4 accumulators. Per step of k, it reads
+// two vec4 of op(A) and two vec4 of op(B) from workgroup memory (broadcast within a warp for A,
+// 16 consecutive vec4 for B) for 64 FMAs.
+//
+// Tiles of BK = 8 along k are staged k-major (big_a[kk][m], big_b[kk][n]) in two buffers: while
+// the FMAs of tile t run, the global loads of tile t+1 are already in flight (into registers),
+// and they are written to the other buffer afterwards, so there is one barrier per tile. Each
+// thread loads 4 elements of each operand per tile, walking memory contiguously for every
+// transpose; rows are padded to 132 floats so these scalar stores do not conflict on banks.
+// Out-of-range elements load as 0; out-of-range outputs are not stored.
+
+const BIG: u32 = 128u;     // block tile side
+const BK: u32 = 8u;        // k depth of one stage
+const LDS: u32 = 33u;      // vec4 per staged k-row: 128 floats + 4 of padding
+const STAGE: u32 = 264u;   // BK * LDS: vec4 per buffer
+
+var<workgroup> big_a: array<vec4<f32>, 528>;  // 2 buffers of (BK, LDS) vec4 over m
+var<workgroup> big_b: array<vec4<f32>, 528>;  // 2 buffers of (BK, LDS) vec4 over n
+
+// Element i (0..4) of this thread's share of a (BIG, BK) tile: (row or column, kk). `contig_k`:
+// the operand's stored rows run along k, so consecutive threads walk k (8 at a time).
+fn big_coord(tid: u32, i: u32, contig_k: bool) -> vec2<u32> {
+    let e = tid + i * 256u;
+    if contig_k {
+        return vec2<u32>(e / BK, e % BK);
+    }
+    return vec2<u32>(e % BIG, e / BIG);
+}
+
+fn big_fetch_a(base: u32, row0: u32, t: u32, tid: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let rk = big_coord(tid, i, !TRANS_A);
+        if row0 + rk.x < p.m && t + rk.y < p.k {
+            v[i] = load_a(base, row0 + rk.x, t + rk.y);
+        }
+    }
+    return v;
+}
+
+fn big_fetch_b(base: u32, col0: u32, t: u32, tid: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let ck = big_coord(tid, i, TRANS_B);
+        if col0 + ck.x < p.n && t + ck.y < p.k {
+            v[i] = load_b(base, t + ck.y, col0 + ck.x);
+        }
+    }
+    return v;
+}
+
+fn big_stage(buf: u32, tid: u32, va: vec4<f32>, vb: vec4<f32>) {
+    let s = buf * STAGE;
+    for (var i = 0u; i < 4u; i++) {
+        let rk = big_coord(tid, i, !TRANS_A);
+        big_a[s + rk.y * LDS + rk.x / 4u][rk.x % 4u] = va[i];
+        let ck = big_coord(tid, i, TRANS_B);
+        big_b[s + ck.y * LDS + ck.x / 4u][ck.x % 4u] = vb[i];
+    }
+}
+
+// Store 4 consecutive outputs of one row, each guarded.
+fn big_store(base: u32, row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    for (var e = 0u; e < 4u; e++) {
+        if col + e < p.n {
+            store_c(base, row, col + e, v[e]);
+        }
+    }
+}
+
+fn tiled_8x8(wid: vec3<u32>, lid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let row0 = wid.y * BIG;
+    let col0 = wid.x * BIG;
+    let base_a = wid.z * p.stride_a;
+    let base_b = wid.z * p.stride_b;
+    let base_c = wid.z * p.stride_c;
+
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+
+    let tiles = (p.k + BK - 1u) / BK;
+    var va = big_fetch_a(base_a, row0, 0u, tid);
+    var vb = big_fetch_b(base_b, col0, 0u, tid);
+    big_stage(0u, tid, va, vb);
+    workgroupBarrier();
+    var buf = 0u;
+    for (var t = 0u; t < tiles; t++) {
+        let more = t + 1u < tiles;
+        if more {
+            va = big_fetch_a(base_a, row0, (t + 1u) * BK, tid);
+            vb = big_fetch_b(base_b, col0, (t + 1u) * BK, tid);
+        }
+        let s = buf * STAGE;
+        for (var kk = 0u; kk < BK; kk++) {
+            let o = s + kk * LDS;
+            let a0 = big_a[o + ty];
+            let a1 = big_a[o + 16u + ty];
+            let b0 = big_b[o + tx];
+            let b1 = big_b[o + 16u + tx];
+            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
+        }
+        if more {
+            big_stage(buf ^ 1u, tid, va, vb);
+        }
+        workgroupBarrier();
+        buf ^= 1u;
+    }
+
+    let r0 = row0 + ty * 4u;
+    let r1 = row0 + 64u + ty * 4u;
+    let q0 = col0 + tx * 4u;
+    let q1 = col0 + 64u + tx * 4u;
+    big_store(base_c, r0, q0, c00); big_store(base_c, r0, q1, c01);
+    big_store(base_c, r0 + 1u, q0, c10); big_store(base_c, r0 + 1u, q1, c11);
+    big_store(base_c, r0 + 2u, q0, c20); big_store(base_c, r0 + 2u, q1, c21);
+    big_store(base_c, r0 + 3u, q0, c30); big_store(base_c, r0 + 3u, q1, c31);
+    big_store(base_c, r1, q0, c40); big_store(base_c, r1, q1, c41);
+    big_store(base_c, r1 + 1u, q0, c50); big_store(base_c, r1 + 1u, q1, c51);
+    big_store(base_c, r1 + 2u, q0, c60); big_store(base_c, r1 + 2u, q1, c61);
+    big_store(base_c, r1 + 3u, q0, c70); big_store(base_c, r1 + 3u, q1, c71);
 }
 
 const REG_WG: u32 = 64u;   // threads per workgroup, all along N

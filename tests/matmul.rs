@@ -1,4 +1,4 @@
-//! matmul.wgsl against the CPU reference, both variants, odd shapes, every transpose.
+//! matmul.wgsl against the CPU reference, every variant, odd shapes, every transpose.
 
 mod common;
 
@@ -7,10 +7,11 @@ use lora_wgpu::cpu;
 use lora_wgpu::gpu::MatmulVariant;
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 
-const VARIANTS: [MatmulVariant; 3] = [
+const VARIANTS: [MatmulVariant; 4] = [
     MatmulVariant::Register,
     MatmulVariant::Tiled { tm: 4, tn: 4 },
     MatmulVariant::Tiled { tm: 1, tn: 1 },
+    MatmulVariant::Tiled { tm: 8, tn: 8 },
 ];
 
 /// Run `op` on the GPU with `variant` and compare with the CPU reference.
@@ -90,6 +91,36 @@ fn bias_alpha_accumulate_and_batch() {
             true,
             4,
         );
+    }
+}
+
+#[test]
+fn block_tile_8x8_crosses_tiles_in_every_dimension() {
+    // 128x128 block tiles, 8-deep k stages: shapes that leave partial tiles in m, n and k, more
+    // than two k stages (both staging buffers reused), batched, every transpose.
+    let v = MatmulVariant::Tiled { tm: 8, tn: 8 };
+    let mut seed = 100;
+    for (m, k, n) in [(130, 43, 259), (256, 24, 128), (5, 17, 131)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut op = MatmulOp::new(m, n, k).batch(2).alpha(0.75).accumulate();
+            op.trans_a = ta;
+            op.trans_b = tb;
+            seed += 10;
+            check(v, op, true, seed);
+        }
+    }
+}
+
+#[test]
+fn unsupported_tiles_are_errors() {
+    let g = gpu();
+    let a = g.zeros("a", &[4, 3]).unwrap();
+    let b = g.zeros("b", &[3, 5]).unwrap();
+    let c = g.zeros("c", &[4, 5]).unwrap();
+    for (tm, tn) in [(0, 1), (5, 4), (8, 4), (16, 16)] {
+        let v = MatmulVariant::Tiled { tm, tn };
+        let err = matmul(g, v, &c, &a, &b, None, &MatmulOp::new(4, 5, 3)).unwrap_err();
+        assert!(err.to_string().contains("matmul tile"), "{err}");
     }
 }
 

@@ -157,11 +157,12 @@ pub fn matmul(
     let z = u32_of("batch", batch)?;
     let (kernel, constants, grid) = match variant {
         MatmulVariant::Tiled { tm, tn } => {
-            if !(1..=4).contains(&tm) || !(1..=4).contains(&tn) {
+            let small = (1..=4).contains(&tm) && (1..=4).contains(&tn);
+            if !small && (tm, tn) != (8, 8) {
                 return Err(Error::invalid(
                     "matmul tile",
                     format!("{tm}x{tn}"),
-                    "1..=4 per side",
+                    "1..=4 per side, or 8x8 (the 128x128 block-tile kernel)",
                 ));
             }
             let grid = [

@@ -1,0 +1,415 @@
+//! One-run performance report: the adapter, its FMA peak, matmul GFLOP/s of every variant at
+//! GPT-2 shapes and 4096³ (with a simple autotune: the fastest variant per shape), the fused
+//! LoRA forward against the unfused path, and training tokens/s of GPT-2 with LoRA.
+//! Prints readable lines and writes every figure to a JSON file.
+//!
+//! ```text
+//! cargo bench --bench report -- [--quick] [--json target/report.json]
+//!     [--shape gpt2] [--batch 4] [--seq 128,1024] [--rank 8] [--steps 10] [--warmup 2]
+//!     [--train-variants default,tiled8x8] [--max-train-seconds 30] [--no-kernels] [--no-train]
+//! ```
+//!
+//! `--quick` uses small shapes (minutes on lavapipe): kernels at 64..256, training the `tiny`
+//! shape at B=2 T=32. Timed training steps stop after `--max-train-seconds` (at least 3 run). Timing: each sample submits `reps` copies of the dispatches in one compute
+//! pass and waits for the GPU; `reps` is chosen so that a sample lasts about 30 ms (one run at
+//! least), and the figure is the median of the samples, after a warm-up run.
+//! `--train-variants` names the matmul variants the training graph is built with (through
+//! `LORA_WGPU_MATMUL`; `default` is the adapter's own choice).
+
+use std::time::Instant;
+
+use lora_wgpu::gpu::{Dispatch, MatmulVariant};
+use lora_wgpu::kernels::adamw::AdamW;
+use lora_wgpu::kernels::dropout::{self, Dropout};
+use lora_wgpu::kernels::lora::{self, LoraShape, LoraVariant};
+use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::lora::LoraConfig;
+use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::{Gpu, GpuOptions, Tensor};
+use serde_json::{json, Value};
+
+struct Args {
+    quick: bool,
+    json: String,
+    shape: String,
+    batch: usize,
+    seqs: Vec<usize>,
+    rank: usize,
+    steps: usize,
+    warmup: usize,
+    train_variants: Vec<String>,
+    max_train_s: f64,
+    kernels: bool,
+    train: bool,
+}
+
+fn parse_args() -> Args {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |name: &str| args.iter().any(|a| a == name);
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let num = |name: &str, default: usize| {
+        get(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number, got {v}"))
+        })
+    };
+    let quick = has("--quick");
+    let seqs = get("--seq").unwrap_or_else(|| if quick { "32" } else { "128,1024" }.into());
+    Args {
+        quick,
+        json: get("--json").unwrap_or_else(|| "target/report.json".into()),
+        shape: get("--shape").unwrap_or_else(|| if quick { "tiny" } else { "gpt2" }.into()),
+        batch: num("--batch", if quick { 2 } else { 4 }),
+        seqs: seqs
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("--seq takes numbers, e.g. 128,1024")
+            })
+            .collect(),
+        rank: num("--rank", 8),
+        steps: num("--steps", if quick { 2 } else { 10 }),
+        warmup: num("--warmup", if quick { 1 } else { 2 }),
+        train_variants: get("--train-variants")
+            .unwrap_or_else(|| "default".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect(),
+        max_train_s: get("--max-train-seconds").map_or(30.0, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("--max-train-seconds takes a number, got {v}"))
+        }),
+        kernels: !has("--no-kernels"),
+        train: !has("--no-train"),
+    }
+}
+
+/// Deterministic values in [-0.5, 0.5), never all zero.
+fn filled(g: &Gpu, name: &str, shape: &[usize], seed: usize) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| (((i + seed * 7) * 7919 + seed) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    g.upload(name, &data, shape)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Median seconds per run of `ds` (dispatched in order): a warm-up run, then `samples`
+/// samples of `reps` back-to-back runs in one submit, each waited for.
+fn time(g: &Gpu, ds: &[&Dispatch], samples: usize, target_s: f64) -> lora_wgpu::Result<f64> {
+    let run = |reps: usize| -> lora_wgpu::Result<f64> {
+        let all: Vec<&Dispatch> = (0..reps).flat_map(|_| ds.iter().copied()).collect();
+        g.sync()?;
+        let t = Instant::now();
+        g.run(&all)?;
+        g.sync()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run(1)?; // warm-up: first-use costs
+    let once = run(1)?;
+    let reps = ((target_s / once.max(1e-7)) as usize).clamp(1, 500);
+    let mut t: Vec<f64> = (0..samples)
+        .map(|_| run(reps).map(|s| s / reps as f64))
+        .collect::<lora_wgpu::Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn variant_name(v: MatmulVariant) -> String {
+    match v {
+        MatmulVariant::Register => "register".into(),
+        MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
+    }
+}
+
+fn max_rel_diff(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
+    let diff = got.iter().zip(want).fold(0.0f64, |m, (&a, &b)| {
+        let d = (a as f64 - b as f64).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(d)
+        }
+    });
+    diff / scale.max(1e-30)
+}
+
+fn peak(g: &Gpu, quick: bool) -> lora_wgpu::Result<f64> {
+    // Enough threads to fill a large GPU; a CPU adapter is filled by far fewer.
+    let small = quick || g.info().device_type == wgpu::DeviceType::Cpu;
+    let (threads, iters) = if small {
+        (1 << 14, 1024)
+    } else {
+        (1 << 20, 4096)
+    };
+    let probe = lora_wgpu::kernels::peak::probe(g, threads, iters)?;
+    let s = time(g, &[probe.dispatch()], 5, 0.05)?;
+    Ok(probe.flops() / s / 1e9)
+}
+
+/// Time every variant at every shape; the output of each is compared with the first variant's
+/// (a real-driver sanity check; the tests compare with the CPU reference).
+fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
+    let mut shapes: Vec<(usize, usize, usize, String)> = if quick {
+        vec![
+            (64, 128, 128, "small".into()),
+            (256, 256, 256, "256^3".into()),
+        ]
+    } else {
+        let mut s = Vec::new();
+        for m in [512, 4096] {
+            s.push((m, 768, 2304, format!("c_attn M={m}")));
+            s.push((m, 768, 768, format!("attn.c_proj M={m}")));
+            s.push((m, 768, 3072, format!("c_fc M={m}")));
+            s.push((m, 3072, 768, format!("mlp.c_proj M={m}")));
+        }
+        s.push((4096, 4096, 4096, "4096^3".into()));
+        s
+    };
+    let mut variants = vec![
+        MatmulVariant::Tiled { tm: 8, tn: 8 },
+        MatmulVariant::Tiled { tm: 4, tn: 4 },
+        MatmulVariant::Tiled { tm: 1, tn: 1 },
+        MatmulVariant::Register,
+    ];
+    if !quick && g.info().device_type == wgpu::DeviceType::Cpu {
+        // A CPU adapter takes seconds per run of the workgroup-memory kernels at these sizes:
+        // time its own variant at the M=512 shapes only.
+        shapes.retain(|s| s.0 == 512);
+        variants = vec![g.default_matmul()];
+    }
+    let mut rows = Vec::new();
+    for (m, k, n, label) in shapes {
+        let op = MatmulOp::new(m, n, k);
+        let a = filled(g, "a", &[m, k], 1);
+        let w = filled(g, "w", &[k, n], 2);
+        let bias = filled(g, "bias", &[n], 3);
+        let out = g.zeros("c", &[m, n])?;
+        let mut reference: Option<Vec<f32>> = None;
+        let mut results = Vec::new();
+        let mut best: Option<(String, f64)> = None;
+        for &v in &variants {
+            let d = matmul(g, v, &out, &a, &w, Some(&bias), &op)?;
+            let s = time(g, &[&d], if quick { 3 } else { 7 }, 0.03)?;
+            let gflops = op.flops() / s / 1e9;
+            g.run(&[&d])?;
+            let got = g.download(&out)?;
+            let diff = match &reference {
+                None => {
+                    reference = Some(got);
+                    0.0
+                }
+                Some(r) => max_rel_diff(&got, r),
+            };
+            println!(
+                "matmul {label:<20} {m}x{k}x{n}  {:<10} {:>9.1} GFLOP/s  {:>5.1}% of FMA peak  {:>9.3} ms  max|diff|/max|ref| vs first {diff:.1e}",
+                variant_name(v),
+                gflops,
+                100.0 * gflops / peak_gflops,
+                s * 1e3
+            );
+            if best.as_ref().is_none_or(|b| gflops > b.1) {
+                best = Some((variant_name(v), gflops));
+            }
+            results.push(json!({"variant": variant_name(v), "gflops": gflops,
+                "pct_of_peak": 100.0 * gflops / peak_gflops, "ms": s * 1e3, "rel_diff_vs_first": diff}));
+        }
+        let (bv, bg) = best.unwrap_or_default();
+        println!("matmul {label:<20} autotune: {bv} ({bg:.1} GFLOP/s)");
+        rows.push(
+            json!({"shape": label, "m": m, "k": k, "n": n, "variants": results,
+            "best": bv, "best_gflops": bg}),
+        );
+    }
+    Ok(Value::Array(rows))
+}
+
+/// Fused LoRA forward against the unfused path (dropout, x·Aᵀ, scale·u·Bᵀ added to y).
+fn lora_fwd(g: &Gpu, quick: bool) -> lora_wgpu::Result<Value> {
+    let shapes: Vec<(usize, usize, usize, &str)> = if quick {
+        vec![(64, 128, 384, "small")]
+    } else {
+        vec![
+            (512, 768, 2304, "c_attn"),
+            (512, 768, 768, "attn.c_proj"),
+            (512, 3072, 768, "mlp.c_proj"),
+            (4096, 768, 2304, "c_attn M=4096"),
+        ]
+    };
+    let r = 8;
+    let d = Dropout::new(0.1, 7, 0)?;
+    let mut rows = Vec::new();
+    for (m, k, n, label) in shapes {
+        let s = LoraShape { m, k, n, r };
+        let x = filled(g, "x", &[m, k], 4);
+        let a = filled(g, "lora_A", &[r, k], 5);
+        let b = filled(g, "lora_B", &[n, r], 6);
+        let y = g.zeros("y", &[m, n])?;
+        let u = g.zeros("u", &[m, r])?;
+        let fused = lora::forward(g, LoraVariant::for_gpu(g), &y, &u, &x, &a, &b, &s, 2.0, &d)?;
+        let tf = time(g, &[&fused], 7, 0.02)?;
+        let xd = g.zeros("x dropped", &[m, k])?;
+        let v = g.default_matmul();
+        let unfused = [
+            dropout::forward(g, &xd, &x, &d)?,
+            matmul(g, v, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b())?,
+            matmul(
+                g,
+                v,
+                &y,
+                &u,
+                &b,
+                None,
+                &MatmulOp::new(m, n, r).trans_b().alpha(2.0).accumulate(),
+            )?,
+        ];
+        let refs: Vec<&Dispatch> = unfused.iter().collect();
+        let tu = time(g, &refs, 7, 0.02)?;
+        println!(
+            "lora fwd r=8 {label:<14} {m}x{k}x{n}  fused {:>8.1} us  unfused {:>8.1} us  speed-up {:.2}x",
+            tf * 1e6,
+            tu * 1e6,
+            tu / tf
+        );
+        rows.push(
+            json!({"shape": label, "m": m, "k": k, "n": n, "fused_us": tf * 1e6,
+            "unfused_us": tu * 1e6, "speedup": tu / tf}),
+        );
+    }
+    Ok(Value::Array(rows))
+}
+
+/// Training tokens/s at one (B, T) with the matmul variant `variant` (`default`: the adapter's).
+fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &str) -> Value {
+    let b = args.batch;
+    let cfg = &model.config;
+    let label = format!(
+        "train {} B={b} T={t} r={} [{variant}]",
+        args.shape, args.rank
+    );
+    // The report is single-threaded; the graph reads the variable when it is built.
+    if variant == "default" {
+        std::env::remove_var("LORA_WGPU_MATMUL");
+    } else {
+        std::env::set_var("LORA_WGPU_MATMUL", variant);
+    }
+    let lora = LoraConfig {
+        r: args.rank,
+        alpha: 2.0 * args.rank as f32,
+        ..LoraConfig::default()
+    };
+    let result = (|| -> lora_wgpu::Result<Value> {
+        let mm = variant_name(g.default_matmul());
+        let build = Instant::now();
+        let mut graph = TrainGraph::new(g, model, &lora, None, 0, b, t, &AdamW::default())?;
+        let build_s = build.elapsed().as_secs_f64();
+        let tokens: Vec<u32> = (0..b * t)
+            .map(|i| ((i * 7919) % cfg.vocab_size) as u32)
+            .collect();
+        let targets: Vec<u32> = (0..b * t)
+            .map(|i| ((i * 7919 + 1) % cfg.vocab_size) as u32)
+            .collect();
+        graph.set_batch(g, &tokens, &targets)?;
+        for s in 0..args.warmup {
+            graph.step(g, s as u64 + 1, 1e-4)?;
+        }
+        g.sync()?;
+        let mut times = Vec::new();
+        let mut loss = 0.0;
+        let begin = Instant::now();
+        for s in 0..args.steps {
+            // Keep the whole report bounded on slow adapters: at least 3 timed steps, then stop
+            // once the budget is spent.
+            if s >= 3 && begin.elapsed().as_secs_f64() > args.max_train_s {
+                break;
+            }
+            let start = Instant::now();
+            let step = (args.warmup + s) as u64 + 1;
+            graph.step(g, step, 1e-4)?;
+            loss = graph.step_loss(g, step)?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let tps = (b * t) as f64 / median;
+        let graph_mib = graph.allocated_bytes() as f64 / (1u64 << 20) as f64;
+        let weights_mib = wbytes as f64 / (1u64 << 20) as f64;
+        println!(
+            "{label}: matmul {mm}, step {:.2} ms (median of {}), {tps:.1} tokens/s, loss {loss:.4}, graph {graph_mib:.1} MiB + weights {weights_mib:.1} MiB = {:.1} MiB, build {build_s:.2} s",
+            median * 1e3,
+            times.len(),
+            graph_mib + weights_mib
+        );
+        Ok(
+            json!({"shape": args.shape, "batch": b, "seq": t, "rank": args.rank,
+            "variant": variant, "matmul": mm, "step_ms_median": median * 1e3,
+            "step_ms_all": times.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
+            "tokens_per_s": tps, "loss": loss, "graph_mib": graph_mib, "weights_mib": weights_mib,
+            "peak_mib": graph_mib + weights_mib, "build_s": build_s}),
+        )
+    })();
+    std::env::remove_var("LORA_WGPU_MATMUL");
+    result.unwrap_or_else(|e| {
+        println!("{label}: FAILED: {e}");
+        json!({"shape": args.shape, "batch": b, "seq": t, "variant": variant,
+            "error": e.to_string()})
+    })
+}
+
+fn main() -> lora_wgpu::Result<()> {
+    let args = parse_args();
+    let g = Gpu::new(&GpuOptions::from_env())?;
+    let info = g.info().clone();
+    println!(
+        "adapter: {} ({:?}, {:?}), driver {} {}, default matmul {}",
+        info.name,
+        info.backend,
+        info.device_type,
+        info.driver,
+        info.driver_info,
+        variant_name(g.default_matmul())
+    );
+    let mut report = json!({
+        "adapter": info.name, "backend": format!("{:?}", info.backend),
+        "device_type": format!("{:?}", info.device_type), "driver": info.driver,
+        "driver_info": info.driver_info, "quick": args.quick,
+        "default_matmul": variant_name(g.default_matmul()),
+    });
+    if args.kernels {
+        let p = peak(&g, args.quick)?;
+        println!("FMA peak probe: {p:.1} GFLOP/s");
+        report["peak_gflops"] = json!(p);
+        report["matmul"] = matmuls(&g, args.quick, p)?;
+        report["lora_forward"] = lora_fwd(&g, args.quick)?;
+    }
+    if args.train {
+        let cfg = Gpt2Config::named(&args.shape)?;
+        let host = weights::random(&cfg, 0);
+        let wbytes: usize = host.values().map(|v| v.len() * 4).sum();
+        let model = Gpt2::upload(&g, &cfg, &host)?;
+        drop(host);
+        let mut runs = Vec::new();
+        for &t in &args.seqs {
+            for v in &args.train_variants {
+                runs.push(train(&g, &args, &model, wbytes, t, v));
+            }
+        }
+        report["train"] = Value::Array(runs);
+    }
+    let text = serde_json::to_string_pretty(&report).expect("JSON");
+    if let Some(dir) = std::path::Path::new(&args.json).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&args.json, text).map_err(|source| lora_wgpu::Error::Io {
+        path: args.json.clone().into(),
+        source,
+    })?;
+    println!("report written to {}", args.json);
+    Ok(())
+}

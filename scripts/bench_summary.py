@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Side-by-side summary of a lora-wgpu report (benches/report.rs --json) and PyTorch + PEFT runs
+(scripts/bench_peft.py output lines, one JSON file each).
+
+    python3 scripts/bench_summary.py report.json peft_T128.json [peft_T1024.json ...]
+
+Prints kernel GFLOP/s as % of the FMA peak probe and, for every training shape, our tokens/s
+(best matmul variant and each variant) against PyTorch + PEFT's, with the ratio and peak memory.
+"""
+import json
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return json.loads(text.splitlines()[-1]) if not text.startswith("{\n") else json.loads(text)
+    except Exception as e:  # a missing or broken file is reported, not fatal
+        print(f"(could not read {path}: {e})")
+        return None
+
+
+report = load(sys.argv[1]) if len(sys.argv) > 1 else None
+peft = [p for p in (load(a) for a in sys.argv[2:]) if p]
+print("=" * 100)
+if report:
+    print(f"lora-wgpu adapter: {report['adapter']} ({report['backend']}, {report['device_type']}), "
+          f"driver {report['driver']} {report['driver_info']}")
+    peak = report.get("peak_gflops")
+    if peak:
+        print(f"FMA peak probe: {peak:,.0f} GFLOP/s")
+        print(f"{'matmul shape':<24}{'MxKxN':<18}" + "".join(
+            f"{v['variant']:>18}" for v in report["matmul"][0]["variants"]) + "   best")
+        for row in report["matmul"]:
+            cells = "".join(f"{v['gflops']:>9,.1f} ({v['pct_of_peak']:>4.1f}%)" for v in row["variants"])
+            print(f"{row['shape']:<24}{str(row['m'])+'x'+str(row['k'])+'x'+str(row['n']):<18}{cells}   {row['best']}")
+        print("  (GFLOP/s, in brackets % of the FMA peak probe)")
+        for row in report.get("lora_forward", []):
+            print(f"lora fwd r=8 {row['shape']:<16} fused {row['fused_us']:>9.1f} us, unfused "
+                  f"{row['unfused_us']:>9.1f} us: {row['speedup']:.2f}x")
+print("-" * 100)
+for run in (report or {}).get("train", []):
+    if "error" in run:
+        print(f"lora-wgpu B={run['batch']} T={run['seq']} [{run['variant']}]: FAILED {run['error']}")
+seqs = sorted({r["seq"] for r in (report or {}).get("train", []) if "error" not in r} | {p["seq"] for p in peft})
+for t in seqs:
+    ours = [r for r in (report or {}).get("train", []) if r["seq"] == t and "error" not in r]
+    theirs = [p for p in peft if p["seq"] == t]
+    for r in ours:
+        print(f"T={t:<5} lora-wgpu [{r['variant']:>8} -> {r['matmul']}] {r['tokens_per_s']:>10,.0f} tok/s  "
+              f"step {r['step_ms_median']:8.2f} ms  peak alloc {r['peak_mib']:8.1f} MiB "
+              f"(graph {r['graph_mib']:.1f} + weights {r['weights_mib']:.1f})")
+    for p in theirs:
+        print(f"T={t:<5} PyTorch {p['torch']} + PEFT ({p['device']}, {p.get('device_name', '')}) "
+              f"{p['tokens_per_s']:>10,.0f} tok/s  step {p['step_s_median'] * 1e3:8.2f} ms  "
+              f"peak {p['peak_mib']:8.1f} MiB ({'max_memory_allocated' if p['device'] == 'cuda' else 'RSS growth'})")
+    if ours and theirs:
+        best = max(ours, key=lambda r: r["tokens_per_s"])
+        p = theirs[0]
+        print(f"T={t:<5} RATIO lora-wgpu/PyTorch+PEFT tokens/s = {best['tokens_per_s'] / p['tokens_per_s']:.3f}x "
+              f"(ours best: {best['matmul']}); memory ours/theirs = {best['peak_mib'] / max(p['peak_mib'], 1e-9):.2f}x")
+print("=" * 100)
