@@ -11,7 +11,7 @@ use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
 use lora_wgpu::model::{Model, ModelSource, TrainGraph};
 use lora_wgpu::train::{self, Duration, Event, TrainConfig, Trainer};
-use lora_wgpu::Gpu;
+use lora_wgpu::{merge, Gpu};
 
 /// LoRA fine-tuning of GPT-2 on any GPU through wgpu.
 #[derive(Parser)]
@@ -242,6 +242,21 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Merge PEFT adapters into the base weights and write a Hugging Face GPT-2 directory.
+    Merge {
+        /// Base model: a Hugging Face GPT-2 dir, tiny, random:<shape> or hub id.
+        #[arg(long)]
+        model: String,
+        /// PEFT adapter directory, optionally with a scale: DIR or DIR:SCALE (repeatable).
+        #[arg(long = "adapter", required = true)]
+        adapters: Vec<String>,
+        /// Output directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing output directory.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Trainable parameters per target module (PEFT's print_trainable_parameters, and more).
     Info {
         /// Model dir, tiny, random:<shape> or hub id.
@@ -285,6 +300,12 @@ fn main() -> std::process::ExitCode {
             adapter,
             lora,
         } => info_cmd(&model, adapter.as_deref(), &lora),
+        Command::Merge {
+            model,
+            adapters,
+            out,
+            overwrite,
+        } => merge_cmd(&model, &adapters, &out, overwrite),
         Command::Devices { device } => devices(&device),
     };
     match result {
@@ -724,6 +745,54 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
         "adapter file: {} (f32); optimizer state while training: {} (AdamW m, v and grads)",
         bytes(4 * trainable_total as u64),
         bytes(12 * trainable_total as u64)
+    );
+    Ok(())
+}
+
+/// `DIR` or `DIR:SCALE` (scale 1 when absent; a Windows drive letter is not a scale).
+fn adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((dir, scale)) = spec.rsplit_once(':') {
+        if let Ok(x) = scale.parse::<f32>() {
+            if !x.is_finite() {
+                bail!("adapter scale in {spec:?} must be a finite number");
+            }
+            return Ok((PathBuf::from(dir), x));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+fn merge_cmd(model: &str, adapters: &[String], out: &Path, overwrite: bool) -> Result<()> {
+    let adapters = adapters
+        .iter()
+        .map(|s| adapter_spec(s))
+        .collect::<Result<Vec<_>>>()?;
+    let source = ModelSource::parse(model)?;
+    let summary = match source.local_dir()? {
+        Some(dir) => merge::merge_dirs(&dir, &adapters, out, overwrite)?,
+        None => {
+            // Built-in or random weights: merge in memory, write with GPT-2's tokenizer.
+            let cfg = source.config()?;
+            let mut w = source.host_weights(&cfg)?;
+            let mut modules = 0;
+            for (dir, scale) in &adapters {
+                let (lora, layout, params) = peft::load(dir, &cfg)?;
+                modules += merge::merge_into(&mut w, &cfg, (&lora, &layout, &params), *scale)?;
+            }
+            merge::save_hf_dir(out, &cfg, &w, &source.tokenizer()?, overwrite)?;
+            merge::MergeSummary {
+                config: cfg,
+                adapters: adapters.len(),
+                modules,
+            }
+        }
+    };
+    println!(
+        "merged {} adapter(s) into {} module(s) of {source}; wrote {} (config.json, \
+         model.safetensors, tokenizer.json)",
+        summary.adapters,
+        summary.modules,
+        out.display()
     );
     Ok(())
 }
