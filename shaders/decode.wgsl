@@ -7,7 +7,8 @@
 //   decode_attention:  one workgroup per (row r, head h): the query at p0 + r attends causally to
 //                      cache rows 0 ..= p0 + r;  out[r, h] = softmax(q kᵀ · scale) v
 //   copy_row:          out = inp[row]  (the last position, the only one the LM head needs)
-//   gemv_cols:         y = x · W (+ bias) for one row, W stored (K, N) as GPT-2's Conv1D (N % 4 == 0)
+//   gemv_cols:         y = x · W (+ bias) for a few rows, W stored (K, N) as GPT-2's Conv1D
+//                      (K % 4 == 0, N % 4 == 0); W is read once per ROWS rows
 //   gemv_rows:         y = x · Wᵀ for one row, W stored (N, K) as the tied LM head (K % 4 == 0)
 //
 // Shapes: qkv (n, 3C)   k_cache, v_cache (ctx, C), head h at columns h·HS .. (h+1)·HS
@@ -22,7 +23,7 @@ struct Params {
     v0: u32,     // embedding: first vocab row of this shard
     v1: u32,     // embedding: one past its last row
     flags: u32,  // embedding: write the position part; gemv_cols: add the bias
-    row: u32,    // copy_row: source row
+    row: u32,    // copy_row: source row; gemv_cols: last row
     scale: f32,  // attention: 1 / sqrt(HS)
     _pad0: u32,
     _pad1: u32,
@@ -31,6 +32,8 @@ struct Params {
 
 override HS: u32 = 64u;
 const MAX_HS: u32 = 128u;
+override ROWS: u32 = 1u;  // gemv_cols: rows per thread, <= MAX_ROWS
+const MAX_ROWS: u32 = 8u;
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +49,6 @@ const WG: u32 = 64u;
 @group(0) @binding(10) var<storage, read> v_in: array<f32>;
 @group(0) @binding(11) var<storage, read_write> att: array<f32>;
 @group(0) @binding(12) var<storage, read> inp: array<f32>;
-@group(0) @binding(13) var<storage, read> x: array<f32>;
 @group(0) @binding(14) var<storage, read> w4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read> bias: array<f32>;
 @group(0) @binding(16) var<storage, read> x4: array<vec4<f32>>;
@@ -175,28 +177,47 @@ fn copy_row(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[col] = inp[p.row * p.c + col];
 }
 
-// One thread per 4 consecutive output columns: W is read once, in rows of vec4.
+// One thread per 4 consecutive output columns and ROWS rows (workgroup row wid.y covers rows
+// ROWS·wid.y ..): W is read once per ROWS rows, x as vec4. Rows past the end are clamped on load
+// and skipped on store.
 @compute @workgroup_size(64)
 fn gemv_cols(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let j = linear_index(wid, nwg, lid, 64u);
+    let j = wid.x * 64u + lid;
     let n4 = p.n / 4u;
     if j >= n4 {
         return;
     }
-    var acc = vec4<f32>();
-    for (var k = 0u; k < p.c; k++) {
-        acc = fma(vec4<f32>(x[k]), w4[k * n4 + j], acc);
-    }
-    for (var e = 0u; e < 4u; e++) {
-        var v = acc[e];
-        if p.flags != 0u {
-            v += bias[4u * j + e];
+    let k4 = p.c / 4u;
+    let r0 = wid.y * ROWS;
+    var acc: array<vec4<f32>, MAX_ROWS>;
+    for (var k = 0u; k < p.c; k += 4u) {
+        let o = k * n4 + j;
+        let w0 = w4[o];
+        let w1 = w4[o + n4];
+        let w2 = w4[o + 2u * n4];
+        let w3 = w4[o + 3u * n4];
+        for (var i = 0u; i < ROWS; i++) {
+            let xv = x4[min(r0 + i, p.row) * k4 + k / 4u];
+            acc[i] = fma(vec4<f32>(xv.x), w0, acc[i]);
+            acc[i] = fma(vec4<f32>(xv.y), w1, acc[i]);
+            acc[i] = fma(vec4<f32>(xv.z), w2, acc[i]);
+            acc[i] = fma(vec4<f32>(xv.w), w3, acc[i]);
         }
-        out[4u * j + e] = v;
+    }
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if r <= p.row {
+            for (var e = 0u; e < 4u; e++) {
+                var v = acc[i][e];
+                if p.flags != 0u {
+                    v += bias[4u * j + e];
+                }
+                out[r * p.n + 4u * j + e] = v;
+            }
+        }
     }
 }
 
@@ -212,9 +233,18 @@ fn gemv_rows(
         return;
     }
     let k4 = p.c / 4u;
-    var acc = vec4<f32>();
-    for (var k = 0u; k < k4; k++) {
-        acc = fma(x4[k], w4[v * k4 + k], acc);
+    // Two accumulators (K % 8 == 0 not required: the odd vec4 is added last).
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    let base = v * k4;
+    var k = 0u;
+    for (; k + 1u < k4; k += 2u) {
+        acc0 = fma(x4[k], w4[base + k], acc0);
+        acc1 = fma(x4[k + 1u], w4[base + k + 1u], acc1);
     }
+    if k < k4 {
+        acc0 = fma(x4[k], w4[base + k], acc0);
+    }
+    let acc = acc0 + acc1;
     out[v] = (acc.x + acc.y) + (acc.z + acc.w);
 }

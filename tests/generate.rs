@@ -242,6 +242,50 @@ fn decode_attention_matches_a_plain_loop() {
 }
 
 #[test]
+fn gemv_kernels_match_the_cpu_matmul() {
+    use lora_wgpu::kernels::matmul::MatmulOp;
+    let g = gpu();
+    for (m, k, n) in [
+        (1, 4, 4),
+        (1, 48, 144),
+        (3, 20, 12),
+        (8, 12, 36),
+        (13, 48, 192),
+    ] {
+        let (x, w, bias) = (random(m * k, 1), random(k * n, 2), random(n, 3));
+        let tx = g.upload("x", &x, &[m, k]).unwrap();
+        let tw = g.upload("w", &w, &[k, n]).unwrap();
+        let tb = g.upload("bias", &bias, &[n]).unwrap();
+        let y = g.zeros("y", &[m, n]).unwrap();
+        let d = decode::gemv_cols(g, &y, &tx, &tw, Some(&tb), m, k, n).unwrap();
+        g.run(&[&d]).unwrap();
+        let mut want = vec![0.0; m * n];
+        lora_wgpu::cpu::matmul(&mut want, &x, &w, Some(&bias), &MatmulOp::new(m, n, k));
+        assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_cols");
+    }
+    for (k, n) in [(4, 1), (12, 7), (48, 99), (20, 130)] {
+        let (x, w) = (random(k, 4), random(n * k, 5));
+        let tx = g.upload("x", &x, &[1, k]).unwrap();
+        let tw = g.upload("w", &w, &[n, k]).unwrap();
+        let y = g.zeros("y", &[n]).unwrap();
+        let d = decode::gemv_rows(g, &y, &tx, &tw, k, n).unwrap();
+        g.run(&[&d]).unwrap();
+        let mut want = vec![0.0; n];
+        lora_wgpu::cpu::matmul(&mut want, &x, &w, None, &MatmulOp::new(1, n, k).trans_b());
+        assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_rows");
+    }
+    let (x, w) = (
+        g.zeros("x", &[1, 6]).unwrap(),
+        g.zeros("w", &[6, 8]).unwrap(),
+    );
+    let y = g.zeros("y", &[1, 8]).unwrap();
+    assert!(
+        decode::gemv_cols(g, &y, &x, &w, None, 1, 6, 8).is_err(),
+        "k % 4 != 0"
+    );
+}
+
+#[test]
 fn switching_adapters_changes_the_output_and_switching_back_restores_it() {
     let g = gpu();
     let m = model(true);

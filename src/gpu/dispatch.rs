@@ -332,7 +332,7 @@ impl Kernel {
             KvStore => &[(1, R), (6, R), (7, W), (8, W)],
             DecodeAttention => &[(1, R), (6, R), (9, R), (10, R), (11, W), (5, W)],
             CopyRow => &[(12, R), (5, W)],
-            GemvCols => &[(13, R), (14, R), (15, R), (5, W)],
+            GemvCols => &[(16, R), (14, R), (15, R), (5, W)],
             GemvRows => &[(16, R), (14, R), (5, W)],
         }
     }

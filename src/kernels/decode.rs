@@ -69,9 +69,9 @@ impl DecodeShape {
     }
 }
 
-/// out = wpe[p0 + r] + wte[tokens[r]], with wte in shards of consecutive vocab rows (one
+/// `out = wpe[p0 + r] + wte[tokens[r]]`, with wte in shards of consecutive vocab rows (one
 /// dispatch per shard; the first also writes the position part).
-///   out: (n, C)   pos: (1,) u32 = p0   tokens: (n,) u32   wte_shards[i]: (rows_i, C)
+///   out: (n, C)   pos: (1,) u32 = p0   tokens: (n,) u32   `wte_shards[i]`: (rows_i, C)
 ///   wpe: (≥ p0 + n, C)
 pub fn embedding(
     gpu: &Gpu,
@@ -179,7 +179,7 @@ pub fn attention(
     )
 }
 
-/// out = inp[row].   out: (C,)   inp: (rows, C)
+/// `out = inp[row]`.   out: (C,)   inp: (rows, C)
 pub fn copy_row(gpu: &Gpu, out: &Tensor, inp: &Tensor, row: usize, c: usize) -> Result<Dispatch> {
     const OP: &str = "decode::copy_row";
     expect_len(OP, "out", out, c)?;
@@ -207,44 +207,53 @@ pub fn copy_row(gpu: &Gpu, out: &Tensor, inp: &Tensor, row: usize, c: usize) -> 
     )
 }
 
-/// One row through a linear layer: y = x · w (+ bias), w stored (k, n) as GPT-2's Conv1D.
-/// A memory-bound loop that reads w once; `n` must be a multiple of 4.
-///   y: (n,)   x: (k,)   w: (k, n)   bias: (n,)
+/// Rows most worth [`gemv_cols`] over [`matmul`](super::matmul::matmul) on every adapter: it
+/// reads W once per 8 rows and wastes nothing on short inputs, where the tiled kernels compute
+/// whole 64-row tiles.
+pub const GEMV_MAX_ROWS: usize = 32;
+
+/// A few rows through a linear layer: y = x · w (+ bias), w stored (k, n) as GPT-2's Conv1D.
+/// Each thread owns 4 columns of up to 8 rows, so w is read once per 8 rows; `k` and `n` must
+/// be multiples of 4. Meant for decoding (m = 1) and short prefills.
+///   y: (m, n)   x: (m, k)   w: (k, n)   bias: (n,)
 pub fn gemv_cols(
     gpu: &Gpu,
     y: &Tensor,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    m: usize,
     k: usize,
     n: usize,
 ) -> Result<Dispatch> {
     const OP: &str = "decode::gemv_cols";
-    if !n.is_multiple_of(4) {
+    if !n.is_multiple_of(4) || !k.is_multiple_of(4) || m == 0 {
         return Err(Error::shape(
             OP,
-            format!("{n} output columns; must be a multiple of 4"),
+            format!("{m} rows through a {k} x {n} weight; k and n must be multiples of 4, m > 0"),
         ));
     }
-    expect_len(OP, "y", y, n)?;
-    expect_len(OP, "x", x, k)?;
+    expect_len(OP, "y", y, m * n)?;
+    expect_len(OP, "x", x, m * k)?;
     expect_len(OP, "w", w, k * n)?;
     if let Some(b) = bias {
         expect_len(OP, "bias", b, n)?;
     }
+    let rows = m.min(8);
     let params = Params {
         n: u32_of("columns", n)?,
         c: u32_of("K", k)?,
         flags: u32::from(bias.is_some()),
+        row: u32_of("rows", m - 1)?,
         ..Params::default()
     };
     let bias = bias.unwrap_or(&gpu.dummy);
     gpu.dispatch(
         Kernel::GemvCols,
-        &[],
+        &[("ROWS", rows as f64)],
         &params,
         &[x, w, bias, y],
-        groups_1d(groups(n / 4, 64)?),
+        [groups(n / 4, 64)?, groups(m, rows)?, 1],
     )
 }
 

@@ -758,13 +758,14 @@ impl Generator {
     ) -> Result<()> {
         let lin = self.layers[layer].linear(which);
         let (d_in, d_out) = (lin.w.shape()[0], lin.w.shape()[1]);
-        if n == 1 && d_out.is_multiple_of(4) {
+        if n <= decode::GEMV_MAX_ROWS && d_in.is_multiple_of(4) && d_out.is_multiple_of(4) {
             rec.push(decode::gemv_cols(
                 gpu,
                 out,
                 inp,
                 &lin.w,
                 Some(&lin.b),
+                n,
                 d_in,
                 d_out,
             )?);
