@@ -9,7 +9,8 @@ use lora_wgpu::data::{self, Dataset};
 use lora_wgpu::gpu::{list_adapters, GpuOptions};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
-use lora_wgpu::model::{Model, ModelSource, TrainGraph};
+use lora_wgpu::model::generate::parse_adapter_arg;
+use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter, TrainGraph};
 use lora_wgpu::train::{self, Duration, Event, TrainConfig, Trainer};
 use lora_wgpu::{merge, Gpu};
 
@@ -242,6 +243,41 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Generate text with a KV cache, streaming it to stdout.
+    Generate {
+        /// Model dir, tiny, random:<shape> or hub id.
+        #[arg(long)]
+        model: String,
+        /// PEFT adapter directory, optionally scaled: DIR or DIR:SCALE (repeatable; several
+        /// apply at once).
+        #[arg(long = "adapter")]
+        adapters: Vec<String>,
+        /// Text to continue.
+        #[arg(long)]
+        prompt: String,
+        /// Most tokens to generate (stops earlier at <|endoftext|>).
+        #[arg(
+            long,
+            alias = "max_new_tokens",
+            alias = "n-predict",
+            default_value_t = 100
+        )]
+        max_new_tokens: usize,
+        /// Softmax temperature; 0 is greedy.
+        #[arg(long, alias = "temp", default_value_t = 0.8)]
+        temperature: f32,
+        /// Nucleus sampling threshold in (0, 1]; 1 is off.
+        #[arg(long, alias = "top_p", default_value_t = 0.95)]
+        top_p: f32,
+        /// Keep the k most likely tokens; 0 is off.
+        #[arg(long, alias = "top_k", default_value_t = 40)]
+        top_k: usize,
+        /// Random seed (the same seed gives the same text).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Merge PEFT adapters into the base weights and write a Hugging Face GPT-2 directory.
     Merge {
         /// Base model: a Hugging Face GPT-2 dir, tiny, random:<shape> or hub id.
@@ -300,6 +336,29 @@ fn main() -> std::process::ExitCode {
             adapter,
             lora,
         } => info_cmd(&model, adapter.as_deref(), &lora),
+        Command::Generate {
+            model,
+            adapters,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            device,
+        } => generate_cmd(
+            &model,
+            &adapters,
+            &prompt,
+            max_new_tokens,
+            &SamplingConfig {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            },
+            &device,
+        ),
         Command::Merge {
             model,
             adapters,
@@ -322,13 +381,13 @@ fn main() -> std::process::ExitCode {
 struct Demo;
 
 impl Demo {
-    const BLOCK: usize = 64;
+    const BLOCK: usize = 32;
     const BATCH: usize = 4;
-    const STEPS: u64 = 40;
-    const LR: f32 = 3e-3;
-    const EVAL_EVERY: u64 = 10;
-    const LOG_EVERY: u64 = 5;
-    const VAL_SPLIT: f64 = 0.02;
+    const STEPS: u64 = 20;
+    const LR: f32 = 1e-2;
+    const EVAL_EVERY: u64 = 5;
+    const LOG_EVERY: u64 = 2;
+    const VAL_SPLIT: f64 = 0.005;
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
@@ -485,7 +544,19 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         out.join("loss_curve.svg").display()
     );
     drop(trainer);
-    let _ = sample_prompt;
+    let adapter = peft::load(&out, cfg_model)?;
+    let ctx = model.config.n_positions.min(128);
+    let mut generator = Generator::new(&gpu, &model.gpt2, ctx)?;
+    generator.set_adapters(&gpu, &[ScaledAdapter::of(&adapter, 1.0)])?;
+    println!("sample   (greedy, 24 tokens, with the new adapter):");
+    stream(
+        &gpu,
+        &model,
+        &mut generator,
+        &sample_prompt,
+        24,
+        &SamplingConfig::greedy(),
+    )?;
     Ok(())
 }
 
@@ -749,23 +820,88 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
     Ok(())
 }
 
-/// `DIR` or `DIR:SCALE` (scale 1 when absent; a Windows drive letter is not a scale).
-fn adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
-    if let Some((dir, scale)) = spec.rsplit_once(':') {
-        if let Ok(x) = scale.parse::<f32>() {
-            if !x.is_finite() {
-                bail!("adapter scale in {spec:?} must be a finite number");
-            }
-            return Ok((PathBuf::from(dir), x));
+fn generate_cmd(
+    model: &str,
+    adapters: &[String],
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+    device: &DeviceArgs,
+) -> Result<()> {
+    sampling.validate()?;
+    let gpu = device.gpu()?;
+    let model = Model::load(&gpu, model)?;
+    let loaded = adapters
+        .iter()
+        .map(|a| {
+            let (dir, scale) = parse_adapter_arg(a)?;
+            Ok((peft::load(&dir, &model.config)?, scale))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scaled: Vec<_> = loaded
+        .iter()
+        .map(|(l, s)| ScaledAdapter::of(l, *s))
+        .collect();
+    let mut generator = Generator::new(&gpu, &model.gpt2, model.config.n_positions)?;
+    generator.set_adapters(&gpu, &scaled)?;
+    stream(
+        &gpu,
+        &model,
+        &mut generator,
+        prompt,
+        max_new_tokens,
+        sampling,
+    )?;
+    Ok(())
+}
+
+/// Generate from `prompt`, printing the prompt and then the text as it is produced.
+fn stream(
+    gpu: &Gpu,
+    model: &Model,
+    generator: &mut Generator,
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: &SamplingConfig,
+) -> Result<String> {
+    use std::io::Write;
+    let tok = &model.tokenizer;
+    let ids = tok.encode(prompt)?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    let mut new_ids = Vec::new();
+    let mut printed = 0;
+    let mut error = None;
+    generator.generate(gpu, &ids, sampling, max_new_tokens, |t| {
+        if t == lora_wgpu::tokenizer::EOT {
+            return true;
         }
+        new_ids.push(t);
+        // Print whole characters only: a token can end inside a UTF-8 sequence.
+        match tok.decode(&new_ids) {
+            Ok(text) if !text.ends_with('\u{FFFD}') => {
+                let _ = write!(out, "{}", &text[printed..]);
+                let _ = out.flush();
+                printed = text.len();
+            }
+            Ok(_) => {}
+            Err(e) => error = Some(e),
+        }
+        error.is_none()
+    })?;
+    if let Some(e) = error {
+        return Err(e.into());
     }
-    Ok((PathBuf::from(spec), 1.0))
+    let text = tok.decode(&new_ids)?;
+    writeln!(out, "{}", &text[printed.min(text.len())..])?;
+    Ok(text)
 }
 
 fn merge_cmd(model: &str, adapters: &[String], out: &Path, overwrite: bool) -> Result<()> {
     let adapters = adapters
         .iter()
-        .map(|s| adapter_spec(s))
+        .map(|s| Ok(parse_adapter_arg(s)?))
         .collect::<Result<Vec<_>>>()?;
     let source = ModelSource::parse(model)?;
     let summary = match source.local_dir()? {

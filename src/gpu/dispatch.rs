@@ -34,13 +34,15 @@ pub enum ShaderFile {
     Attention,
     /// `cross_entropy.wgsl`
     CrossEntropy,
+    /// `decode.wgsl`
+    Decode,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 12] = [
+    pub const ALL: [ShaderFile; 13] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
@@ -53,6 +55,7 @@ impl ShaderFile {
         ShaderFile::Elementwise,
         ShaderFile::Attention,
         ShaderFile::CrossEntropy,
+        ShaderFile::Decode,
     ];
 
     /// File name inside `shaders/`.
@@ -70,6 +73,7 @@ impl ShaderFile {
             ShaderFile::Elementwise => "elementwise.wgsl",
             ShaderFile::Attention => "attention.wgsl",
             ShaderFile::CrossEntropy => "cross_entropy.wgsl",
+            ShaderFile::Decode => "decode.wgsl",
         }
     }
 
@@ -99,6 +103,7 @@ impl ShaderFile {
             ShaderFile::CrossEntropy => {
                 include_str!("../../shaders/cross_entropy.wgsl").to_string()
             }
+            ShaderFile::Decode => include_str!("../../shaders/decode.wgsl").to_string(),
         }
     }
 }
@@ -173,11 +178,23 @@ pub enum Kernel {
     CeLoss,
     /// dlogits of one chunk, in place.
     CeGrad,
+    /// Token + position embedding at positions read from a buffer (one vocab shard).
+    DecodeEmbedding,
+    /// Write new keys and values into the KV cache.
+    KvStore,
+    /// Causal attention of new queries over the KV cache.
+    DecodeAttention,
+    /// Copy one row.
+    CopyRow,
+    /// One-row x · W (+ bias), W stored (in, out).
+    GemvCols,
+    /// One-row x · Wᵀ, W stored (out, in).
+    GemvRows,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 34] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -206,6 +223,12 @@ impl Kernel {
         Kernel::CeStats,
         Kernel::CeLoss,
         Kernel::CeGrad,
+        Kernel::DecodeEmbedding,
+        Kernel::KvStore,
+        Kernel::DecodeAttention,
+        Kernel::CopyRow,
+        Kernel::GemvCols,
+        Kernel::GemvRows,
     ];
 
     /// The shader file holding the kernel.
@@ -227,6 +250,9 @@ impl Kernel {
                 ShaderFile::Attention
             }
             CeStats | CeLoss | CeGrad => ShaderFile::CrossEntropy,
+            DecodeEmbedding | KvStore | DecodeAttention | CopyRow | GemvCols | GemvRows => {
+                ShaderFile::Decode
+            }
         }
     }
 
@@ -262,6 +288,12 @@ impl Kernel {
             CeStats => "ce_stats",
             CeLoss => "ce_loss",
             CeGrad => "ce_grad",
+            DecodeEmbedding => "decode_embedding",
+            KvStore => "kv_store",
+            DecodeAttention => "decode_attention",
+            CopyRow => "copy_row",
+            GemvCols => "gemv_cols",
+            GemvRows => "gemv_rows",
         }
     }
 
@@ -296,6 +328,12 @@ impl Kernel {
             CeStats => &[(1, R), (2, R), (3, W), (4, W), (5, W)],
             CeLoss => &[(1, R), (7, R), (8, R), (9, R), (6, W)],
             CeGrad => &[(1, R), (7, R), (8, R), (10, W), (11, R)],
+            DecodeEmbedding => &[(1, R), (2, R), (3, R), (4, R), (5, W)],
+            KvStore => &[(1, R), (6, R), (7, W), (8, W)],
+            DecodeAttention => &[(1, R), (6, R), (9, R), (10, R), (11, W), (5, W)],
+            CopyRow => &[(12, R), (5, W)],
+            GemvCols => &[(16, R), (14, R), (15, R), (5, W)],
+            GemvRows => &[(16, R), (14, R), (5, W)],
         }
     }
 

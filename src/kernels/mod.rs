@@ -7,6 +7,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
@@ -86,6 +87,7 @@ mod tests {
             ShaderFile::Elementwise => size_of::<super::elementwise::Params>(),
             ShaderFile::Attention => size_of::<super::attention::Params>(),
             ShaderFile::CrossEntropy => size_of::<super::cross_entropy::Params>(),
+            ShaderFile::Decode => size_of::<super::decode::Params>(),
         }
     }
 

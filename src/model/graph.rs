@@ -30,19 +30,19 @@ const MAX_SHARD_ROWS: usize = 4096;
 
 /// A linear layer's frozen weight ([in, out], as GPT-2's Conv1D stores it) and bias.
 #[derive(Debug)]
-struct Dense {
-    w: Tensor,
-    b: Tensor,
+pub(crate) struct Dense {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
 }
 
 #[derive(Debug)]
-struct Block {
-    ln_1: Dense,
-    c_attn: Dense,
-    attn_c_proj: Dense,
-    ln_2: Dense,
-    c_fc: Dense,
-    mlp_c_proj: Dense,
+pub(crate) struct Block {
+    pub(crate) ln_1: Dense,
+    pub(crate) c_attn: Dense,
+    pub(crate) attn_c_proj: Dense,
+    pub(crate) ln_2: Dense,
+    pub(crate) c_fc: Dense,
+    pub(crate) mlp_c_proj: Dense,
 }
 
 /// GPT-2's frozen weights on the GPU.
@@ -51,10 +51,10 @@ pub struct Gpt2 {
     /// The model's shape.
     pub config: Gpt2Config,
     /// Token embedding (also the tied LM head) in shards of consecutive vocab rows.
-    wte: Vec<Tensor>,
-    wpe: Tensor,
-    blocks: Vec<Block>,
-    ln_f: Dense,
+    pub(crate) wte: Vec<Tensor>,
+    pub(crate) wpe: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_f: Dense,
 }
 
 impl Gpt2 {
@@ -134,7 +134,7 @@ impl Gpt2 {
     }
 
     /// Vocabulary rows of each wte shard.
-    fn shard_ranges(&self) -> Vec<(usize, usize)> {
+    pub(crate) fn shard_ranges(&self) -> Vec<(usize, usize)> {
         let c = self.config.n_embd;
         let mut v0 = 0;
         self.wte

@@ -1,0 +1,293 @@
+//! `decode.wgsl`: the pieces of incremental (KV-cached) decoding for text generation.
+//!
+//! Every kernel that depends on the position reads it from a one-word `pos` buffer (p0, the
+//! absolute position of row 0 of the call) instead of its uniform parameters, so a recording
+//! is built once per row count and replayed at every position after a 4-byte write.
+
+use crate::error::{Error, Result};
+use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+
+use super::attention::MAX_HEAD_SIZE;
+use super::{expect_len, groups, u32_of};
+
+/// Mirrors `struct Params` in decode.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    n: u32,
+    c: u32,
+    nh: u32,
+    ctx: u32,
+    v0: u32,
+    v1: u32,
+    flags: u32,
+    row: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+/// Shape of one decoding call: `n` new rows at positions p0 .. p0 + n of a cache of `ctx` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeShape {
+    /// New rows (the prompt length in a prefill, 1 per generated token).
+    pub n: usize,
+    /// Channels (n_embd).
+    pub c: usize,
+    /// Heads.
+    pub nh: usize,
+    /// Rows of each KV cache (the longest context).
+    pub ctx: usize,
+}
+
+impl DecodeShape {
+    fn params(&self) -> Result<Params> {
+        let DecodeShape { n, c, nh, ctx } = *self;
+        if nh == 0 || !c.is_multiple_of(nh) || c / nh > MAX_HEAD_SIZE {
+            return Err(Error::shape(
+                "decode",
+                format!("C = {c} must split into {nh} heads of at most {MAX_HEAD_SIZE}"),
+            ));
+        }
+        if n == 0 || n > ctx {
+            return Err(Error::shape(
+                "decode",
+                format!("{n} new rows for a cache of {ctx} rows (must be 1..={ctx})"),
+            ));
+        }
+        Ok(Params {
+            n: u32_of("rows", n)?,
+            c: u32_of("C", c)?,
+            nh: u32_of("heads", nh)?,
+            ctx: u32_of("context", ctx)?,
+            scale: 1.0 / ((c / nh) as f32).sqrt(),
+            ..Params::default()
+        })
+    }
+
+    fn head_size(&self) -> [(&'static str, f64); 1] {
+        [("HS", (self.c / self.nh) as f64)]
+    }
+}
+
+/// `out = wpe[p0 + r] + wte[tokens[r]]`, with wte in shards of consecutive vocab rows (one
+/// dispatch per shard; the first also writes the position part).
+///   out: (n, C)   pos: (1,) u32 = p0   tokens: (n,) u32   `wte_shards[i]`: (rows_i, C)
+///   wpe: (≥ p0 + n, C)
+pub fn embedding(
+    gpu: &Gpu,
+    out: &Tensor,
+    pos: &Tensor,
+    tokens: &Tensor,
+    wte_shards: &[&Tensor],
+    wpe: &Tensor,
+    c: usize,
+) -> Result<Vec<Dispatch>> {
+    const OP: &str = "decode::embedding";
+    let n = tokens.len();
+    expect_len(OP, "pos", pos, 1)?;
+    expect_len(OP, "out", out, n * c)?;
+    if c == 0 || !wpe.len().is_multiple_of(c) || wpe.len() < n * c {
+        return Err(Error::shape(
+            OP,
+            format!("wpe has {} values, not rows of C = {c}", wpe.len()),
+        ));
+    }
+    let mut v0 = 0usize;
+    let mut out_d = Vec::with_capacity(wte_shards.len());
+    for (i, shard) in wte_shards.iter().enumerate() {
+        if !shard.len().is_multiple_of(c) {
+            return Err(Error::shape(
+                OP,
+                format!("wte shard {i} is not a whole number of rows of {c}"),
+            ));
+        }
+        let v1 = v0 + shard.len() / c;
+        let params = Params {
+            n: u32_of("tokens", n)?,
+            c: u32_of("C", c)?,
+            v0: u32_of("vocab", v0)?,
+            v1: u32_of("vocab", v1)?,
+            flags: u32::from(i == 0),
+            ..Params::default()
+        };
+        out_d.push(gpu.dispatch(
+            Kernel::DecodeEmbedding,
+            &[],
+            &params,
+            &[pos, tokens, shard, wpe, out],
+            groups_1d(groups(n * c, 256)?),
+        )?);
+        v0 = v1;
+    }
+    Ok(out_d)
+}
+
+/// Write the keys and values of the new rows into the cache at rows p0 .. p0 + n.
+///   k_cache, v_cache: (ctx, C)   pos: (1,) u32   qkv: (n, 3C)
+pub fn kv_store(
+    gpu: &Gpu,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: &Tensor,
+    qkv: &Tensor,
+    s: &DecodeShape,
+) -> Result<Dispatch> {
+    const OP: &str = "decode::kv_store";
+    let params = s.params()?;
+    expect_len(OP, "pos", pos, 1)?;
+    expect_len(OP, "qkv", qkv, s.n * 3 * s.c)?;
+    expect_len(OP, "k_cache", k_cache, s.ctx * s.c)?;
+    expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
+    gpu.dispatch(
+        Kernel::KvStore,
+        &[],
+        &params,
+        &[pos, qkv, k_cache, v_cache],
+        groups_1d(groups(s.n * s.c, 256)?),
+    )
+}
+
+/// Causal attention of the n new queries (positions p0 + r) over cache rows 0 ..= p0 + r, one
+/// workgroup per (row, head). Run [`kv_store`] first so the new rows are in the cache.
+///   out: (n, C)   att: (n, NH, ctx) scratch   pos: (1,) u32   qkv: (n, 3C)
+///   k_cache, v_cache: (ctx, C)
+pub fn attention(
+    gpu: &Gpu,
+    out: &Tensor,
+    att: &Tensor,
+    pos: &Tensor,
+    qkv: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    s: &DecodeShape,
+) -> Result<Dispatch> {
+    const OP: &str = "decode::attention";
+    let params = s.params()?;
+    expect_len(OP, "pos", pos, 1)?;
+    expect_len(OP, "qkv", qkv, s.n * 3 * s.c)?;
+    expect_len(OP, "out", out, s.n * s.c)?;
+    expect_len(OP, "att", att, s.n * s.nh * s.ctx)?;
+    expect_len(OP, "k_cache", k_cache, s.ctx * s.c)?;
+    expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
+    let grid = [u32_of("rows", s.n)?, u32_of("heads", s.nh)?, 1];
+    gpu.dispatch(
+        Kernel::DecodeAttention,
+        &s.head_size(),
+        &params,
+        &[pos, qkv, k_cache, v_cache, att, out],
+        grid,
+    )
+}
+
+/// `out = inp[row]`.   out: (C,)   inp: (rows, C)
+pub fn copy_row(gpu: &Gpu, out: &Tensor, inp: &Tensor, row: usize, c: usize) -> Result<Dispatch> {
+    const OP: &str = "decode::copy_row";
+    expect_len(OP, "out", out, c)?;
+    if inp.len() < (row + 1) * c {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "row {row} of {} ({} values) with C = {c}",
+                inp.name(),
+                inp.len()
+            ),
+        ));
+    }
+    let params = Params {
+        c: u32_of("C", c)?,
+        row: u32_of("row", row)?,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        Kernel::CopyRow,
+        &[],
+        &params,
+        &[inp, out],
+        [groups(c, 64)?, 1, 1],
+    )
+}
+
+/// Rows most worth [`gemv_cols`] over [`matmul`](super::matmul::matmul) on every adapter: it
+/// reads W once per 8 rows and wastes nothing on short inputs, where the tiled kernels compute
+/// whole 64-row tiles.
+pub const GEMV_MAX_ROWS: usize = 32;
+
+/// A few rows through a linear layer: y = x · w (+ bias), w stored (k, n) as GPT-2's Conv1D.
+/// Each thread owns 4 columns of up to 8 rows, so w is read once per 8 rows; `k` and `n` must
+/// be multiples of 4. Meant for decoding (m = 1) and short prefills.
+///   y: (m, n)   x: (m, k)   w: (k, n)   bias: (n,)
+pub fn gemv_cols(
+    gpu: &Gpu,
+    y: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<Dispatch> {
+    const OP: &str = "decode::gemv_cols";
+    if !n.is_multiple_of(4) || !k.is_multiple_of(4) || m == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("{m} rows through a {k} x {n} weight; k and n must be multiples of 4, m > 0"),
+        ));
+    }
+    expect_len(OP, "y", y, m * n)?;
+    expect_len(OP, "x", x, m * k)?;
+    expect_len(OP, "w", w, k * n)?;
+    if let Some(b) = bias {
+        expect_len(OP, "bias", b, n)?;
+    }
+    let rows = m.min(8);
+    let params = Params {
+        n: u32_of("columns", n)?,
+        c: u32_of("K", k)?,
+        flags: u32::from(bias.is_some()),
+        row: u32_of("rows", m - 1)?,
+        ..Params::default()
+    };
+    let bias = bias.unwrap_or(&gpu.dummy);
+    gpu.dispatch(
+        Kernel::GemvCols,
+        &[("ROWS", rows as f64)],
+        &params,
+        &[x, w, bias, y],
+        [groups(n / 4, 64)?, groups(m, rows)?, 1],
+    )
+}
+
+/// One row against the rows of w: y = x · wᵀ, w stored (n, k) as the tied LM head; `k` must
+/// be a multiple of 4.
+///   y: (n,)   x: (k,)   w: (n, k)
+pub fn gemv_rows(
+    gpu: &Gpu,
+    y: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    k: usize,
+    n: usize,
+) -> Result<Dispatch> {
+    const OP: &str = "decode::gemv_rows";
+    if !k.is_multiple_of(4) {
+        return Err(Error::shape(
+            OP,
+            format!("K = {k}; must be a multiple of 4"),
+        ));
+    }
+    expect_len(OP, "y", y, n)?;
+    expect_len(OP, "x", x, k)?;
+    expect_len(OP, "w", w, k * n)?;
+    let params = Params {
+        n: u32_of("rows", n)?,
+        c: u32_of("K", k)?,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        Kernel::GemvRows,
+        &[],
+        &params,
+        &[x, w, y],
+        groups_1d(groups(n, 64)?),
+    )
+}
