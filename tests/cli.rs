@@ -1,11 +1,18 @@
-//! The `lora-wgpu` binary: `devices`, `--backend` and `--device`.
+//! The `lora-wgpu` binary: the built-in demo run, eval, merge, generate, info, devices,
+//! `--backend` and `--device`.
 
+use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String, String) {
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
         .args(args)
         .env_remove("WGPU_ADAPTER_NAME")
+        .envs(env.iter().copied())
         .output()
         .expect("failed to start lora-wgpu");
     (
@@ -65,6 +72,222 @@ fn unknown_device_lists_what_exists() {
     assert!(!ok);
     assert!(
         stderr.contains("no-such-gpu") && stderr.contains("found: 0:"),
+        "{stderr}"
+    );
+}
+
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = run(args);
+    assert!(ok, "eval failed: {stderr}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The README's first command on a tiny budget, then every command on what it wrote: eval
+/// (with and without the adapter), merge (whose eval must equal base + adapter), generate
+/// with a scaled adapter, and the refusal to train into the same directory twice.
+#[test]
+fn demo_train_then_eval_merge_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&[
+        "train",
+        "--max-steps",
+        "2",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--val-split",
+        "0.003",
+        "--eval-every",
+        "1",
+        "--out",
+        out_s,
+    ]);
+    assert!(ok, "demo train failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("tiny (built-in demo model, random weights)"),
+        "{stdout}"
+    );
+    let evals: Vec<f32> = stdout
+        .lines()
+        .filter(|l| l.starts_with("eval"))
+        .filter_map(|l| {
+            l.split("val_loss ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(evals.len(), 2, "{stdout}");
+    assert!(
+        evals.iter().all(|l| l.is_finite() && *l < 11.5),
+        "{evals:?}"
+    );
+    assert!(stdout.contains("sample"), "{stdout}");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_state.json",
+        "metrics.jsonl",
+        "loss_curve.svg",
+        "best/adapter_model.safetensors",
+        "checkpoints/step-000002/optimizer.safetensors",
+        "checkpoints/latest",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["loss"].as_f64().unwrap().is_finite() && v["lr"].is_number(),
+            "{line}"
+        );
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+
+    // Same directory again: refused, and nothing in it is touched.
+    let before = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let (ok, _, stderr) = run(&["train", "--max-steps", "1", "--out", out_s]);
+    assert!(
+        !ok && stderr.contains("already holds a training run"),
+        "{stderr}"
+    );
+    assert_eq!(
+        before,
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    );
+
+    // eval: windows of N tokens over the whole text, no special tokens added.
+    let text = "Alice was beginning to get very tired of sitting by her sister on the bank, \
+                and of having nothing to do: once or twice she had peeped into the book her \
+                sister was reading, but it had no pictures or conversations in it.";
+    let data = tmp.path().join("eval.txt");
+    std::fs::write(&data, text).unwrap();
+    let ids = lora_wgpu::tokenizer::Tokenizer::gpt2()
+        .unwrap()
+        .encode(text)
+        .unwrap();
+    let data_s = data.to_str().unwrap();
+    let eval = |model: &str, adapter: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model,
+            "--data",
+            data_s,
+            "--block-size",
+            "16",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        args.push("--json");
+        eval_json(&args)
+    };
+    let base = eval("tiny", None);
+    let tuned = eval("tiny", Some(out_s));
+    assert_eq!(base["windows"], ids.len() / 16);
+    assert_eq!(base["tokens"], (ids.len() / 16) * 16);
+    let (lb, lt) = (
+        base["loss"].as_f64().unwrap(),
+        tuned["loss"].as_f64().unwrap(),
+    );
+    assert!((base["perplexity"].as_f64().unwrap() - lb.exp()).abs() < 1e-3 * lb.exp());
+    assert!(
+        (lb - lt).abs() > 1e-4,
+        "the adapter changed nothing: {lb} vs {lt}"
+    );
+
+    // merge: the merged model alone evaluates like base + adapter.
+    let merged = tmp.path().join("merged");
+    let merged_s = merged.to_str().unwrap();
+    let (ok, _, stderr) = run(&[
+        "merge",
+        "--model",
+        "tiny",
+        "--adapter",
+        out_s,
+        "--out",
+        merged_s,
+    ]);
+    assert!(ok, "merge failed: {stderr}");
+    let lm = eval(merged_s, None)["loss"].as_f64().unwrap();
+    assert!((lm - lt).abs() < 1e-4, "merged {lm} vs base + adapter {lt}");
+
+    // generate: greedy is deterministic and streams the prompt first.
+    let gen = |scale: &str| {
+        let adapter = format!("{out_s}:{scale}");
+        let (ok, stdout, stderr) = run(&[
+            "generate",
+            "--model",
+            "tiny",
+            "--adapter",
+            &adapter,
+            "--prompt",
+            "Alice said",
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ]);
+        assert!(ok, "generate failed: {stderr}");
+        assert!(stdout.starts_with("Alice said"), "{stdout}");
+        stdout
+    };
+    assert_eq!(gen("1"), gen("1"));
+}
+
+#[test]
+fn info_counts_peft_parameters() {
+    // GPT-2 124M with r=8 on c_attn + c_proj (PEFT's "c_proj" matches attn and mlp):
+    // 12 · 8 · ((768 + 2304) + (768 + 768) + (3072 + 768)) = 811,008.
+    let (ok, stdout, stderr) = run(&["info", "--model", "random:gpt2"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("trainable params: 811008 ||"), "{stdout}");
+    let (ok, stdout, _) = run(&["info", "--model", "random:gpt2", "--targets", "all-linear"]);
+    assert!(
+        ok && stdout.contains("trainable params: 1179648 ||"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn hub_id_offline_says_how_to_use_a_local_dir() {
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = run_env(
+        &["info", "--model", "openai-community/gpt2"],
+        &[
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    assert!(
+        !ok,
+        "a hub id must never fall back to random weights: {stdout}"
+    );
+    assert!(stderr.contains("--model ./gpt2"), "{stderr}");
+}
+
+#[test]
+fn model_and_data_go_together() {
+    let (ok, _, stderr) = run(&["train", "--model", "tiny"]);
+    assert!(
+        !ok && stderr.contains("pass both --model and --data"),
+        "{stderr}"
+    );
+    let missing = Path::new("/nonexistent/model");
+    let (ok, _, stderr) = run(&["info", "--model", missing.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("model directory not found"),
         "{stderr}"
     );
 }
