@@ -328,6 +328,9 @@ pub struct TrainerState {
     pub config: TrainConfig,
 }
 
+/// A progress callback.
+type Callback<'a> = Box<dyn FnMut(&Event) + 'a>;
+
 /// Trains a LoRA adapter on a [`Model`]: build it, optionally [`Trainer::resume`], then
 /// [`Trainer::run`].
 ///
@@ -355,7 +358,7 @@ pub struct Trainer<'a> {
     valid: Option<Dataset>,
     sampler: Sampler,
     out: Option<PathBuf>,
-    callback: Option<Box<dyn FnMut(&Event) + 'a>>,
+    callback: Option<Callback<'a>>,
     step: u64,
     total: u64,
     best: Option<(u64, f32)>,
@@ -542,7 +545,7 @@ impl<'a> Trainer<'a> {
             self.step += 1;
             let step = self.step;
             self.submit(step)?;
-            let wanted = step % self.cfg.log_every == 0
+            let wanted = step.is_multiple_of(self.cfg.log_every)
                 || step == self.total
                 || self.eval_due(step)
                 || self.save_due(step);
@@ -600,12 +603,12 @@ impl<'a> Trainer<'a> {
             return false;
         }
         let every = self.cfg.eval_every;
-        (every > 0 && step % every == 0) || step == self.total || self.epoch_ends(step)
+        (every > 0 && step.is_multiple_of(every)) || step == self.total || self.epoch_ends(step)
     }
 
     fn save_due(&self, step: u64) -> bool {
         self.out.is_some()
-            && ((self.cfg.save_every > 0 && step % self.cfg.save_every == 0)
+            && ((self.cfg.save_every > 0 && step.is_multiple_of(self.cfg.save_every))
                 || step == self.total
                 || Some(step) == self.stop_at)
     }

@@ -354,6 +354,38 @@ fn saved_adapters_round_trip_with_peft_names() {
         ),
         (Some("LORA"), Some(true), Some("none"))
     );
+    // Every field PEFT wrote into the fixture's config is in ours too.
+    let theirs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let missing: Vec<_> = theirs
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| json.get(k.as_str()).is_none())
+        .collect();
+    // Fields PEFT adds for features we do not implement (DoRA, LoftQ, ...) carry defaults.
+    let core = [
+        "peft_type",
+        "task_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "fan_in_fan_out",
+        "bias",
+        "use_rslora",
+        "layers_to_transform",
+        "base_model_name_or_path",
+        "use_dora",
+        "lora_bias",
+        "inference_mode",
+    ];
+    for k in core {
+        assert!(!missing.iter().any(|m| m.as_str() == k), "{k} missing");
+        assert!(theirs.get(k).is_some(), "fixture lacks {k}");
+    }
     // No temporary files are left behind.
     let names: Vec<_> = std::fs::read_dir(&out)
         .unwrap()

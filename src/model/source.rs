@@ -192,16 +192,6 @@ impl Model {
         let config = source.config()?;
         config.validate()?;
         let tokenizer = source.tokenizer()?;
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(Error::invalid(
-                "tokenizer",
-                tokenizer.vocab_size(),
-                format!(
-                    "the tokenizer has more tokens than the model's vocab_size {}",
-                    config.vocab_size
-                ),
-            ));
-        }
         let gpt2 = Gpt2::upload(gpu, &config, &source.host_weights(&config)?)?;
         Ok(Model {
             source,
