@@ -121,10 +121,7 @@ fn time(g: &Gpu, ds: &[&Dispatch], samples: usize, target_s: f64) -> lora_wgpu::
 }
 
 fn variant_name(v: MatmulVariant) -> String {
-    match v {
-        MatmulVariant::Register => "register".into(),
-        MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
-    }
+    lora_wgpu::gpu::autotune::name(v)
 }
 
 fn max_rel_diff(got: &[f32], want: &[f32]) -> f64 {

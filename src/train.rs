@@ -240,7 +240,8 @@ pub fn learning_rate(cfg: &TrainConfig, step: u64, total: u64) -> f32 {
 
 fn warmup_steps(cfg: &TrainConfig, total: u64) -> u64 {
     cfg.warmup_steps
-        .unwrap_or_else(|| (cfg.warmup_ratio as f64 * total as f64).ceil() as u64)
+        // In f32, where 0.1 · 100 is exactly 10 (as Python's float product is).
+        .unwrap_or_else(|| (cfg.warmup_ratio * total as f32).ceil() as u64)
 }
 
 /// Something the trainer reports while it runs.

@@ -180,3 +180,55 @@ fn register_variant_uses_vec4_loads_when_dimensions_allow() {
     );
     assert_eq!(kernel_for(MatmulOp::new(8, 12, 6)), Kernel::MatmulRegister);
 }
+
+/// Autotuning times the candidates once per shape class, runs the winner (which must agree
+/// with the CPU reference like every variant), keeps it in the cache directory, and a new
+/// device on the same adapter starts from that table without re-timing.
+#[test]
+fn autotune_runs_the_winner_and_caches_it_per_adapter() {
+    use lora_wgpu::gpu::autotune::{shape_class, CANDIDATES};
+    use lora_wgpu::{Gpu, GpuOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = GpuOptions {
+        autotune: Some(true),
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..GpuOptions::from_env()
+    };
+    let g = Gpu::new(&opts).unwrap();
+    let op = MatmulOp::new(37, 29, 45).trans_b();
+    let timings = g.time_matmul_variants(&op).unwrap();
+    assert_eq!(
+        timings.len(),
+        CANDIDATES.len(),
+        "every candidate runs here: {timings:?}"
+    );
+    assert!(timings.iter().all(|(_, s)| *s > 0.0));
+
+    let (a, b) = (random(37 * 45, 1), random(29 * 45, 2));
+    let ta = g.upload("a", &a, &[37, 45]).unwrap();
+    let tb = g.upload("b", &b, &[29, 45]).unwrap();
+    let tc = g.zeros("c", &[37, 29]).unwrap();
+    let d = matmul(&g, MatmulVariant::Auto, &tc, &ta, &tb, None, &op).unwrap();
+    g.run(&[&d]).unwrap();
+    let mut want = vec![0.0; 37 * 29];
+    cpu::matmul(&mut want, &a, &b, None, &op);
+    assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, "autotuned");
+
+    let tuned = g.tuned_matmuls();
+    let class = shape_class(&op);
+    assert_eq!(class, "64x64x32-tb");
+    assert!(CANDIDATES.contains(&tuned[&class]), "{tuned:?}");
+    let file = std::fs::read_to_string(dir.path().join("autotune.json")).unwrap();
+    assert!(file.contains(&class), "{file}");
+    drop(g);
+    assert_eq!(Gpu::new(&opts).unwrap().tuned_matmuls(), tuned);
+
+    let off = Gpu::new(&GpuOptions {
+        autotune: Some(false),
+        ..opts
+    })
+    .unwrap();
+    if std::env::var_os("LORA_WGPU_MATMUL").is_none() {
+        assert_eq!(off.default_matmul(), off.device_default_matmul());
+    }
+}

@@ -4,6 +4,7 @@
 //! Everything that talks to wgpu lives here; kernels (in [`crate::kernels`]) only describe what
 //! to bind and how many workgroups to launch.
 
+pub mod autotune;
 mod dispatch;
 mod readback;
 mod tensor;
@@ -36,6 +37,11 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Never enable SHADER_F16 / SUBGROUP, even when offered.
     pub no_optional_features: bool,
+    /// Autotune matmul variants per shape class (`None`: on for GPUs, off for CPU adapters;
+    /// `LORA_WGPU_AUTOTUNE` overrides).
+    pub autotune: Option<bool>,
+    /// Where the autotune table is kept (`None`: the user's cache dir, `lora-wgpu/`).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl GpuOptions {
@@ -46,6 +52,8 @@ impl GpuOptions {
             backends: wgpu::Backends::from_env(),
             adapter: std::env::var(ENV_ADAPTER).ok().filter(|s| !s.is_empty()),
             no_optional_features: !matches!(flag.as_str(), "" | "0" | "false"),
+            autotune: None,
+            cache_dir: None,
         }
     }
 
@@ -116,6 +124,8 @@ pub enum MatmulVariant {
     /// Register-tiled kernel with no workgroup memory and no barriers: each thread computes a
     /// 4x4 block. Right for CPU adapters (lavapipe), where barriers are very expensive.
     Register,
+    /// The autotuned winner for each shape class (see [`autotune`]).
+    Auto,
 }
 
 type ErrorSlot = Arc<Mutex<Option<String>>>;
@@ -130,6 +140,7 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<dispatch::PipelineKey, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<Kernel, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    autotune: autotune::Autotune,
     uncaptured: ErrorSlot,
     lost: ErrorSlot,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
@@ -326,6 +337,11 @@ impl Gpu {
             uncaptured,
             lost,
             dummy,
+            autotune: autotune::Autotune::new(
+                &summary.info,
+                options.autotune,
+                options.cache_dir.clone(),
+            ),
         })
     }
 
@@ -344,7 +360,9 @@ impl Gpu {
         self.features
     }
 
-    /// The matmul variant that suits this adapter: [`MatmulVariant::Register`] on CPU adapters,
+    /// The matmul variant to record with: `LORA_WGPU_MATMUL` when set, else
+    /// [`MatmulVariant::Auto`] when autotuning is on (GPUs, by default), else
+    /// [`Gpu::device_default_matmul`]: [`MatmulVariant::Register`] on CPU adapters,
     /// the 128x128 block-tile kernel (`Tiled { tm: 8, tn: 8 }`) on discrete GPUs, and the
     /// 4x4-per-thread [`MatmulVariant::Tiled`] kernel on other GPUs.
     ///
@@ -358,21 +376,24 @@ impl Gpu {
     /// comparisons): `register`, `tiled1x1`, `tiled4x4` or `tiled8x8` (any `tiledMxN` that
     /// [`crate::kernels::matmul::matmul`] accepts). An unrecognised value is ignored.
     pub fn default_matmul(&self) -> MatmulVariant {
-        let forced = std::env::var("LORA_WGPU_MATMUL").ok().and_then(|v| {
-            let v = v.trim().to_ascii_lowercase();
-            if v == "register" {
-                return Some(MatmulVariant::Register);
-            }
-            let (tm, tn) = v.strip_prefix("tiled")?.split_once('x')?;
-            let (tm, tn) = (tm.parse().ok()?, tn.parse().ok()?);
-            let ok = ((1..=4).contains(&tm) && (1..=4).contains(&tn)) || (tm, tn) == (8, 8);
-            ok.then_some(MatmulVariant::Tiled { tm, tn })
-        });
-        forced.unwrap_or(match self.info.device_type {
+        let forced = std::env::var("LORA_WGPU_MATMUL")
+            .ok()
+            .and_then(|v| autotune::parse(&v));
+        match forced {
+            Some(v) => v,
+            None if self.autotune.enabled => MatmulVariant::Auto,
+            None => self.device_default_matmul(),
+        }
+    }
+
+    /// The untuned choice by device type: 8x8 block tiles on discrete GPUs, 4x4 tiles on other
+    /// GPUs, the register kernel on CPU adapters.
+    pub fn device_default_matmul(&self) -> MatmulVariant {
+        match self.info.device_type {
             wgpu::DeviceType::Cpu => MatmulVariant::Register,
             wgpu::DeviceType::DiscreteGpu => MatmulVariant::Tiled { tm: 8, tn: 8 },
             _ => MatmulVariant::Tiled { tm: 4, tn: 4 },
-        })
+        }
     }
 
     /// Surface any error wgpu reported asynchronously (validation, device loss).

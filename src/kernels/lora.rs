@@ -132,7 +132,9 @@ impl LoraVariant {
     pub fn for_gpu(gpu: &Gpu) -> Self {
         match gpu.default_matmul() {
             crate::gpu::MatmulVariant::Register => LoraVariant::Register,
-            crate::gpu::MatmulVariant::Tiled { .. } => LoraVariant::Workgroup,
+            crate::gpu::MatmulVariant::Tiled { .. } | crate::gpu::MatmulVariant::Auto => {
+                LoraVariant::Workgroup
+            }
         }
     }
 }

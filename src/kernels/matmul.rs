@@ -137,6 +137,10 @@ pub fn matmul(
     op: &MatmulOp,
 ) -> Result<Dispatch> {
     const OP: &str = "matmul";
+    let variant = match variant {
+        MatmulVariant::Auto => gpu.tuned_matmul(op)?,
+        v => v,
+    };
     let MatmulOp { m, n, k, batch, .. } = *op;
     expect_len(OP, "C", c, batch * m * n)?;
     let stride_a = batch_stride(OP, "A", a, m * k, batch)?;
@@ -189,6 +193,7 @@ pub fn matmul(
             };
             (kernel, vec![], grid)
         }
+        MatmulVariant::Auto => unreachable!("resolved above"),
     };
     let mut constants = constants;
     constants.push(("TRANS_A", f64::from(u8::from(op.trans_a))));

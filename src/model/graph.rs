@@ -28,6 +28,11 @@ const LOSS_SLOTS: usize = 4;
 /// Most vocabulary rows per wte shard (and per logits chunk of the fused classifier).
 const MAX_SHARD_ROWS: usize = 4096;
 
+/// Logits up to this size (B·T·V·4 bytes) are kept from forward for backward, which saves one
+/// of the three LM-head products per step (the biggest matmuls of a small model); larger ones
+/// are recomputed chunk by chunk so memory stays O(B·T·chunk).
+const STORED_LOGITS_BYTES: usize = 256 << 20;
+
 /// A linear layer's frozen weight ([in, out], as GPT-2's Conv1D stores it) and bias.
 #[derive(Debug)]
 pub(crate) struct Dense {
@@ -454,7 +459,8 @@ impl TrainGraph {
         let tmp_c = bl.zeros("scratch (B·T, C)", &[bt, c])?;
         let ranges = model.shard_ranges();
         let max_rows = ranges.iter().map(|r| r.1).max().unwrap_or(1);
-        let logits = bl.zeros("logits chunk", &[bt, max_rows])?;
+        let vocab: usize = ranges.iter().map(|r| r.1).sum();
+        let store_logits = bt * vocab * 4 <= STORED_LOGITS_BYTES;
         let st = CeState::new(gpu, bt)?;
         bl.allocated += 3 * 4 * bt as u64;
         // Per-row losses and the squared grad norm share one buffer, read back together.
@@ -473,10 +479,25 @@ impl TrainGraph {
         let du = bl.zeros("d u", &[bt, r])?;
 
         let ashape = AttentionShape { b, t, c, nh };
-        let shards = ranges
-            .iter()
-            .map(|&(v0, rows)| Ok((v0, rows, logits.view("logits", 0, &[bt, rows])?)))
-            .collect::<Result<Vec<_>>>()?;
+        let shards = if store_logits {
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &(v0, rows))| {
+                    Ok((
+                        v0,
+                        rows,
+                        bl.zeros(&format!("logits shard {i}"), &[bt, rows])?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            let chunk = bl.zeros("logits chunk", &[bt, max_rows])?;
+            ranges
+                .iter()
+                .map(|&(v0, rows)| Ok((v0, rows, chunk.view("logits", 0, &[bt, rows])?)))
+                .collect::<Result<Vec<_>>>()?
+        };
 
         // ---- forward: recorded for training and, when LoRA dropout is on, again without it
         // for evaluation ----
@@ -596,15 +617,17 @@ impl TrainGraph {
         let mut bwd = Recording::new();
         bwd.clear(&dres);
         for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
-            bwd.push(matmul(
-                gpu,
-                bl.mm,
-                lg,
-                &lnf,
-                shard,
-                None,
-                &MatmulOp::new(bt, *rows, c).trans_b(),
-            )?);
+            if !store_logits {
+                bwd.push(matmul(
+                    gpu,
+                    bl.mm,
+                    lg,
+                    &lnf,
+                    shard,
+                    None,
+                    &MatmulOp::new(bt, *rows, c).trans_b(),
+                )?);
+            }
             bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
             let mut op = MatmulOp::new(bt, c, *rows);
             op.accumulate = i > 0;
