@@ -65,6 +65,7 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
         MatmulVariant::Tiled { tm: 8, tn: 8 } => "block128x128_8x8".into(),
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
+        MatmulVariant::Auto => "autotuned".into(),
     }
 }
 
