@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use lora_wgpu::lora::peft;
 use lora_wgpu::model::generate::{parse_adapter_arg, Generator, SamplingConfig, ScaledAdapter};
-use lora_wgpu::model::Gpt2;
-use lora_wgpu::tokenizer::Tokenizer;
+use lora_wgpu::model::Model;
 use lora_wgpu::{Gpu, GpuOptions};
 
 fn main() -> Result<()> {
@@ -42,7 +41,8 @@ fn main() -> Result<()> {
     }
 
     let gpu = Gpu::new(&GpuOptions::from_env())?;
-    let model = Gpt2::load(&gpu, &model_dir)?;
+    // Anything `--model` takes: a directory, tiny, random:<shape>, a hub id.
+    let model = Model::load(&gpu, &model_dir.display().to_string())?;
     let loaded = adapters
         .iter()
         .map(|(dir, scale)| Ok((peft::load(dir, &model.config)?, *scale)))
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         .map(|(a, s)| ScaledAdapter::of(a, *s))
         .collect();
 
-    let tokenizer = Tokenizer::for_model_dir(&model_dir)?;
+    let tokenizer = &model.tokenizer;
     let text_mode = tokenizer.vocab_size() == model.config.vocab_size;
     let ids = if text_mode {
         tokenizer.encode(prompt.as_deref().unwrap_or("The meaning of life is"))?
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     };
 
     let ctx = model.config.n_positions.min(ids.len() + max_new).max(1);
-    let mut generator = Generator::new(&gpu, &model, ctx)?;
+    let mut generator = Generator::new(&gpu, &model.gpt2, ctx)?;
     generator.set_adapters(&gpu, &scaled)?;
     eprintln!(
         "device: {} ({:?}); {} LoRA adapter(s); prompt of {} tokens",
