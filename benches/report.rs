@@ -313,14 +313,13 @@ struct Kind {
     dispatches: Vec<Dispatch>,
 }
 
-/// Per-kernel-kind profile of one GPT-2 training step at (B, T) with LoRA on c_attn and
-/// attn.c_proj: every kind of dispatch the graph records (matmuls at each layer's shapes, the
-/// LM head, LoRA forward and the four backward kernels, attention, layernorm, gelu, add) is
-/// built at the graph's shapes and timed alone (`time`: back-to-back replays in one pass,
-/// waited for), times its count per step. What the kinds do not cover (cross-entropy stats and
-/// grad, embedding, grad norm, AdamW, clears, pass boundaries) shows as the rest of the step.
-/// The LoRA and attention kernels are those of `lv` and `av`.
-fn profile(
+/// The kernel kinds of one GPT-2 training step at (B, T) with LoRA on c_attn and attn.c_proj,
+/// for a per-kind profile: every kind of dispatch the graph records (matmuls at each layer's
+/// shapes, the LM head, LoRA forward and the four backward kernels, attention, layernorm,
+/// gelu, add) built at the graph's shapes, with its count per step. What the kinds do not cover
+/// (cross-entropy stats and grad, embedding, grad norm, AdamW, clears, pass boundaries) shows
+/// as the rest of the step. The LoRA and attention kernels are those of `lv` and `av`.
+fn profile_kinds(
     g: &Gpu,
     cfg: &Gpt2Config,
     b: usize,
@@ -328,7 +327,7 @@ fn profile(
     r: usize,
     lv: LoraVariant,
     av: AttentionVariant,
-) -> lora_wgpu::Result<Vec<(String, f64, f64)>> {
+) -> lora_wgpu::Result<Vec<Kind>> {
     let (c, nh, l, v) = (cfg.n_embd, cfg.n_head, cfg.n_layer as f64, cfg.vocab_size);
     let bt = b * t;
     let mm = g.default_matmul();
@@ -511,17 +510,14 @@ fn profile(
             elementwise::add(g, &ln_out, &x_c, &x_c2)?,
         ],
     );
-    let mut out = Vec::new();
-    for k in &kinds {
-        let refs: Vec<&Dispatch> = k.dispatches.iter().collect();
-        let s = time(g, &refs, 5, 0.01)?;
-        out.push((k.name.clone(), s * 1e6, s * k.count * 1e3));
-    }
-    Ok(out)
+    Ok(kinds)
 }
 
-/// The profile of `profile` for the "before" kernels (`Workgroup` LoRA, per-row attention) and
-/// the adapter's own, printed side by side.
+/// Per-kernel-kind profile of one training step at each T: the kinds of `profile_kinds` timed
+/// alone (`time`: back-to-back replays in one pass, waited for) times their count per step, on
+/// GPUs for the first kernels ("before": `Workgroup` LoRA, per-row attention) and the adapter's
+/// own, printed side by side. The sets are timed kind by kind, alternating, so a change of
+/// clocks during the profile affects both alike.
 fn profiles(g: &Gpu, args: &Args, cfg: &Gpt2Config) -> Value {
     let mut rows = Vec::new();
     for &t in &args.seqs {
@@ -533,31 +529,52 @@ fn profiles(g: &Gpu, args: &Args, cfg: &Gpt2Config) -> Value {
                 ("before", (LoraVariant::Workgroup, AttentionVariant::Rows)),
             );
         }
-        for (label, (lv, av)) in sets {
-            let head = format!(
+        let head = |label: &str, (lv, av): (LoraVariant, AttentionVariant)| {
+            format!(
                 "profile B={} T={t} r={} [{label}: lora {}, attention {}]",
                 args.batch,
                 args.rank,
                 lv.name(),
                 av.name()
-            );
-            match profile(g, cfg, args.batch, t, args.rank, lv, av) {
-                Ok(kinds) => {
+            )
+        };
+        let timed = (|| -> lora_wgpu::Result<Vec<Vec<(String, f64, f64)>>> {
+            let built = sets
+                .iter()
+                .map(|&(_, (lv, av))| profile_kinds(g, cfg, args.batch, t, args.rank, lv, av))
+                .collect::<lora_wgpu::Result<Vec<_>>>()?;
+            let mut out = vec![Vec::new(); built.len()];
+            for i in 0..built[0].len() {
+                for (si, kinds) in built.iter().enumerate() {
+                    let k = &kinds[i];
+                    let refs: Vec<&Dispatch> = k.dispatches.iter().collect();
+                    let s = time(g, &refs, 5, 0.01)?;
+                    out[si].push((k.name.clone(), s * 1e6, s * k.count * 1e3));
+                }
+            }
+            Ok(out)
+        })();
+        match timed {
+            Ok(all) => {
+                for (&(label, set), kinds) in sets.iter().zip(&all) {
+                    let head = head(label, set);
                     let total: f64 = kinds.iter().map(|k| k.2).sum();
-                    for (name, us, ms) in &kinds {
+                    for (name, us, ms) in kinds {
                         println!("{head} {name:<36} {us:>10.1} us/call-set  {ms:>9.2} ms/step");
                     }
                     println!(
                         "{head} {:<36} {:>10} {total:>9.2} ms/step",
                         "sum of kinds", ""
                     );
-                    rows.push(json!({"seq": t, "set": label, "lora": lv.name(),
-                        "attention": av.name(), "total_ms": total,
+                    rows.push(json!({"seq": t, "set": label, "lora": set.0.name(),
+                        "attention": set.1.name(), "total_ms": total,
                         "kinds": kinds.iter().map(|(n, us, ms)| json!({"kind": n,
                             "us_per_call_set": us, "ms_per_step": ms})).collect::<Vec<_>>()}));
                 }
-                Err(e) => {
-                    println!("{head}: FAILED: {e}");
+            }
+            Err(e) => {
+                println!("profile T={t}: FAILED: {e}");
+                for &(label, _) in &sets {
                     rows.push(json!({"seq": t, "set": label, "error": e.to_string()}));
                 }
             }
