@@ -6,7 +6,8 @@
 //! ```text
 //! cargo bench --bench report -- [--quick] [--json target/report.json]
 //!     [--shape gpt2] [--batch 4] [--seq 128,1024] [--rank 8] [--steps 10] [--warmup 2]
-//!     [--train-variants default,tiled8x8] [--max-train-seconds 30] [--no-kernels] [--no-train]
+//!     [--train-variants default,before,tiled8x8] [--max-train-seconds 30] [--no-kernels]
+//!     [--no-train] [--no-profile]
 //! ```
 //!
 //! `--quick` uses small shapes (minutes on lavapipe): kernels at 64..256, training the `tiny`
@@ -14,15 +15,21 @@
 //! pass and waits for the GPU; `reps` is chosen so that a sample lasts about 30 ms (one run at
 //! least), and the figure is the median of the samples, after a warm-up run.
 //! `--train-variants` names the matmul variants the training graph is built with (through
-//! `LORA_WGPU_MATMUL`; `default` is the adapter's own choice).
+//! `LORA_WGPU_MATMUL`; `default` is the adapter's own choice; `before` is the adapter's matmul
+//! with the first LoRA and attention kernels, `LORA_WGPU_LORA=workgroup`,
+//! `LORA_WGPU_ATTENTION=rows`).
+//! Before the training runs (unless `--no-profile`), a per-kernel-kind profile of one training
+//! step at each T (see `profile`), on GPUs for the first kernels and the adapter's own.
 
 use std::time::Instant;
 
 use lora_wgpu::gpu::{Dispatch, MatmulVariant};
 use lora_wgpu::kernels::adamw::AdamW;
+use lora_wgpu::kernels::attention::{self, AttentionShape, AttentionVariant};
 use lora_wgpu::kernels::dropout::{self, Dropout};
-use lora_wgpu::kernels::lora::{self, LoraShape, LoraVariant};
+use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::kernels::{elementwise, layernorm};
 use lora_wgpu::lora::LoraConfig;
 use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
@@ -41,6 +48,7 @@ struct Args {
     max_train_s: f64,
     kernels: bool,
     train: bool,
+    profile: bool,
 }
 
 fn parse_args() -> Args {
@@ -86,6 +94,7 @@ fn parse_args() -> Args {
         }),
         kernels: !has("--no-kernels"),
         train: !has("--no-train"),
+        profile: !has("--no-profile"),
     }
 }
 
@@ -249,8 +258,16 @@ fn lora_fwd(g: &Gpu, quick: bool) -> lora_wgpu::Result<Value> {
         let b = filled(g, "lora_B", &[n, r], 6);
         let y = g.zeros("y", &[m, n])?;
         let u = g.zeros("u", &[m, r])?;
-        let fused = lora::forward(g, LoraVariant::for_gpu(g), &y, &u, &x, &a, &b, &s, 2.0, &d)?;
+        let own = LoraVariant::for_gpu(g);
+        let fused = lora::forward(g, own, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
         let tf = time(g, &[&fused], 7, 0.02)?;
+        // The first GPU kernel, for comparison with the adapter's own.
+        let tw = if own == LoraVariant::Workgroup || g.info().device_type == wgpu::DeviceType::Cpu {
+            tf
+        } else {
+            let wg = lora::forward(g, LoraVariant::Workgroup, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
+            time(g, &[&wg], 7, 0.02)?
+        };
         let xd = g.zeros("x dropped", &[m, k])?;
         let v = g.default_matmul();
         let unfused = [
@@ -269,17 +286,298 @@ fn lora_fwd(g: &Gpu, quick: bool) -> lora_wgpu::Result<Value> {
         let refs: Vec<&Dispatch> = unfused.iter().collect();
         let tu = time(g, &refs, 7, 0.02)?;
         println!(
-            "lora fwd r=8 {label:<14} {m}x{k}x{n}  fused {:>8.1} us  unfused {:>8.1} us  speed-up {:.2}x",
+            "lora fwd r=8 {label:<14} {m}x{k}x{n}  fused [{}] {:>8.1} us  unfused {:>8.1} us  speed-up {:.2}x  (fused [workgroup] {:>8.1} us)",
+            own.name(),
             tf * 1e6,
             tu * 1e6,
-            tu / tf
+            tu / tf,
+            tw * 1e6
         );
         rows.push(
-            json!({"shape": label, "m": m, "k": k, "n": n, "fused_us": tf * 1e6,
-            "unfused_us": tu * 1e6, "speedup": tu / tf}),
+            json!({"shape": label, "m": m, "k": k, "n": n, "variant": own.name(),
+            "fused_us": tf * 1e6, "unfused_us": tu * 1e6, "speedup": tu / tf,
+            "workgroup_us": tw * 1e6}),
         );
     }
     Ok(Value::Array(rows))
+}
+
+/// One kernel kind of a training step: its dispatches (timed together, in order) and how many
+/// times the step runs them.
+struct Kind {
+    name: String,
+    count: f64,
+    dispatches: Vec<Dispatch>,
+}
+
+/// The kernel kinds of one GPT-2 training step at (B, T) with LoRA on c_attn and attn.c_proj,
+/// for a per-kind profile: every kind of dispatch the graph records (matmuls at each layer's
+/// shapes, the LM head, LoRA forward and the four backward kernels, attention, layernorm,
+/// gelu, add) built at the graph's shapes, with its count per step. What the kinds do not cover
+/// (cross-entropy stats and grad, embedding, grad norm, AdamW, clears, pass boundaries) shows
+/// as the rest of the step. The LoRA and attention kernels are those of `lv` and `av`.
+fn profile_kinds(
+    g: &Gpu,
+    cfg: &Gpt2Config,
+    b: usize,
+    t: usize,
+    r: usize,
+    lv: LoraVariant,
+    av: AttentionVariant,
+) -> lora_wgpu::Result<Vec<Kind>> {
+    let (c, nh, l, v) = (cfg.n_embd, cfg.n_head, cfg.n_layer as f64, cfg.vocab_size);
+    let bt = b * t;
+    let mm = g.default_matmul();
+    let shard = 4096.min(v);
+    let shards = v as f64 / shard as f64;
+    let x = |name: &str, n: usize, seed: usize| filled(g, name, &[bt, n], seed);
+    let (x_c, x_c2, x_3c, x_4c, x_4c2) = (
+        x("x C", c, 1),
+        x("x C 2", c, 2),
+        x("x 3C", 3 * c, 3),
+        x("x 4C", 4 * c, 4),
+        x("x 4C 2", 4 * c, 5),
+    );
+    let w = |rows: usize, cols: usize, seed: usize| filled(g, "w", &[rows, cols], seed);
+    let (w_attn, w_proj, w_fc, w_mproj, wte) = (
+        w(c, 3 * c, 6),
+        w(c, c, 7),
+        w(c, 4 * c, 8),
+        w(4 * c, c, 9),
+        w(shard, c, 10),
+    );
+    let bias = |n: usize| filled(g, "bias", &[n], 11);
+    let (b_3c, b_c, b_4c) = (bias(3 * c), bias(c), bias(4 * c));
+    let logits = x("logits", shard, 12);
+    let mut kinds: Vec<Kind> = Vec::new();
+    let mut add = |name: &str, count: f64, dispatches: Vec<Dispatch>| {
+        kinds.push(Kind {
+            name: name.to_string(),
+            count,
+            dispatches,
+        })
+    };
+    let op = MatmulOp::new;
+    add(
+        "matmul fwd (4 per layer)",
+        l,
+        vec![
+            matmul(g, mm, &x_3c, &x_c, &w_attn, Some(&b_3c), &op(bt, 3 * c, c))?,
+            matmul(g, mm, &x_c2, &x_c, &w_proj, Some(&b_c), &op(bt, c, c))?,
+            matmul(g, mm, &x_4c, &x_c, &w_fc, Some(&b_4c), &op(bt, 4 * c, c))?,
+            matmul(g, mm, &x_c2, &x_4c, &w_mproj, Some(&b_c), &op(bt, c, 4 * c))?,
+        ],
+    );
+    add(
+        "matmul bwd dx (4 per layer)",
+        l,
+        vec![
+            matmul(
+                g,
+                mm,
+                &x_c2,
+                &x_3c,
+                &w_attn,
+                None,
+                &op(bt, c, 3 * c).trans_b(),
+            )?,
+            matmul(g, mm, &x_c2, &x_c, &w_proj, None, &op(bt, c, c).trans_b())?,
+            matmul(
+                g,
+                mm,
+                &x_c2,
+                &x_4c,
+                &w_fc,
+                None,
+                &op(bt, c, 4 * c).trans_b(),
+            )?,
+            matmul(
+                g,
+                mm,
+                &x_4c2,
+                &x_c,
+                &w_mproj,
+                None,
+                &op(bt, 4 * c, c).trans_b(),
+            )?,
+        ],
+    );
+    add(
+        "LM head (2 fwd + 1 bwd per shard)",
+        shards,
+        vec![
+            matmul(
+                g,
+                mm,
+                &logits,
+                &x_c,
+                &wte,
+                None,
+                &op(bt, shard, c).trans_b(),
+            )?,
+            matmul(
+                g,
+                mm,
+                &logits,
+                &x_c,
+                &wte,
+                None,
+                &op(bt, shard, c).trans_b(),
+            )?,
+            matmul(
+                g,
+                mm,
+                &x_c2,
+                &logits,
+                &wte,
+                None,
+                &op(bt, c, shard).accumulate(),
+            )?,
+        ],
+    );
+    // LoRA on c_attn (k = C, n = 3C) and attn.c_proj (k = n = C), dropout off as in the report's
+    // training runs.
+    let nod = Dropout::NONE;
+    let mut lora_fwd = Vec::new();
+    let mut lora_bwd: Vec<Vec<Dispatch>> = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let u = g.zeros("u", &[bt, r])?;
+    let du = g.zeros("du", &[bt, r])?;
+    for (k, n, y, dy, xin, dx) in [
+        (c, 3 * c, &x_3c, &x_3c, &x_c, &x_c2),
+        (c, c, &x_c2, &x_c2, &x_c, &x_c),
+    ] {
+        let s = LoraShape { m: bt, k, n, r };
+        let a = filled(g, "lora_A", &[r, k], 13);
+        let bm = filled(g, "lora_B", &[n, r], 14);
+        let da = g.zeros("dA", &[r, k])?;
+        let db = g.zeros("dB", &[n, r])?;
+        lora_fwd.push(lora::forward(g, lv, y, &u, xin, &a, &bm, &s, 2.0, &nod)?);
+        let grads = LoraGrads {
+            dx: Some(dx),
+            da: &da,
+            db: &db,
+            du: &du,
+        };
+        let bwd = lora::backward_with(g, lv, grads, dy, xin, &a, &bm, &u, &s, 2.0, &nod, true)?;
+        for (i, d) in bwd.into_iter().enumerate() {
+            lora_bwd[i].push(d);
+        }
+    }
+    add("LoRA fwd (2 per layer)", l, lora_fwd);
+    for (i, what) in ["du", "dB", "dA", "dx"].iter().enumerate() {
+        let ds = std::mem::take(&mut lora_bwd[i]);
+        add(&format!("LoRA bwd {what} (2 per layer)"), l, ds);
+    }
+    let ashape = AttentionShape { b, t, c, nh };
+    let att = g.zeros("att", &[b, nh, t, t])?;
+    let dpre = g.zeros("dpreatt", &[b, nh, t, t])?;
+    let qkv = x("qkv", 3 * c, 15);
+    let dqkv = g.zeros("dqkv", &[bt, 3 * c])?;
+    let atty = g.zeros("atty", &[bt, c])?;
+    let fwd = attention::forward_with(g, av, &atty, &att, &qkv, &ashape)?;
+    // Real probabilities for the backward kernels to read.
+    g.run(&[&fwd])?;
+    add("attention fwd", l, vec![fwd]);
+    let [rows, cols] = attention::backward_with(g, av, &dqkv, &dpre, &x_c, &qkv, &att, &ashape)?;
+    add("attention bwd rows (dq)", l, vec![rows]);
+    add("attention bwd cols (dk, dv)", l, vec![cols]);
+    let lw = filled(g, "ln w", &[c], 16);
+    let mean = g.zeros("mean", &[bt])?;
+    let rstd = g.zeros("rstd", &[bt])?;
+    let ln_out = g.zeros("ln out", &[bt, c])?;
+    let lnf = layernorm::forward(g, &ln_out, &mean, &rstd, &x_c, &lw, &b_c, c, 1e-5)?;
+    g.run(&[&lnf])?;
+    add("layernorm fwd", 2.0 * l + 1.0, vec![lnf]);
+    let lnb = layernorm::backward(g, &x_c2, &x_c, &ln_out, &lw, &mean, &rstd, c)?;
+    add("layernorm bwd", 2.0 * l + 1.0, vec![lnb]);
+    let gelu_out = g.zeros("gelu out", &[bt, 4 * c])?;
+    add(
+        "gelu fwd + bwd",
+        l,
+        vec![
+            elementwise::gelu_forward(g, &gelu_out, &x_4c)?,
+            elementwise::gelu_backward(g, &x_4c2, &gelu_out, &x_4c)?,
+        ],
+    );
+    add(
+        "residual add (2 per layer)",
+        l,
+        vec![
+            elementwise::add(g, &ln_out, &x_c, &x_c2)?,
+            elementwise::add(g, &ln_out, &x_c, &x_c2)?,
+        ],
+    );
+    Ok(kinds)
+}
+
+/// Per-kernel-kind profile of one training step at each T: the kinds of `profile_kinds` timed
+/// alone (`time`: back-to-back replays in one pass, waited for) times their count per step, on
+/// GPUs for the first kernels ("before": `Workgroup` LoRA, per-row attention) and the adapter's
+/// own, printed side by side. The sets are timed kind by kind, alternating, so a change of
+/// clocks during the profile affects both alike.
+fn profiles(g: &Gpu, args: &Args, cfg: &Gpt2Config) -> Value {
+    let mut rows = Vec::new();
+    for &t in &args.seqs {
+        let own = (LoraVariant::for_gpu(g), AttentionVariant::for_gpu(g));
+        let mut sets = vec![("own", own)];
+        if g.info().device_type != wgpu::DeviceType::Cpu {
+            sets.insert(
+                0,
+                ("before", (LoraVariant::Workgroup, AttentionVariant::Rows)),
+            );
+        }
+        let head = |label: &str, (lv, av): (LoraVariant, AttentionVariant)| {
+            format!(
+                "profile B={} T={t} r={} [{label}: lora {}, attention {}]",
+                args.batch,
+                args.rank,
+                lv.name(),
+                av.name()
+            )
+        };
+        let timed = (|| -> lora_wgpu::Result<Vec<Vec<(String, f64, f64)>>> {
+            let built = sets
+                .iter()
+                .map(|&(_, (lv, av))| profile_kinds(g, cfg, args.batch, t, args.rank, lv, av))
+                .collect::<lora_wgpu::Result<Vec<_>>>()?;
+            let mut out = vec![Vec::new(); built.len()];
+            for i in 0..built[0].len() {
+                for (si, kinds) in built.iter().enumerate() {
+                    let k = &kinds[i];
+                    let refs: Vec<&Dispatch> = k.dispatches.iter().collect();
+                    let s = time(g, &refs, 5, 0.01)?;
+                    out[si].push((k.name.clone(), s * 1e6, s * k.count * 1e3));
+                }
+            }
+            Ok(out)
+        })();
+        match timed {
+            Ok(all) => {
+                for (&(label, set), kinds) in sets.iter().zip(&all) {
+                    let head = head(label, set);
+                    let total: f64 = kinds.iter().map(|k| k.2).sum();
+                    for (name, us, ms) in kinds {
+                        println!("{head} {name:<36} {us:>10.1} us/call-set  {ms:>9.2} ms/step");
+                    }
+                    println!(
+                        "{head} {:<36} {:>10} {total:>9.2} ms/step",
+                        "sum of kinds", ""
+                    );
+                    rows.push(json!({"seq": t, "set": label, "lora": set.0.name(),
+                        "attention": set.1.name(), "total_ms": total,
+                        "kinds": kinds.iter().map(|(n, us, ms)| json!({"kind": n,
+                            "us_per_call_set": us, "ms_per_step": ms})).collect::<Vec<_>>()}));
+                }
+            }
+            Err(e) => {
+                println!("profile T={t}: FAILED: {e}");
+                for &(label, _) in &sets {
+                    rows.push(json!({"seq": t, "set": label, "error": e.to_string()}));
+                }
+            }
+        }
+    }
+    Value::Array(rows)
 }
 
 /// Training tokens/s at one (B, T) with the matmul variant `variant` (`default`: the adapter's).
@@ -290,11 +588,16 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         "train {} B={b} T={t} r={} [{variant}]",
         args.shape, args.rank
     );
-    // The report is single-threaded; the graph reads the variable when it is built.
-    if variant == "default" {
+    // The report is single-threaded; the graph reads the variables when it is built.
+    // `before`: the adapter's matmul with the first LoRA and attention kernels.
+    if variant == "default" || variant == "before" {
         std::env::remove_var("LORA_WGPU_MATMUL");
     } else {
         std::env::set_var("LORA_WGPU_MATMUL", variant);
+    }
+    if variant == "before" {
+        std::env::set_var("LORA_WGPU_LORA", "workgroup");
+        std::env::set_var("LORA_WGPU_ATTENTION", "rows");
     }
     let lora = LoraConfig {
         r: args.rank,
@@ -302,7 +605,12 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         ..LoraConfig::default()
     };
     let result = (|| -> lora_wgpu::Result<Value> {
-        let mm = variant_name(g.default_matmul());
+        let mm = format!(
+            "{}, lora {}, attention {}",
+            variant_name(g.default_matmul()),
+            LoraVariant::for_gpu(g).name(),
+            AttentionVariant::for_gpu(g).name()
+        );
         let build = Instant::now();
         let mut graph = TrainGraph::new(g, model, &lora, None, 0, b, t, &AdamW::default())?;
         let build_s = build.elapsed().as_secs_f64();
@@ -352,6 +660,8 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         )
     })();
     std::env::remove_var("LORA_WGPU_MATMUL");
+    std::env::remove_var("LORA_WGPU_LORA");
+    std::env::remove_var("LORA_WGPU_ATTENTION");
     result.unwrap_or_else(|e| {
         println!("{label}: FAILED: {e}");
         json!({"shape": args.shape, "batch": b, "seq": t, "variant": variant,
@@ -391,6 +701,9 @@ fn main() -> lora_wgpu::Result<()> {
         let wbytes: usize = host.values().map(|v| v.len() * 4).sum();
         let model = Gpt2::upload(&g, &cfg, &host)?;
         drop(host);
+        if args.profile {
+            report["profile"] = profiles(&g, &args, &cfg);
+        }
         let mut runs = Vec::new();
         for &t in &args.seqs {
             for v in &args.train_variants {

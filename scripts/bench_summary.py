@@ -37,8 +37,31 @@ if report:
             print(f"{row['shape']:<24}{str(row['m'])+'x'+str(row['k'])+'x'+str(row['n']):<18}{cells}   {row['best']}")
         print("  (GFLOP/s, in brackets % of the FMA peak probe)")
         for row in report.get("lora_forward", []):
-            print(f"lora fwd r=8 {row['shape']:<16} fused {row['fused_us']:>9.1f} us, unfused "
-                  f"{row['unfused_us']:>9.1f} us: {row['speedup']:.2f}x")
+            first = f" (first kernel [workgroup] {row['workgroup_us']:.1f} us)" if "workgroup_us" in row else ""
+            print(f"lora fwd r=8 {row['shape']:<16} fused [{row.get('variant', '?')}] {row['fused_us']:>9.1f} us, "
+                  f"unfused {row['unfused_us']:>9.1f} us: {row['speedup']:.2f}x{first}")
+print("-" * 100)
+# Per-kernel-kind profile of one training step: the first kernels ("before") beside the
+# adapter's own ("own"), ms per step.
+steps = {(r["seq"], r["variant"]): r["step_ms_median"]
+         for r in (report or {}).get("train", []) if "error" not in r}
+for t in sorted({p["seq"] for p in (report or {}).get("profile", [])}):
+    sets = [p for p in report["profile"] if p["seq"] == t and "error" not in p]
+    for p in report["profile"]:
+        if p["seq"] == t and "error" in p:
+            print(f"profile T={t} [{p['set']}]: FAILED {p['error']}")
+    if not sets:
+        continue
+    print(f"profile T={t}, ms per training step by kernel kind (each kind timed alone x its count)")
+    print(f"{'kind':<38}" + "".join(f"{p['set'] + ' (' + p['lora'] + '/' + p['attention'] + ')':>30}" for p in sets))
+    for i, k in enumerate(sets[0]["kinds"]):
+        print(f"{k['kind']:<38}" + "".join(f"{p['kinds'][i]['ms_per_step']:>30.2f}" for p in sets))
+    print(f"{'sum of kinds':<38}" + "".join(f"{p['total_ms']:>30.2f}" for p in sets))
+    measured = {"before": steps.get((t, "before")), "own": steps.get((t, "default"))}
+    cells = "".join(f"{measured.get(p['set']) or float('nan'):>30.2f}" for p in sets)
+    print(f"{'measured step (train run)':<38}{cells}")
+    cells = "".join(f"{(measured.get(p['set']) or float('nan')) - p['total_ms']:>30.2f}" for p in sets)
+    print(f"{'rest (CE, embedding, AdamW, gaps)':<38}{cells}")
 print("-" * 100)
 for run in (report or {}).get("train", []):
     if "error" in run:
@@ -57,6 +80,9 @@ for t in seqs:
               f"peak {p['peak_mib']:8.1f} MiB ({'max_memory_allocated' if p['device'] == 'cuda' else 'RSS growth'})")
     if ours and theirs:
         best = max(ours, key=lambda r: r["tokens_per_s"])
+        for r in ours:
+            if r is not best:
+                print(f"T={t:<5} ratio [{r['variant']}] = {r['tokens_per_s'] / theirs[0]['tokens_per_s']:.3f}x")
         p = theirs[0]
         print(f"T={t:<5} RATIO lora-wgpu/PyTorch+PEFT tokens/s = {best['tokens_per_s'] / p['tokens_per_s']:.3f}x "
               f"(ours best: {best['matmul']}); memory ours/theirs = {best['peak_mib'] / max(p['peak_mib'], 1e-9):.2f}x")

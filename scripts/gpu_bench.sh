@@ -4,7 +4,9 @@
 # git-ignored folder .gpu/ of the checkout that travels; the device call is then
 #     bash .gpu/gpu_bench.sh          (run with carry [".gl", ".gpu"], from the repository root)
 # It unpacks the Vulkan loader (.gl/*.deb), runs our report (adapter, FMA peak, matmul variants,
-# fused LoRA, training tokens/s at GPT-2 124M B=4 T=128 and T=1024), the real-driver tests, and
+# fused LoRA, a per-kernel-kind profile of one training step before/after the GPU LoRA and
+# attention kernels, training tokens/s at GPT-2 124M B=4 T=128 and T=1024 with the adapter's
+# kernels and the first ones, `before`), the real-driver tests, and
 # PyTorch + PEFT fp32 on the same shapes, then prints them side by side. Logs and JSON go to $OUT
 # (six files: gpu_bench.log, report.json, tests.txt, peft_T128.json, peft_T1024.json, summary.txt).
 # Rehearsal on a machine without a GPU (lavapipe, PyTorch on the CPU, small shapes):
@@ -53,8 +55,8 @@ export WGPU_BACKEND=vulkan RUST_BACKTRACE=1
 
 # 3. Our report.
 stamp "report"
-timeout 200 "$BIN/report" --json "$OUT/report.json" --train-variants default,tiled8x8 \
-    --max-train-seconds 12 ${REPORT_ARGS:-}
+timeout 240 "$BIN/report" --json "$OUT/report.json" --train-variants default,before \
+    --max-train-seconds 8 ${REPORT_ARGS:-}
 stamp "report exit $?"
 
 # 4. Real-driver correctness: the kernel and model tests.

@@ -327,3 +327,235 @@ fn lora_forward_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// ---- GPU kernels with workgroup-wide reductions (LoraVariant::Parallel) ----
+//
+// The kernels above give one thread a whole row (or column) and loop it over K, N or M: on a
+// large GPU that leaves most of the chip idle and the loads uncoalesced. These instead split
+// every reduction over many threads of a workgroup and finish it in workgroup memory:
+//   lora_forward_par:  8 rows per workgroup, 32 lanes per row reduce over k (one Philox call
+//                      per 4-element chunk), then the workgroup adds scale · u · bᵀ to its rows.
+//   lora_backward_du_par: the same row reduction over n for du = scale · dy · b.
+//   lora_backward_db_par / lora_backward_da_par: 32 columns per workgroup (4 per thread),
+//                      32 row groups each summing a strided share of the m rows; the row groups
+//                      are then summed in workgroup memory, 4 ranks at a time.
+
+const PAR_WG: u32 = 256u;
+const PAR_ROWS: u32 = 8u;    // rows per workgroup (forward, du)
+const PAR_LANES: u32 = 32u;  // threads per row
+const PAR_QUADS: u32 = 8u;   // 4-column groups per workgroup (db, da)
+const PAR_GROUPS: u32 = 32u; // row groups (db, da)
+
+var<workgroup> red: array<vec4<f32>, 256>;   // (PAR_WG,) partials of 4 ranks or 4 columns
+var<workgroup> red_s: array<f32, 1024>;      // (4 ranks, PAR_WG) partials
+var<workgroup> tile_ur: array<f32, 512>;     // (PAR_ROWS, MAX_R)
+
+// Sum the partials `v` (ranks jb .. jb+4) of the 32 lanes of each row into tile_ur.
+// Called by every thread of the workgroup (uniform control flow).
+fn par_row_sums(lid: u32, jb: u32, v: vec4<f32>) {
+    for (var e = 0u; e < 4u; e++) {
+        red_s[e * PAR_WG + lid] = v[e];
+    }
+    workgroupBarrier();
+    if lid < PAR_ROWS * 4u {
+        let rr = lid / 4u;
+        let e = lid % 4u;
+        var s = 0.0;
+        for (var l = 0u; l < PAR_LANES; l++) {
+            s += red_s[e * PAR_WG + rr * PAR_LANES + l];
+        }
+        if jb + e < R {
+            tile_ur[rr * MAX_R + jb + e] = s;
+        }
+    }
+    workgroupBarrier();
+}
+
+// Partial sums over this lane's share of row `row` of dropout(x) · aᵀ: the lane takes the
+// Philox chunks c0 + lane, c0 + lane + 32, ... that overlap the row.
+fn par_xa(row: u32, lane: u32) -> array<f32, MAX_R> {
+    var acc: array<f32, MAX_R>;
+    let base = row * p.k;
+    let end = base + p.k;
+    let c1 = (end - 1u) >> 2u;
+    for (var chunk = (base >> 2u) + lane; chunk <= c1; chunk += PAR_LANES) {
+        var keepv = vec4<f32>(1.0);
+        if p.threshold != 0u {
+            let w = dropout_words(chunk, p.offset, seed());
+            keepv = select(vec4<f32>(0.0), vec4<f32>(p.drop_scale), w >= vec4<u32>(p.threshold));
+        }
+        for (var e = 0u; e < 4u; e++) {
+            let i = chunk * 4u + e;
+            if i >= base && i < end {
+                let kk = i - base;
+                let xv = x[i] * keepv[e];
+                for (var j = 0u; j < R; j++) {
+                    acc[j] = fma(xv, a[j * p.k + kk], acc[j]);
+                }
+            }
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn lora_forward_par(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row0 = (wid.x + wid.y * nwg.x) * PAR_ROWS;
+    let rr = lid / PAR_LANES;
+    let lane = lid % PAR_LANES;
+    let row = min(row0 + rr, p.m - 1u);
+    let acc = par_xa(row, lane);
+    for (var jb = 0u; jb < R; jb += 4u) {
+        var v = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            if jb + e < R {
+                v[e] = acc[jb + e];
+            }
+        }
+        par_row_sums(lid, jb, v);
+    }
+    let rows = min(PAR_ROWS, p.m - min(row0, p.m));
+    for (var i = lid; i < rows * R; i += PAR_WG) {
+        u[row0 * R + i] = tile_ur[(i / R) * MAX_R + i % R];
+    }
+    for (var col = lid; col < p.n; col += PAR_WG) {
+        var bcol: array<f32, MAX_R>;
+        for (var j = 0u; j < R; j++) {
+            bcol[j] = b[col * R + j];
+        }
+        for (var i = 0u; i < rows; i++) {
+            var s = 0.0;
+            for (var j = 0u; j < R; j++) {
+                s = fma(tile_ur[i * MAX_R + j], bcol[j], s);
+            }
+            let yi = (row0 + i) * p.n + col;
+            y[yi] = fma(p.scale, s, y[yi]);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn lora_backward_du_par(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row0 = (wid.x + wid.y * nwg.x) * PAR_ROWS;
+    let rr = lid / PAR_LANES;
+    let lane = lid % PAR_LANES;
+    let row = min(row0 + rr, p.m - 1u);
+    var acc: array<f32, MAX_R>;
+    for (var col = lane; col < p.n; col += PAR_LANES) {
+        let g = dy[row * p.n + col];
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(g, b[col * R + j], acc[j]);
+        }
+    }
+    for (var jb = 0u; jb < R; jb += 4u) {
+        var v = vec4<f32>(0.0);
+        for (var e = 0u; e < 4u; e++) {
+            if jb + e < R {
+                v[e] = acc[jb + e];
+            }
+        }
+        par_row_sums(lid, jb, v);
+    }
+    let rows = min(PAR_ROWS, p.m - min(row0, p.m));
+    for (var i = lid; i < rows * R; i += PAR_WG) {
+        du[row0 * R + i] = p.scale * tile_ur[(i / R) * MAX_R + i % R];
+    }
+}
+
+// Sum the partials `v` (4 columns of one rank) of the 32 row groups; thread q of row group 0
+// gets the total of its 4 columns. Called by every thread (uniform control flow).
+fn par_col_sums(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    red[lid] = v;
+    workgroupBarrier();
+    var s = vec4<f32>(0.0);
+    if lid < PAR_QUADS {
+        for (var g = 0u; g < PAR_GROUPS; g++) {
+            s += red[g * PAR_QUADS + lid];
+        }
+    }
+    workgroupBarrier();
+    return s;
+}
+
+@compute @workgroup_size(256)
+fn lora_backward_db_par(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let q = lid % PAR_QUADS;
+    let grp = lid / PAR_QUADS;
+    let c0 = ((wid.x + wid.y * nwg.x) * PAR_QUADS + q) * 4u;
+    let last = p.n - 1u;
+    let cs = min(vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u), vec4<u32>(last));
+    var acc: array<vec4<f32>, MAX_R>;
+    for (var row = grp; row < p.m; row += PAR_GROUPS) {
+        let o = row * p.n;
+        let g = vec4<f32>(dy[o + cs.x], dy[o + cs.y], dy[o + cs.z], dy[o + cs.w]);
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(vec4<f32>(u_in[row * R + j]), g, acc[j]);
+        }
+    }
+    for (var j = 0u; j < R; j++) {
+        let s = par_col_sums(lid, acc[j]);
+        if lid < PAR_QUADS {
+            for (var e = 0u; e < 4u; e++) {
+                if c0 + e < p.n {
+                    let i = (c0 + e) * R + j;
+                    var v = p.scale * s[e];
+                    if p.accumulate != 0u {
+                        v += db[i];
+                    }
+                    db[i] = v;
+                }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn lora_backward_da_par(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let q = lid % PAR_QUADS;
+    let grp = lid / PAR_QUADS;
+    let k0 = ((wid.x + wid.y * nwg.x) * PAR_QUADS + q) * 4u;
+    let last = p.k - 1u;
+    let ks = min(vec4<u32>(k0, k0 + 1u, k0 + 2u, k0 + 3u), vec4<u32>(last));
+    var acc: array<vec4<f32>, MAX_R>;
+    for (var row = grp; row < p.m; row += PAR_GROUPS) {
+        let base = row * p.k;
+        var xv = vec4<f32>(x[base + ks.x], x[base + ks.y], x[base + ks.z], x[base + ks.w]);
+        if p.threshold != 0u {
+            xv *= keep4(base + ks);
+        }
+        for (var j = 0u; j < R; j++) {
+            acc[j] = fma(vec4<f32>(du_in[row * R + j]), xv, acc[j]);
+        }
+    }
+    for (var j = 0u; j < R; j++) {
+        let s = par_col_sums(lid, acc[j]);
+        if lid < PAR_QUADS {
+            for (var e = 0u; e < 4u; e++) {
+                if k0 + e < p.k {
+                    let i = j * p.k + k0 + e;
+                    var v = s[e];
+                    if p.accumulate != 0u {
+                        v += da[i];
+                    }
+                    da[i] = v;
+                }
+            }
+        }
+    }
+}

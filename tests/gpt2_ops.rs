@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, gpu, random, ATOL, RTOL};
 use lora_wgpu::cpu::gpt2 as cpu;
-use lora_wgpu::kernels::attention::{self, AttentionShape};
+use lora_wgpu::kernels::attention::{self, AttentionShape, AttentionVariant};
 use lora_wgpu::kernels::cross_entropy::{self as ce, CeState, IGNORE};
 use lora_wgpu::kernels::{elementwise, embedding, layernorm};
 
@@ -110,7 +110,21 @@ fn gelu_and_add() {
 #[test]
 fn attention_forward_and_backward() {
     let g = gpu();
-    for (b, t, c, nh) in [(1, 1, 4, 1), (2, 9, 24, 3), (1, 17, 128, 2)] {
+    // T past one 64-key tile and not a multiple of 16 or 32; head sizes 4 .. 128 (the tiled
+    // kernels take up to 64 and fall back to the per-row ones above that).
+    let shapes = [
+        (1, 1, 4, 1),
+        (2, 9, 24, 3),
+        (1, 17, 128, 2),
+        (2, 70, 128, 2),
+        (1, 135, 96, 2),
+        (1, 5, 128, 1),
+    ];
+    let variants = [AttentionVariant::Rows, AttentionVariant::Tiled];
+    for ((b, t, c, nh), v) in shapes
+        .into_iter()
+        .flat_map(|s| variants.map(move |v| (s, v)))
+    {
         let s = AttentionShape { b, t, c, nh };
         let qkv = random(b * t * 3 * c, 10);
         let dout = random(b * t * c, 11);
@@ -120,8 +134,8 @@ fn attention_forward_and_backward() {
         let att = g.zeros("att", &[b, nh, t, t]).unwrap();
         let dpre = g.zeros("dpreatt", &[b, nh, t, t]).unwrap();
         let dqkv = g.zeros("dqkv", &[b, t, 3 * c]).unwrap();
-        let f = attention::forward(g, &out, &att, &tq, &s).unwrap();
-        let [r, cl] = attention::backward(g, &dqkv, &dpre, &td, &tq, &att, &s).unwrap();
+        let f = attention::forward_with(g, v, &out, &att, &tq, &s).unwrap();
+        let [r, cl] = attention::backward_with(g, v, &dqkv, &dpre, &td, &tq, &att, &s).unwrap();
         g.run(&[&f, &r, &cl]).unwrap();
         let (mut wo, mut wa, mut wd) = (
             vec![0.0; b * t * c],
@@ -135,7 +149,7 @@ fn attention_forward_and_backward() {
             &wo,
             ATOL,
             RTOL,
-            &format!("attention out {s:?}"),
+            &format!("attention out {v:?} {s:?}"),
         );
         // Only the causal part of att is defined.
         let ga = g.download(&att).unwrap();
@@ -143,7 +157,7 @@ fn attention_forward_and_backward() {
             if i % t <= (i / t) % t {
                 assert!(
                     (x - y).abs() <= ATOL + RTOL * y.abs(),
-                    "att[{i}] {x} vs {y}"
+                    "att[{i}] {x} vs {y} ({v:?} {s:?})"
                 );
             }
         }
@@ -152,7 +166,7 @@ fn attention_forward_and_backward() {
             &wd,
             ATOL,
             RTOL,
-            &format!("attention dqkv {s:?}"),
+            &format!("attention dqkv {v:?} {s:?}"),
         );
     }
 }

@@ -121,7 +121,11 @@ fn lora_forward_matches_cpu() {
         let tu = g.zeros("u", &[m, r]).unwrap();
         let (mut y, mut u) = (y0.clone(), vec![0.0; m * r]);
         cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
-        for variant in [LoraVariant::Workgroup, LoraVariant::Register] {
+        for variant in [
+            LoraVariant::Workgroup,
+            LoraVariant::Register,
+            LoraVariant::Parallel,
+        ] {
             g.write(&ty, &y0).unwrap();
             let fwd = lora::forward(g, variant, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
             let fwd = fwd.unwrap();
@@ -166,7 +170,12 @@ fn lora_backward_matches_cpu() {
         // u as the forward computes it
         let (mut y, mut u) = (vec![0.0; m * n], vec![0.0; m * r]);
         cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
-        for accumulate in [false, true] {
+        for (variant, accumulate) in [
+            (LoraVariant::Workgroup, false),
+            (LoraVariant::Workgroup, true),
+            (LoraVariant::Parallel, false),
+            (LoraVariant::Parallel, true),
+        ] {
             let up = |name, v: &[f32], shape: &[usize]| g.upload(name, v, shape).unwrap();
             let (tx, ta, tb, tu, tdy) = (
                 up("x", &x, &[m, k]),
@@ -187,8 +196,8 @@ fn lora_backward_matches_cpu() {
                 db: &tdb,
                 du: &tdu,
             };
-            let ds = lora::backward(
-                g, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
+            let ds = lora::backward_with(
+                g, variant, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
             )
             .unwrap();
             g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
@@ -209,7 +218,7 @@ fn lora_backward_matches_cpu() {
                 &c.d,
                 accumulate,
             );
-            let what = format!("{:?} p={} accumulate={accumulate}", c.s, c.d.p);
+            let what = format!("{variant:?} {:?} p={} accumulate={accumulate}", c.s, c.d.p);
             assert_close(
                 &g.download(&tdu).unwrap(),
                 &du,

@@ -140,6 +140,14 @@ pub enum Kernel {
     LoraBackwardDa,
     /// dX += mask ⊙ (dU · A).
     LoraBackwardDx,
+    /// Fused low-rank forward with workgroup-wide reductions over k (GPUs).
+    LoraForwardPar,
+    /// dU = scale · dY · B, reduced over n by a workgroup per 8 rows (GPUs).
+    LoraBackwardDuPar,
+    /// dB (+)= scale · dYᵀ · U, reduced over m by a workgroup per 32 columns (GPUs).
+    LoraBackwardDbPar,
+    /// dA (+)= dUᵀ · dropout(X), reduced over m by a workgroup per 32 columns (GPUs).
+    LoraBackwardDaPar,
     /// out = dropout(inp).
     DropoutForward,
     /// dinp = dropout mask ⊙ dout.
@@ -172,6 +180,13 @@ pub enum Kernel {
     AttentionBackwardRows,
     /// Attention backward over key columns: dk and dv.
     AttentionBackwardCols,
+    /// Causal self-attention forward, 16 query rows per workgroup, keys and values in
+    /// workgroup-memory tiles (GPUs).
+    AttentionForwardTiled,
+    /// Attention backward over blocks of 16 query rows: dpreatt and dq (GPUs).
+    AttentionBackwardRowsTiled,
+    /// Attention backward over blocks of 16 key rows: dk and dv (GPUs).
+    AttentionBackwardColsTiled,
     /// Running softmax statistics of one logits chunk.
     CeStats,
     /// Per-row cross-entropy loss.
@@ -194,7 +209,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 34] = [
+    pub const ALL: [Kernel; 41] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -229,6 +244,13 @@ impl Kernel {
         Kernel::CopyRow,
         Kernel::GemvCols,
         Kernel::GemvRows,
+        Kernel::LoraForwardPar,
+        Kernel::LoraBackwardDuPar,
+        Kernel::LoraBackwardDbPar,
+        Kernel::LoraBackwardDaPar,
+        Kernel::AttentionForwardTiled,
+        Kernel::AttentionBackwardRowsTiled,
+        Kernel::AttentionBackwardColsTiled,
     ];
 
     /// The shader file holding the kernel.
@@ -237,7 +259,8 @@ impl Kernel {
         match self {
             MatmulTiled | MatmulRegister | MatmulVec4 => ShaderFile::Matmul,
             LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
-            | LoraBackwardDx => ShaderFile::Lora,
+            | LoraBackwardDx | LoraForwardPar | LoraBackwardDuPar | LoraBackwardDbPar
+            | LoraBackwardDaPar => ShaderFile::Lora,
             DropoutForward | DropoutBackward => ShaderFile::Dropout,
             AdamwUpdate => ShaderFile::Adamw,
             SumsqPartial | SumsqFinal => ShaderFile::Reduce,
@@ -246,9 +269,12 @@ impl Kernel {
             EmbeddingForward => ShaderFile::Embedding,
             LayernormForward | LayernormBackward => ShaderFile::Layernorm,
             GeluForward | GeluBackward | AddForward => ShaderFile::Elementwise,
-            AttentionForward | AttentionBackwardRows | AttentionBackwardCols => {
-                ShaderFile::Attention
-            }
+            AttentionForward
+            | AttentionBackwardRows
+            | AttentionBackwardCols
+            | AttentionForwardTiled
+            | AttentionBackwardRowsTiled
+            | AttentionBackwardColsTiled => ShaderFile::Attention,
             CeStats | CeLoss | CeGrad => ShaderFile::CrossEntropy,
             DecodeEmbedding | KvStore | DecodeAttention | CopyRow | GemvCols | GemvRows => {
                 ShaderFile::Decode
@@ -294,6 +320,13 @@ impl Kernel {
             CopyRow => "copy_row",
             GemvCols => "gemv_cols",
             GemvRows => "gemv_rows",
+            LoraForwardPar => "lora_forward_par",
+            LoraBackwardDuPar => "lora_backward_du_par",
+            LoraBackwardDbPar => "lora_backward_db_par",
+            LoraBackwardDaPar => "lora_backward_da_par",
+            AttentionForwardTiled => "attention_forward_tiled",
+            AttentionBackwardRowsTiled => "attention_backward_rows_tiled",
+            AttentionBackwardColsTiled => "attention_backward_cols_tiled",
         }
     }
 
@@ -304,11 +337,11 @@ impl Kernel {
         match self {
             MatmulTiled | MatmulRegister => &[(1, R), (2, R), (3, R), (4, W)],
             MatmulVec4 => &[(5, R), (6, R), (3, R), (4, W)],
-            LoraForward => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
+            LoraForward | LoraForwardPar => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
             LoraForwardVec4 => &[(13, R), (14, R), (15, R), (4, W), (16, W)],
-            LoraBackwardDu => &[(6, R), (3, R), (7, W)],
-            LoraBackwardDb => &[(6, R), (8, R), (9, W)],
-            LoraBackwardDa => &[(10, R), (1, R), (11, W)],
+            LoraBackwardDu | LoraBackwardDuPar => &[(6, R), (3, R), (7, W)],
+            LoraBackwardDb | LoraBackwardDbPar => &[(6, R), (8, R), (9, W)],
+            LoraBackwardDa | LoraBackwardDaPar => &[(10, R), (1, R), (11, W)],
             LoraBackwardDx => &[(10, R), (2, R), (12, W)],
             DropoutForward | DropoutBackward => &[(1, R), (2, W)],
             AdamwUpdate => &[(1, W), (2, R), (3, W), (4, W), (5, R)],
@@ -322,9 +355,13 @@ impl Kernel {
             GeluForward => &[(1, R), (2, W)],
             GeluBackward => &[(3, R), (1, R), (4, W)],
             AddForward => &[(5, R), (6, R), (2, W)],
-            AttentionForward => &[(1, R), (2, W), (3, W)],
-            AttentionBackwardRows => &[(4, R), (1, R), (5, R), (6, W), (7, W)],
-            AttentionBackwardCols => &[(4, R), (1, R), (5, R), (8, R), (7, W)],
+            AttentionForward | AttentionForwardTiled => &[(1, R), (2, W), (3, W)],
+            AttentionBackwardRows | AttentionBackwardRowsTiled => {
+                &[(4, R), (1, R), (5, R), (6, W), (7, W)]
+            }
+            AttentionBackwardCols | AttentionBackwardColsTiled => {
+                &[(4, R), (1, R), (5, R), (8, R), (7, W)]
+            }
             CeStats => &[(1, R), (2, R), (3, W), (4, W), (5, W)],
             CeLoss => &[(1, R), (7, R), (8, R), (9, R), (6, W)],
             CeGrad => &[(1, R), (7, R), (8, R), (10, W), (11, R)],

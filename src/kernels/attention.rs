@@ -21,6 +21,58 @@ pub struct AttentionShape {
     pub nh: usize,
 }
 
+/// Largest head size of [`AttentionVariant::Tiled`]; larger heads use the per-row kernels.
+pub const MAX_TILED_HEAD_SIZE: usize = 64;
+
+/// Which attention kernels to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// One thread per (batch, head, row), no workgroup memory (CPU adapters).
+    Rows,
+    /// A workgroup of 256 threads per 16 rows of one (batch, head), keys, values and queries
+    /// streamed through workgroup memory (GPUs). Head size <= [`MAX_TILED_HEAD_SIZE`], else
+    /// the launchers fall back to [`AttentionVariant::Rows`].
+    Tiled,
+}
+
+impl AttentionVariant {
+    /// `Rows` on CPU adapters (where barriers are expensive), `Tiled` on GPUs. The
+    /// environment variable `LORA_WGPU_ATTENTION` (`rows` or `tiled`) overrides the choice.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        let forced = std::env::var("LORA_WGPU_ATTENTION").ok().and_then(|v| {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "rows" => Some(AttentionVariant::Rows),
+                "tiled" => Some(AttentionVariant::Tiled),
+                _ => None,
+            }
+        });
+        forced.unwrap_or(match gpu.info().device_type {
+            wgpu::DeviceType::Cpu => AttentionVariant::Rows,
+            _ => AttentionVariant::Tiled,
+        })
+    }
+
+    /// The lowercase name `LORA_WGPU_ATTENTION` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Rows => "rows",
+            AttentionVariant::Tiled => "tiled",
+        }
+    }
+
+    fn tiled(self, s: &AttentionShape) -> bool {
+        self == AttentionVariant::Tiled && s.nh > 0 && s.c / s.nh <= MAX_TILED_HEAD_SIZE
+    }
+
+    /// Workgroups of the tiled kernels: one per 16 rows of each (batch, head).
+    fn tiled_grid(s: &AttentionShape) -> Result<[u32; 3]> {
+        Ok(groups_1d(u32_of(
+            "workgroups",
+            s.b * s.nh * s.t.div_ceil(16),
+        )?))
+    }
+}
+
 /// Mirrors `struct Params` in attention.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -62,10 +114,23 @@ impl AttentionShape {
     }
 }
 
-/// out = softmax(q kᵀ / √hs, causal) v per head; saves the probabilities.
+/// out = softmax(q kᵀ / √hs, causal) v per head; saves the probabilities. Kernels of
+/// [`AttentionVariant::for_gpu`].
 ///   out: (B, T, C)   att: (B, NH, T, T)   qkv: (B, T, 3C)
 pub fn forward(
     gpu: &Gpu,
+    out: &Tensor,
+    att: &Tensor,
+    qkv: &Tensor,
+    s: &AttentionShape,
+) -> Result<Dispatch> {
+    forward_with(gpu, AttentionVariant::for_gpu(gpu), out, att, qkv, s)
+}
+
+/// [`forward`] with the kernels of `variant`.
+pub fn forward_with(
+    gpu: &Gpu,
+    variant: AttentionVariant,
     out: &Tensor,
     att: &Tensor,
     qkv: &Tensor,
@@ -77,19 +142,38 @@ pub fn forward(
     expect_len(OP, "out", out, b * t * c)?;
     expect_len(OP, "att", att, b * nh * t * t)?;
     let (params, hs, grid) = s.prepare()?;
-    gpu.dispatch(
-        Kernel::AttentionForward,
-        &hs,
-        &params,
-        &[qkv, out, att],
-        grid,
-    )
+    let (kernel, grid) = if variant.tiled(s) {
+        (
+            Kernel::AttentionForwardTiled,
+            AttentionVariant::tiled_grid(s)?,
+        )
+    } else {
+        (Kernel::AttentionForward, grid)
+    };
+    gpu.dispatch(kernel, &hs, &params, &[qkv, out, att], grid)
 }
 
 /// dqkv = ∂attention/∂qkv · dout (written, not added), two dispatches; `dpreatt` is scratch.
+/// Kernels of [`AttentionVariant::for_gpu`].
 ///   dqkv: (B, T, 3C)   dpreatt: (B, NH, T, T)   dout: (B, T, C)   qkv, att as in [`forward`]
 pub fn backward(
     gpu: &Gpu,
+    dqkv: &Tensor,
+    dpreatt: &Tensor,
+    dout: &Tensor,
+    qkv: &Tensor,
+    att: &Tensor,
+    s: &AttentionShape,
+) -> Result<[Dispatch; 2]> {
+    let v = AttentionVariant::for_gpu(gpu);
+    backward_with(gpu, v, dqkv, dpreatt, dout, qkv, att, s)
+}
+
+/// [`backward`] with the kernels of `variant`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    gpu: &Gpu,
+    variant: AttentionVariant,
     dqkv: &Tensor,
     dpreatt: &Tensor,
     dout: &Tensor,
@@ -105,20 +189,21 @@ pub fn backward(
     expect_len(OP, "att", att, b * nh * t * t)?;
     expect_len(OP, "dpreatt", dpreatt, b * nh * t * t)?;
     let (params, hs, grid) = s.prepare()?;
-    Ok([
-        gpu.dispatch(
+    let (rows, cols, grid) = if variant.tiled(s) {
+        (
+            Kernel::AttentionBackwardRowsTiled,
+            Kernel::AttentionBackwardColsTiled,
+            AttentionVariant::tiled_grid(s)?,
+        )
+    } else {
+        (
             Kernel::AttentionBackwardRows,
-            &hs,
-            &params,
-            &[dout, qkv, att, dpreatt, dqkv],
-            grid,
-        )?,
-        gpu.dispatch(
             Kernel::AttentionBackwardCols,
-            &hs,
-            &params,
-            &[dout, qkv, att, dpreatt, dqkv],
             grid,
-        )?,
+        )
+    };
+    Ok([
+        gpu.dispatch(rows, &hs, &params, &[dout, qkv, att, dpreatt, dqkv], grid)?,
+        gpu.dispatch(cols, &hs, &params, &[dout, qkv, att, dpreatt, dqkv], grid)?,
     ])
 }

@@ -5,6 +5,7 @@ use crate::gpu::{Dispatch, Gpu, Kernel, Tensor};
 
 use super::dropout::Dropout;
 use super::{expect_len, groups, u32_of};
+use crate::gpu::groups_1d;
 
 /// Largest rank the fused kernels support.
 pub const MAX_RANK: usize = 64;
@@ -117,24 +118,61 @@ fn rank(s: &LoraShape) -> [(&'static str, f64); 1] {
     [("R", s.r as f64)]
 }
 
-/// Which fused forward kernel to use.
+/// Which LoRA kernels to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoraVariant {
-    /// 64 rows per workgroup sharing u through workgroup memory (GPUs; any shape).
+    /// 64 rows per workgroup sharing u through workgroup memory, one thread per row (the
+    /// first GPU kernels; slow on large GPUs: kept for comparison). Backward: one thread per
+    /// row, column or 4 input features, each looping over the whole reduction.
     Workgroup,
     /// 8 rows per thread, vec4 loads, no workgroup memory (CPU adapters). Needs k, n and r
-    /// to be multiples of 4, and falls back to [`LoraVariant::Workgroup`] otherwise.
+    /// to be multiples of 4, and falls back to [`LoraVariant::Workgroup`] otherwise. Backward
+    /// as [`LoraVariant::Workgroup`].
     Register,
+    /// Workgroup-wide reductions (GPUs): forward and du reduce over k (n) with 32 threads per
+    /// row, 8 rows per workgroup; dB and dA reduce over m with 32 row groups per 32-column
+    /// block. Any shape.
+    Parallel,
 }
 
 impl LoraVariant {
-    /// The variant that suits the adapter: `Register` on CPU adapters, else `Workgroup`.
+    /// The variant that suits the adapter: `Register` on CPU adapters, else `Parallel`.
+    ///
+    /// On an NVIDIA H200 (Vulkan, `benches/report.rs`, GPT-2 124M B=4 r=8) `Parallel`'s
+    /// forward took 65-140 us per call at m = 512 against `Workgroup`'s 1.0-2.8 ms, and the
+    /// LoRA kernels' share of a training step fell from about 180 ms to 17 ms at T=1024.
+    ///
+    /// The environment variable `LORA_WGPU_LORA` overrides the choice (for benchmarks and
+    /// comparisons): `workgroup`, `register` or `parallel`. An unrecognised value is ignored.
     pub fn for_gpu(gpu: &Gpu) -> Self {
-        match gpu.default_matmul() {
-            crate::gpu::MatmulVariant::Register => LoraVariant::Register,
-            crate::gpu::MatmulVariant::Tiled { .. } | crate::gpu::MatmulVariant::Auto => {
-                LoraVariant::Workgroup
-            }
+        if let Some(v) = std::env::var("LORA_WGPU_LORA")
+            .ok()
+            .and_then(|v| Self::parse(&v))
+        {
+            return v;
+        }
+        match gpu.info().device_type {
+            wgpu::DeviceType::Cpu => LoraVariant::Register,
+            _ => LoraVariant::Parallel,
+        }
+    }
+
+    /// `workgroup`, `register` or `parallel` (case-insensitive).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "workgroup" => Some(LoraVariant::Workgroup),
+            "register" => Some(LoraVariant::Register),
+            "parallel" => Some(LoraVariant::Parallel),
+            _ => None,
+        }
+    }
+
+    /// The lowercase name [`LoraVariant::parse`] accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraVariant::Workgroup => "workgroup",
+            LoraVariant::Register => "register",
+            LoraVariant::Parallel => "parallel",
         }
     }
 }
@@ -164,6 +202,7 @@ pub fn forward(
     let vec4 = s.k.is_multiple_of(4) && s.n.is_multiple_of(4) && s.r.is_multiple_of(4);
     let (kernel, grid) = match variant {
         LoraVariant::Register if vec4 => (Kernel::LoraForwardVec4, [groups(s.m, 64)?, 1, 1]),
+        LoraVariant::Parallel => (Kernel::LoraForwardPar, groups_1d(groups(s.m, 8)?)),
         _ => (Kernel::LoraForward, [groups(s.m, 64)?, 1, 1]),
     };
     gpu.dispatch(kernel, &rank(s), &params, &[x, a, b, u, y], grid)
@@ -183,11 +222,32 @@ pub struct LoraGrads<'a> {
     pub du: &'a Tensor,
 }
 
-/// The backward dispatches, in order: du, db, da, then dx when requested.
+/// The backward dispatches, in order: du, db, da, then dx when requested, with the kernels of
+/// [`LoraVariant::for_gpu`].
 ///   dy: (m, n)   x: (m, k)   a: (r, k)   b: (n, r)   u: (m, r) from [`forward`]
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
+    g: LoraGrads<'_>,
+    dy: &Tensor,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    u: &Tensor,
+    s: &LoraShape,
+    scale: f32,
+    d: &Dropout,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    let v = LoraVariant::for_gpu(gpu);
+    backward_with(gpu, v, g, dy, x, a, b, u, s, scale, d, accumulate)
+}
+
+/// [`backward`] with the kernels of `variant` (`Workgroup` and `Register` share theirs).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    gpu: &Gpu,
+    variant: LoraVariant,
     g: LoraGrads<'_>,
     dy: &Tensor,
     x: &Tensor,
@@ -210,29 +270,55 @@ pub fn backward(
     expect_len(OP, "dA", g.da, s.r * s.k)?;
     expect_len(OP, "dB", g.db, s.n * s.r)?;
     let c = rank(s);
-    let mut out = vec![
-        gpu.dispatch(
-            Kernel::LoraBackwardDu,
-            &c,
-            &params,
-            &[dy, b, g.du],
-            [groups(s.m, 64)?, 1, 1],
-        )?,
-        gpu.dispatch(
-            Kernel::LoraBackwardDb,
-            &c,
-            &params,
-            &[dy, u, g.db],
-            [groups(s.n, 64)?, 1, 1],
-        )?,
-        gpu.dispatch(
-            Kernel::LoraBackwardDa,
-            &c,
-            &params,
-            &[g.du, x, g.da],
-            [groups(s.k.div_ceil(4), 64)?, 1, 1],
-        )?,
-    ];
+    let mut out = if variant == LoraVariant::Parallel {
+        vec![
+            gpu.dispatch(
+                Kernel::LoraBackwardDuPar,
+                &c,
+                &params,
+                &[dy, b, g.du],
+                groups_1d(groups(s.m, 8)?),
+            )?,
+            gpu.dispatch(
+                Kernel::LoraBackwardDbPar,
+                &c,
+                &params,
+                &[dy, u, g.db],
+                groups_1d(groups(s.n, 32)?),
+            )?,
+            gpu.dispatch(
+                Kernel::LoraBackwardDaPar,
+                &c,
+                &params,
+                &[g.du, x, g.da],
+                groups_1d(groups(s.k, 32)?),
+            )?,
+        ]
+    } else {
+        vec![
+            gpu.dispatch(
+                Kernel::LoraBackwardDu,
+                &c,
+                &params,
+                &[dy, b, g.du],
+                [groups(s.m, 64)?, 1, 1],
+            )?,
+            gpu.dispatch(
+                Kernel::LoraBackwardDb,
+                &c,
+                &params,
+                &[dy, u, g.db],
+                [groups(s.n, 64)?, 1, 1],
+            )?,
+            gpu.dispatch(
+                Kernel::LoraBackwardDa,
+                &c,
+                &params,
+                &[g.du, x, g.da],
+                [groups(s.k.div_ceil(4), 64)?, 1, 1],
+            )?,
+        ]
+    };
     if let Some(dx) = g.dx {
         expect_len(OP, "dx", dx, s.m * s.k)?;
         let grid = [groups(s.k.div_ceil(4), 64)?, groups(s.m, 16)?, 1];

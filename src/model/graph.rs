@@ -346,8 +346,8 @@ impl Builder<'_> {
                 db: &l.db,
                 du,
             };
-            let ds = lk::backward(
-                self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
+            let ds = lk::backward_with(
+                self.gpu, self.lv, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
             )?;
             for d in ds {
                 self.push_lora(rec, d, l, s, scale, true);
