@@ -30,8 +30,17 @@ fn embedding_over_vocab_shards() {
 
 #[test]
 fn layernorm_forward_and_backward() {
+    use layernorm::LayernormVariant::{Row, Workgroup};
     let g = gpu();
-    for (n, c) in [(1, 1), (13, 70), (64, 768)] {
+    for (v, n, c) in [
+        (Row, 1, 1),
+        (Row, 13, 70),
+        (Row, 64, 768),
+        (Workgroup, 1, 1),
+        (Workgroup, 13, 70),
+        (Workgroup, 64, 768),
+        (Workgroup, 3, 1600),
+    ] {
         let x: Vec<f32> = random(n * c, 3).iter().map(|v| v * 3.0 + 0.5).collect();
         let (w, bias, dout) = (random(c, 4), random(c, 5), random(n * c, 6));
         let dinp0 = random(n * c, 7);
@@ -48,8 +57,8 @@ fn layernorm_forward_and_backward() {
             g.zeros("mean", &[n]).unwrap(),
             g.zeros("rstd", &[n]).unwrap(),
         );
-        let f = layernorm::forward(g, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
-        let bk = layernorm::backward(g, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
+        let f = layernorm::forward_with(g, v, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
+        let bk = layernorm::backward_with(g, v, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
         g.run(&[&f, &bk]).unwrap();
         let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
         cpu::layernorm_forward(&mut wo, &mut wm, &mut wr, &x, &w, &bias, c, 1e-5);
@@ -60,7 +69,7 @@ fn layernorm_forward_and_backward() {
             &wo,
             ATOL,
             RTOL,
-            &format!("layernorm out {n}x{c}"),
+            &format!("layernorm {v:?} out {n}x{c}"),
         );
         assert_close(&g.download(&rstd).unwrap(), &wr, ATOL, RTOL, "rstd");
         assert_close(
@@ -68,7 +77,7 @@ fn layernorm_forward_and_backward() {
             &wd,
             ATOL,
             RTOL,
-            &format!("layernorm dinp {n}x{c}"),
+            &format!("layernorm {v:?} dinp {n}x{c}"),
         );
     }
 }

@@ -1,9 +1,44 @@
 //! `layernorm.wgsl`: LayerNorm forward, and its input gradient (weights are frozen).
 
 use crate::error::Result;
-use crate::gpu::{Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
 
 use super::{expect_len, groups, u32_of};
+
+/// Override constants and grid of a launch.
+type Launch = (Vec<(&'static str, f64)>, [u32; 3]);
+
+/// How rows are spread over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayernormVariant {
+    /// One thread per row: no barriers (CPU adapters).
+    Row,
+    /// One 64-thread workgroup per row with tree reductions (GPUs: B·T rows alone are too
+    /// few threads to fill one).
+    Workgroup,
+}
+
+impl LayernormVariant {
+    /// `Row` on CPU adapters, `Workgroup` elsewhere; `LORA_WGPU_LAYERNORM=row|workgroup`
+    /// overrides.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        match std::env::var("LORA_WGPU_LAYERNORM").ok().as_deref() {
+            Some("row") => LayernormVariant::Row,
+            Some("workgroup") => LayernormVariant::Workgroup,
+            _ if gpu.info().device_type == wgpu::DeviceType::Cpu => LayernormVariant::Row,
+            _ => LayernormVariant::Workgroup,
+        }
+    }
+
+    fn launch(self, n: usize) -> Result<Launch> {
+        Ok(match self {
+            LayernormVariant::Row => (vec![], [groups(n, 64)?, 1, 1]),
+            LayernormVariant::Workgroup => {
+                (vec![("WG_ROW", 1.0)], groups_1d(u32_of("rows", n)?.max(1)))
+            }
+        })
+    }
+}
 
 /// Mirrors `struct Params` in layernorm.wgsl.
 #[repr(C)]
@@ -37,6 +72,23 @@ pub fn forward(
     c: usize,
     eps: f32,
 ) -> Result<Dispatch> {
+    let v = LayernormVariant::for_gpu(gpu);
+    forward_with(gpu, v, out, mean, rstd, inp, weight, bias, c, eps)
+}
+
+/// [`forward`] with a chosen variant.
+pub fn forward_with(
+    gpu: &Gpu,
+    variant: LayernormVariant,
+    out: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    c: usize,
+    eps: f32,
+) -> Result<Dispatch> {
     const OP: &str = "layernorm::forward";
     let n = inp.len() / c.max(1);
     expect_len(OP, "inp", inp, n * c)?;
@@ -46,12 +98,13 @@ pub fn forward(
     expect_len(OP, "weight", weight, c)?;
     expect_len(OP, "bias", bias, c)?;
     let t = [inp, weight, bias, out, mean, rstd];
+    let (constants, grid) = variant.launch(n)?;
     gpu.dispatch(
         Kernel::LayernormForward,
-        &[],
+        &constants,
         &params(n, c, eps)?,
         &t,
-        [groups(n, 64)?, 1, 1],
+        grid,
     )
 }
 
@@ -59,6 +112,22 @@ pub fn forward(
 ///   dinp, dout, inp: (N, C)   mean, rstd: (N,)   weight: (C,)
 pub fn backward(
     gpu: &Gpu,
+    dinp: &Tensor,
+    dout: &Tensor,
+    inp: &Tensor,
+    weight: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    c: usize,
+) -> Result<Dispatch> {
+    let v = LayernormVariant::for_gpu(gpu);
+    backward_with(gpu, v, dinp, dout, inp, weight, mean, rstd, c)
+}
+
+/// [`backward`] with a chosen variant.
+pub fn backward_with(
+    gpu: &Gpu,
+    variant: LayernormVariant,
     dinp: &Tensor,
     dout: &Tensor,
     inp: &Tensor,
@@ -76,11 +145,12 @@ pub fn backward(
     expect_len(OP, "rstd", rstd, n)?;
     expect_len(OP, "weight", weight, c)?;
     let t = [dout, inp, weight, mean, rstd, dinp];
+    let (constants, grid) = variant.launch(n)?;
     gpu.dispatch(
         Kernel::LayernormBackward,
-        &[],
+        &constants,
         &params(n, c, 0.0)?,
         &t,
-        [groups(n, 64)?, 1, 1],
+        grid,
     )
 }
