@@ -299,6 +299,10 @@ pub struct LogRecord {
     pub grad_norm: f32,
     /// Input tokens per second over the window.
     pub tokens_per_sec: f64,
+    /// GPU memory the training graph holds, in bytes ([`TrainGraph::allocated_bytes`]: frozen
+    /// weights excluded). 0 in metrics written before this field existed.
+    #[serde(default)]
+    pub gpu_bytes: u64,
     /// Val loss, when this step evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
@@ -328,6 +332,9 @@ pub struct TrainerState {
     pub config: TrainConfig,
 }
 
+/// What [`Trainer::on_event`] stores.
+type Callback<'a> = Box<dyn FnMut(&Event) + 'a>;
+
 /// Trains a LoRA adapter on a [`Model`]: build it, optionally [`Trainer::resume`], then
 /// [`Trainer::run`].
 ///
@@ -355,7 +362,7 @@ pub struct Trainer<'a> {
     valid: Option<Dataset>,
     sampler: Sampler,
     out: Option<PathBuf>,
-    callback: Option<Box<dyn FnMut(&Event) + 'a>>,
+    callback: Option<Callback<'a>>,
     step: u64,
     total: u64,
     best: Option<(u64, f32)>,
@@ -542,7 +549,7 @@ impl<'a> Trainer<'a> {
             self.step += 1;
             let step = self.step;
             self.submit(step)?;
-            let wanted = step % self.cfg.log_every == 0
+            let wanted = step.is_multiple_of(self.cfg.log_every)
                 || step == self.total
                 || self.eval_due(step)
                 || self.save_due(step);
@@ -600,12 +607,12 @@ impl<'a> Trainer<'a> {
             return false;
         }
         let every = self.cfg.eval_every;
-        (every > 0 && step % every == 0) || step == self.total || self.epoch_ends(step)
+        (every > 0 && step.is_multiple_of(every)) || step == self.total || self.epoch_ends(step)
     }
 
     fn save_due(&self, step: u64) -> bool {
         self.out.is_some()
-            && ((self.cfg.save_every > 0 && step % self.cfg.save_every == 0)
+            && ((self.cfg.save_every > 0 && step.is_multiple_of(self.cfg.save_every))
                 || step == self.total
                 || Some(step) == self.stop_at)
     }
@@ -683,6 +690,7 @@ impl<'a> Trainer<'a> {
             lr: learning_rate(&self.cfg, step, self.total),
             grad_norm: window.last().map_or(f32::NAN, |(_, s)| s.grad_norm),
             tokens_per_sec: tokens / self.window_start.elapsed().as_secs_f64().max(1e-9),
+            gpu_bytes: self.graph.allocated_bytes(),
             val_loss: None,
             val_perplexity: None,
         }
@@ -737,7 +745,7 @@ impl<'a> Trainer<'a> {
         let name = format!("step-{:06}", self.step);
         let tmp = root.join(format!(".tmp-{name}"));
         let done = root.join(&name);
-        let _ = std::fs::remove_dir_all(&tmp);
+        remove_leftovers(&root);
         create_dir(&tmp)?;
         let state = self.graph.read_state(self.gpu)?;
         peft::save(
@@ -749,8 +757,11 @@ impl<'a> Trainer<'a> {
         )?;
         write_moments(&tmp.join("optimizer.safetensors"), &state.m, &state.v)?;
         write_json(&tmp.join("trainer_state.json"), &self.state())?;
+        // An older checkpoint of the same step (a run resumed from before it) is moved aside
+        // whole, never deleted in place: a kill at any point leaves every `step-N` complete.
+        let trash = root.join(format!(".trash-{name}"));
         if done.exists() {
-            std::fs::remove_dir_all(&done).map_err(|source| Error::Io {
+            std::fs::rename(&done, &trash).map_err(|source| Error::Io {
                 path: done.clone(),
                 source,
             })?;
@@ -760,6 +771,7 @@ impl<'a> Trainer<'a> {
             source,
         })?;
         sync_dir(&root);
+        let _ = std::fs::remove_dir_all(&trash);
         peft::write_atomic(&root.join("latest"), name.as_bytes())?;
         self.prune(&root, &name)?;
         self.emit(Event::Saved {
@@ -779,7 +791,11 @@ impl<'a> Trainer<'a> {
         let excess = all.len().saturating_sub(self.cfg.save_total_limit);
         for (_, name) in all.into_iter().take(excess) {
             if name != newest {
-                let _ = std::fs::remove_dir_all(root.join(name));
+                // Rename first so that a kill mid-delete leaves no half-deleted `step-N`.
+                let trash = root.join(format!(".trash-{name}"));
+                if std::fs::rename(root.join(&name), &trash).is_ok() {
+                    let _ = std::fs::remove_dir_all(trash);
+                }
             }
         }
         Ok(())
@@ -807,10 +823,38 @@ pub fn mean_loss(gpu: &Gpu, graph: &mut TrainGraph, data: &Dataset, b: usize) ->
     Ok((sum / count as f64) as f32)
 }
 
+/// Files every complete checkpoint directory holds.
+const CHECKPOINT_FILES: [&str; 4] = [
+    "trainer_state.json",
+    "optimizer.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+];
+
+fn is_complete_checkpoint(dir: &Path) -> bool {
+    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// Remove what a killed run may have left in `checkpoints/`: checkpoints being assembled
+/// (`.tmp-step-N`), being deleted (`.trash-step-N`) and temporary files of atomic writes.
+fn remove_leftovers(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") || name.starts_with(".trash-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if name.starts_with(".latest.tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The checkpoint directory `path` names: a checkpoint itself, or an output dir / checkpoints
 /// dir whose `latest` (or else newest complete `step-N`) is used.
 pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
-    if path.join("trainer_state.json").is_file() && path.join("optimizer.safetensors").is_file() {
+    if is_complete_checkpoint(path) {
         return Ok(path.to_path_buf());
     }
     let root = if path.join("checkpoints").is_dir() {
@@ -820,7 +864,7 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     };
     if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
         let dir = root.join(name.trim());
-        if dir.join("trainer_state.json").is_file() {
+        if is_complete_checkpoint(&dir) {
             return Ok(dir);
         }
     }
@@ -848,10 +892,7 @@ fn list_checkpoints(root: &Path) -> Result<Vec<(u64, String)>> {
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then_some((step, name))
+            is_complete_checkpoint(&e.path()).then_some((step, name))
         })
         .collect())
 }

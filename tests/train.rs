@@ -63,8 +63,11 @@ fn config() -> TrainConfig {
     }
 }
 
+/// (step, loss) pairs.
+type Losses = Vec<(u64, f32)>;
+
 /// Per-step training losses and val losses reported by a run.
-fn run(trainer: Trainer) -> (Vec<(u64, f32)>, Vec<(u64, f32)>) {
+fn run(trainer: Trainer) -> (Losses, Losses) {
     let losses = std::cell::RefCell::new((Vec::new(), Vec::new()));
     let mut t = trainer.on_event(|e| match e {
         Event::Log(r) => losses.borrow_mut().0.push((r.step, r.loss)),

@@ -103,7 +103,12 @@ impl LoraConfig {
             return Err(Error::invalid(
                 "rank",
                 self.r,
-                format!("must be in 1..={} for this model", MAX_RANK.min(c)),
+                format!(
+                    "must be in 1..={} for this model: at most min(d_in, d_out) = n_embd = {c} \
+                     of its smallest adapted layer, and at most {MAX_RANK} (the LoRA kernels' \
+                     limit)",
+                    MAX_RANK.min(c)
+                ),
             ));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
