@@ -83,6 +83,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// Training stopped after `max_bad_steps` non-finite steps in a row.
+    #[error("training diverged: {steps} non-finite step(s) in a row (last: step {last}); the loss or gradients became NaN/Inf. Lower --lr, set --max-grad-norm, or check the data. The last checkpoint is intact: --resume continues from it")]
+    Diverged {
+        /// Non-finite steps in a row.
+        steps: u64,
+        /// The last of them.
+        last: u64,
+    },
+
     /// Operands of a kernel have incompatible shapes or lengths.
     #[error("shape mismatch in {op}: {detail}")]
     Shape {

@@ -574,7 +574,20 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     );
     let mut trainer = trainer.on_event(|e| progress.event(e));
     let started = std::time::Instant::now();
-    trainer.run()?;
+    if let Err(e) = trainer.run() {
+        progress.finish();
+        // Whatever stopped the run (a full disk, a lost GPU, non-finite losses), the newest
+        // complete checkpoint is intact: say where it is and how to continue.
+        return Err(match train::find_checkpoint(&out) {
+            Ok(dir) => anyhow::anyhow!(
+                "{e}\nhint: training stopped at step {}; the newest complete checkpoint is {}. \
+                 Run the same command with --resume to continue from it.",
+                trainer.step(),
+                dir.display()
+            ),
+            Err(_) => e.into(),
+        });
+    }
     progress.finish();
     println!(
         "done     {} steps in {:.1} s; adapter in {} (best: {}/best), loss curve {}",

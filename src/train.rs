@@ -535,6 +535,9 @@ impl<'a> Trainer<'a> {
     pub fn run(&mut self) -> Result<Option<LogRecord>> {
         if let Some(out) = &self.out {
             create_dir(out)?;
+            for dir in [out.clone(), out.join("best"), out.join("checkpoints")] {
+                remove_leftovers(&dir);
+            }
         }
         let trainable = self.graph.layout().num_parameters();
         self.emit(Event::Start {
@@ -653,16 +656,10 @@ impl<'a> Trainer<'a> {
                 self.bad_steps += 1;
                 self.emit(Event::Skipped { step, loss: s.loss });
                 if self.bad_steps >= self.cfg.max_bad_steps {
-                    return Err(Error::invalid(
-                        "training",
-                        format!(
-                            "{} non-finite steps in a row (last: step {step})",
-                            self.bad_steps
-                        ),
-                        "the loss or gradients became NaN/Inf; lower --lr, set --max-grad-norm, \
-                         or check the data. The last checkpoint is intact: --resume continues \
-                         from it",
-                    ));
+                    return Err(Error::Diverged {
+                        steps: self.bad_steps,
+                        last: step,
+                    });
                 }
             } else {
                 self.bad_steps = 0;
@@ -835,17 +832,26 @@ fn is_complete_checkpoint(dir: &Path) -> bool {
     CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
 }
 
-/// Remove what a killed run may have left in `checkpoints/`: checkpoints being assembled
-/// (`.tmp-step-N`), being deleted (`.trash-step-N`) and temporary files of atomic writes.
-fn remove_leftovers(root: &Path) {
-    let Ok(rd) = std::fs::read_dir(root) else {
+/// Remove what a killed run may have left in `dir` (an output, `best/` or `checkpoints/`
+/// directory): checkpoints being assembled (`.tmp-step-N/`), being deleted (`.trash-step-N/`)
+/// and temporary files of atomic writes (`.NAME.tmp-PID`).
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-") || name.starts_with(".trash-") {
+        if !name.starts_with('.') {
+            continue;
+        }
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && (name.starts_with(".tmp-step-") || name.starts_with(".trash-step-")) {
             let _ = std::fs::remove_dir_all(e.path());
-        } else if name.starts_with(".latest.tmp-") {
+        } else if !is_dir
+            && name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| pid.bytes().all(|b| b.is_ascii_digit()))
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }

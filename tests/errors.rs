@@ -713,3 +713,52 @@ fn too_big_a_batch_names_the_allocation_and_the_fix() {
         "the error names the allocation: {e}"
     );
 }
+
+/// A run that diverges (NaN losses) stops with status 1, says what to change, and points at
+/// its newest complete checkpoint, which --resume then loads.
+#[test]
+fn a_diverged_run_stops_and_names_the_checkpoint_to_resume() {
+    let s = Scratch::new();
+    let (model, text, out) = (s.s("model"), s.s("text.txt"), s.s("run"));
+    let mut args = train_args(&model, &text, &out);
+    let i = args.iter().position(|a| *a == "--max-steps").unwrap();
+    args[i + 1] = "4";
+    // lr 1e30 without clipping: step 1 is finite, its update makes step 2 NaN.
+    args.extend([
+        "--lr",
+        "1e30",
+        "--max-grad-norm",
+        "0",
+        "--max-bad-steps",
+        "1",
+        "--save-every",
+        "1",
+        "--log-every",
+        "1",
+    ]);
+    let e = fails(
+        &args,
+        &[
+            "training diverged",
+            "lower --lr",
+            "training stopped at step 2",
+            "step-000001",
+            "--resume",
+        ],
+        &[],
+    );
+    let step1 = s.path("run/checkpoints/step-000001");
+    assert!(e.contains(step1.to_str().unwrap()), "{e}");
+    assert!(s
+        .path("run/checkpoints/step-000001/optimizer.safetensors")
+        .is_file());
+    assert!(!s.path("run/checkpoints/step-000002").exists());
+    // The checkpoint it names loads (the run then diverges again, from step 1).
+    args.push("--resume");
+    let (code, stdout, stderr) = run(&args);
+    assert!(
+        stdout.contains("resume   from step 1"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+}
