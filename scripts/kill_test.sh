@@ -9,7 +9,8 @@
 #
 # usage: scripts/kill_test.sh [KILLS] [STEPS]      (defaults 20 kills, 400 steps)
 #   LORA_WGPU_BIN=path/to/lora-wgpu   binary (default target/release/lora-wgpu)
-#   KILL_MAX_MS=3000                  longest wait before a kill (uniform in 100..KILL_MAX_MS)
+#   KILL_MAX_MS=1500                  longest wait before a kill (uniform in 0..KILL_MAX_MS, after
+#                                     training started for 3 kills in 4, after the launch for 1)
 #   KILL_SEED=1                       seed of the wait times (reproducible schedule)
 # Prints one summary line: kills, resumes, kills that hit a save in progress, failures.
 # Exit status 0 only when failures = 0.
@@ -17,7 +18,7 @@ set -u -o pipefail
 KILLS=${1:-20}
 STEPS=${2:-400}
 BIN=${LORA_WGPU_BIN:-target/release/lora-wgpu}
-MAX_MS=${KILL_MAX_MS:-3000}
+MAX_MS=${KILL_MAX_MS:-1500}
 RANDOM=${KILL_SEED:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release first" >&2; exit 2; }
@@ -100,7 +101,16 @@ for k in $(seq 1 "$KILLS"); do
   before=$(temps)
   "$BIN" "${args[@]}" "${extra[@]}" >"$work/log" 2>&1 &
   pid=$!
-  ms=$((100 + RANDOM % (MAX_MS - 100)))
+  # One kill in four lands anywhere from the launch (loading, resuming); the others wait until
+  # training runs ("run" line) so that they hit steps and saves.
+  if [ $((k % 4)) -ne 0 ]; then
+    for _ in $(seq 1 1200); do
+      grep -q '^run ' "$work/log" 2>/dev/null && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+  fi
+  ms=$((RANDOM % MAX_MS))
   sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
   killed=0
   if kill -0 "$pid" 2>/dev/null; then

@@ -762,3 +762,68 @@ fn a_diverged_run_stops_and_names_the_checkpoint_to_resume() {
     );
     assert_eq!(code, Some(1), "{stderr}");
 }
+
+/// The parse-from-bytes entry points (the fuzz targets' surface) refuse hostile input with an
+/// error: header lengths past the end or near u64::MAX, shapes whose byte size overflows,
+/// offsets outside the data, configs with absurd sizes, non-UTF-8 JSON.
+#[test]
+fn hostile_bytes_are_errors_not_panics() {
+    use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
+    use lora_wgpu::model::{weights, Gpt2Config};
+    let cfg = Gpt2Config::from_json_bytes(
+        br#"{"n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 4, "vocab_size": 5}"#,
+    )
+    .unwrap();
+    let layout = LoraLayout::new(
+        &cfg,
+        &LoraConfig {
+            r: 2,
+            ..LoraConfig::default()
+        },
+    )
+    .unwrap();
+    let header = |json: &str, len: u64, data: usize| {
+        let mut b = len.to_le_bytes().to_vec();
+        b.extend_from_slice(json.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    };
+    let big = r#"{"wte.weight": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 16]}}"#;
+    let outside =
+        r#"{"wte.weight": {"dtype": "F32", "shape": [5, 4], "data_offsets": [0, 1099511627776]}}"#;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("short length", vec![1, 2, 3]),
+        ("length past the end", header("{}", 1 << 20, 0)),
+        ("length near u64::MAX", header("{}", u64::MAX - 3, 0)),
+        ("overflowing shape", header(big, big.len() as u64, 16)),
+        ("offsets outside", header(outside, outside.len() as u64, 80)),
+        ("not JSON", header("{{{{", 4, 0)),
+    ];
+    for (what, bytes) in &cases {
+        let e = weights::parse(std::path::Path::new("m.safetensors"), bytes, &cfg);
+        assert!(e.is_err(), "{what}: weights accepted");
+        let e = peft::parse_weights(std::path::Path::new("a.safetensors"), bytes, &layout);
+        assert!(e.is_err(), "{what}: adapter weights accepted");
+    }
+    for bad in [
+        &b"\xff\xfe{}"[..],
+        br#"{"n_embd": 4}"#,
+        br#"{"n_embd": 18446744073709551615, "n_layer": 1, "n_head": 1, "n_positions": 4, "vocab_size": 5}"#,
+        br#"{"n_embd": 65536, "n_layer": 4096, "n_head": 1024, "n_positions": 1048576, "vocab_size": 16777216}"#,
+        br#"{"n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 4, "vocab_size": 5, "layer_norm_epsilon": -1}"#,
+    ] {
+        let e = Gpt2Config::from_json_bytes(bad);
+        assert!(e.is_err(), "{}: accepted", String::from_utf8_lossy(bad));
+    }
+    for bad in [
+        &b"\xff"[..],
+        br#"{"peft_type": "LORA"}"#,
+        br#"{"peft_type": "LORA", "r": -1, "lora_alpha": 1, "target_modules": "c_attn"}"#,
+        br#"{"peft_type": "LORA", "r": 2, "lora_alpha": 1, "target_modules": 7}"#,
+        br#"{"peft_type": "LORA", "r": 2, "lora_alpha": 1, "target_modules": "c_attn", "bias": "all"}"#,
+    ] {
+        let e = peft::parse_config(std::path::Path::new("adapter_config.json"), bad);
+        assert!(e.is_err(), "{}: accepted", String::from_utf8_lossy(bad));
+    }
+}
