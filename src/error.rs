@@ -55,7 +55,7 @@ pub enum Error {
     },
 
     /// A buffer would exceed the adapter's limits.
-    #[error("{what} needs {bytes} bytes but the adapter allows at most {limit} per {kind}. Try a smaller --batch-size or --block-size (--grad-accum keeps the effective batch), or a GPU with larger limits (`lora-wgpu devices` lists them).")]
+    #[error("the GPU buffer `{what}` needs {bytes} bytes but the adapter allows at most {limit} per {kind}. Try a smaller --batch-size or --block-size (--grad-accum keeps the effective batch), or a GPU with larger limits (`lora-wgpu devices` lists them).")]
     BufferTooLarge {
         /// What was being allocated.
         what: String,

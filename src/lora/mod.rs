@@ -104,9 +104,8 @@ impl LoraConfig {
                 "rank",
                 self.r,
                 format!(
-                    "must be in 1..={} for this model: at most min(d_in, d_out) = n_embd = {c} \
-                     of its smallest adapted layer, and at most {MAX_RANK} (the LoRA kernels' \
-                     limit)",
+                    "must be in 1..={} for this model (r <= min(d_in, d_out) = n_embd = {c}, \
+                     and the LoRA kernels allow at most {MAX_RANK})",
                     MAX_RANK.min(c)
                 ),
             ));
