@@ -239,8 +239,12 @@ pub fn learning_rate(cfg: &TrainConfig, step: u64, total: u64) -> f32 {
 }
 
 fn warmup_steps(cfg: &TrainConfig, total: u64) -> u64 {
+    // Hugging Face computes ceil(total * ratio) in f64 from the decimal the user typed; going
+    // through the f32's shortest decimal gives the same f64 (0.1f32 as f64 is 0.10000000149,
+    // which made ceil(100 * 0.1) = 11).
+    let ratio: f64 = cfg.warmup_ratio.to_string().parse().unwrap_or(0.0);
     cfg.warmup_steps
-        .unwrap_or_else(|| (cfg.warmup_ratio as f64 * total as f64).ceil() as u64)
+        .unwrap_or_else(|| (ratio * total as f64).ceil() as u64)
 }
 
 /// Something the trainer reports while it runs.
