@@ -575,8 +575,8 @@ impl Dataset {
     }
 
     /// Every block once, in order, in batches of `batch_size` blocks, for evaluation. The last
-    /// batch is padded to full size with blocks of [`EOT`] inputs and [`IGNORE`] targets (they
-    /// add no loss), so every batch fits a graph built for `batch_size`. The mean loss over the
+    /// batch is padded to full size with blocks of token-0 inputs (valid in every vocabulary,
+    /// unlike [`EOT`]) and [`IGNORE`] targets (they add no loss), so every batch fits a graph built for `batch_size`. The mean loss over the
     /// dataset is Σ loss_b · predicted_b / Σ predicted_b over the batches.
     pub fn eval_batches(&self, batch_size: usize) -> Result<Vec<Batch>> {
         check_batch_size(batch_size)?;
@@ -586,7 +586,7 @@ impl Dataset {
             .map(|c| {
                 let mut b = self.batch(c)?;
                 let pad = (batch_size - c.len()) * n;
-                b.inputs.extend(std::iter::repeat_n(EOT, pad));
+                b.inputs.extend(std::iter::repeat_n(0, pad));
                 b.targets.extend(std::iter::repeat_n(IGNORE, pad));
                 Ok(b)
             })

@@ -46,7 +46,7 @@ pub enum Error {
     },
 
     /// The GPU ran out of memory while allocating a buffer.
-    #[error("GPU out of memory allocating {what} ({bytes} bytes). Try a smaller batch size or block size.")]
+    #[error("GPU out of memory allocating {what} ({bytes} bytes). Try a smaller --batch-size or --block-size (--grad-accum keeps the effective batch), a lower --rank, or a GPU with more memory.")]
     OutOfMemory {
         /// What was being allocated.
         what: String,
@@ -55,7 +55,7 @@ pub enum Error {
     },
 
     /// A buffer would exceed the adapter's limits.
-    #[error("{what} needs {bytes} bytes but the adapter allows at most {limit} per {kind}. Use a smaller shape or a GPU with larger limits.")]
+    #[error("the GPU buffer `{what}` needs {bytes} bytes but the adapter allows at most {limit} per {kind}. Try a smaller --batch-size or --block-size (--grad-accum keeps the effective batch), or a GPU with larger limits (`lora-wgpu devices` lists them).")]
     BufferTooLarge {
         /// What was being allocated.
         what: String,
@@ -81,6 +81,15 @@ pub enum Error {
     DeviceLost {
         /// wgpu's description of the reason.
         reason: String,
+    },
+
+    /// Training stopped after `max_bad_steps` non-finite steps in a row.
+    #[error("training diverged: {steps} non-finite step(s) in a row (last: step {last}); the loss or gradients became NaN/Inf. Lower --lr, set --max-grad-norm, or check the data. The last checkpoint is intact: --resume continues from it")]
+    Diverged {
+        /// Non-finite steps in a row.
+        steps: u64,
+        /// The last of them.
+        last: u64,
     },
 
     /// Operands of a kernel have incompatible shapes or lengths.

@@ -204,8 +204,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 5)]
     max_bad_steps: u64,
     /// Continue from a checkpoint: a checkpoint dir, or (no value) --out's newest.
-    #[arg(long, alias = "resume-from-checkpoint", num_args = 0..=1, default_missing_value = "")]
-    resume: Option<PathBuf>,
+    #[arg(long, alias = "resume-from-checkpoint", num_args = 0..=1)]
+    resume: Option<Option<PathBuf>>,
     /// Replace an existing run in --out.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
@@ -370,10 +370,48 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (the library's messages often include
+/// their source already), plus a hint when the root cause is a file system error.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    let io = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .last();
+    if let Some(io) = io {
+        use std::io::ErrorKind as K;
+        let hint = match io.kind() {
+            K::PermissionDenied | K::ReadOnlyFilesystem => {
+                "the path is not writable: choose another location (e.g. another --out)"
+            }
+            K::NotADirectory => {
+                "a parent of the path is a file, not a directory: choose another path"
+            }
+            K::StorageFull | K::QuotaExceeded => {
+                "the disk is full: free some space or choose another --out; a training run can \
+                 continue with --resume from its last complete checkpoint"
+            }
+            _ => "",
+        };
+        if !hint.is_empty() {
+            text.push_str("\nhint: ");
+            text.push_str(hint);
+        }
+    }
+    text
 }
 
 /// Settings of the built-in demo (no --model and no --data): small enough to finish in about
@@ -398,6 +436,12 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
              on the bundled corpus)"
         );
     }
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => default_out_dir(),
+    };
+    let resuming = a.resume.is_some();
+    check_out_dir(&out, resuming, a.overwrite)?;
     let gpu = a.device.gpu()?;
     let model = Model::load(&gpu, a.model.as_deref().unwrap_or("tiny"))?;
     let cfg_model = &model.config;
@@ -486,13 +530,6 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         );
     }
 
-    let out = match &a.out {
-        Some(o) => o.clone(),
-        None => default_out_dir(),
-    };
-    let resuming = a.resume.is_some();
-    prepare_out_dir(&out, resuming, a.overwrite)?;
-
     let sample_prompt = a.sample_prompt.clone().unwrap_or_else(|| {
         valid
             .as_ref()
@@ -502,12 +539,16 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     });
 
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let mut trainer = Trainer::new(&gpu, &model, cfg.clone(), train_data)?.with_output(&out);
+    // Build the graph (where a too-large shape fails) before touching --out, so a failed start
+    // leaves no directory behind and an --overwrite'd run is only deleted once training can run.
+    let trainer = Trainer::new(&gpu, &model, cfg.clone(), train_data)?;
+    prepare_out_dir(&out, resuming, a.overwrite)?;
+    let mut trainer = trainer.with_output(&out);
     if let Some(v) = valid {
         trainer = trainer.with_validation(v);
     }
     if let Some(r) = &a.resume {
-        let from = if r.as_os_str().is_empty() { &out } else { r };
+        let from = r.as_deref().unwrap_or(&out);
         let step = trainer.resume(from)?;
         println!("resume   from step {step} ({})", from.display());
     }
@@ -533,7 +574,20 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     );
     let mut trainer = trainer.on_event(|e| progress.event(e));
     let started = std::time::Instant::now();
-    trainer.run()?;
+    if let Err(e) = trainer.run() {
+        progress.finish();
+        // Whatever stopped the run (a full disk, a lost GPU, non-finite losses), the newest
+        // complete checkpoint is intact: say where it is and how to continue.
+        return Err(match train::find_checkpoint(&out) {
+            Ok(dir) => anyhow::anyhow!(
+                "{e}\nhint: training stopped at step {}; the newest complete checkpoint is {}. \
+                 Run the same command with --resume to continue from it.",
+                trainer.step(),
+                dir.display()
+            ),
+            Err(_) => e.into(),
+        });
+    }
     progress.finish();
     println!(
         "done     {} steps in {:.1} s; adapter in {} (best: {}/best), loss curve {}",
@@ -568,22 +622,37 @@ fn default_out_dir() -> PathBuf {
     PathBuf::from(format!("runs/run-{secs}"))
 }
 
-/// Refuse to mix two runs in one directory unless asked to.
-fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
-    let holds_run = ["trainer_state.json", "checkpoints", "metrics.jsonl"]
+/// Whether `out` holds (part of) a training run.
+fn holds_run(out: &Path) -> bool {
+    ["trainer_state.json", "checkpoints", "metrics.jsonl"]
         .iter()
-        .any(|f| out.join(f).exists());
-    if resume {
-        return Ok(());
+        .any(|f| out.join(f).exists())
+}
+
+/// Refuse to mix two runs in one directory unless asked to, and refuse an --out that is a file;
+/// changes nothing on disk.
+fn check_out_dir(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} exists and is not a directory: choose a path for a new directory",
+            out.display()
+        );
     }
-    if holds_run {
-        if !overwrite {
-            bail!(
-                "{} already holds a training run; pass --resume to continue it, --overwrite to \
-                 replace it, or choose another --out",
-                out.display()
-            );
-        }
+    if !resume && !overwrite && holds_run(out) {
+        bail!(
+            "{} already holds a training run; pass --resume to continue it, --overwrite to \
+             replace it, or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Create `out` (after [`check_out_dir`]), clearing a previous run with --overwrite, and make
+/// sure it is writable.
+fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    check_out_dir(out, resume, overwrite)?;
+    if !resume && overwrite && holds_run(out) {
         for f in [
             "trainer_state.json",
             "metrics.jsonl",
@@ -597,11 +666,17 @@ fn prepare_out_dir(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
             let _ = std::fs::remove_dir_all(out.join(d));
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| {
+        format!(
+            "cannot create the output directory {}; choose a writable --out",
+            out.display()
+        )
+    })?;
     let probe = out.join(".write-test");
     std::fs::write(&probe, b"").with_context(|| {
         format!(
-            "cannot write into the output directory {} (read-only or full?)",
+            "cannot write into the output directory {} (read-only or full?); choose a \
+             writable --out",
             out.display()
         )
     })?;
@@ -656,8 +731,8 @@ impl Progress {
                     ));
                 }
                 self.line(format!(
-                    "step {:>6}  epoch {:>6.2}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:>8.1} tok/s",
-                    r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_sec
+                    "step {:>6}  epoch {:>6.2}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:>8.1} tok/s  gpu {}",
+                    r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_sec, bytes(r.gpu_bytes)
                 ));
             }
             Event::Eval {

@@ -129,6 +129,7 @@ mod tests {
             lr: 1e-3,
             grad_norm: 1.0,
             tokens_per_sec: 1.0,
+            gpu_bytes: 0,
             val_loss: val,
             val_perplexity: val.map(f32::exp),
         }

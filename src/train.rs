@@ -239,9 +239,12 @@ pub fn learning_rate(cfg: &TrainConfig, step: u64, total: u64) -> f32 {
 }
 
 fn warmup_steps(cfg: &TrainConfig, total: u64) -> u64 {
+    // Hugging Face computes ceil(total * ratio) in f64 from the decimal the user typed; going
+    // through the f32's shortest decimal gives the same f64 (0.1f32 as f64 is 0.10000000149,
+    // which made ceil(100 * 0.1) = 11).
+    let ratio: f64 = cfg.warmup_ratio.to_string().parse().unwrap_or(0.0);
     cfg.warmup_steps
-        // In f32, where 0.1 · 100 is exactly 10 (as Python's float product is).
-        .unwrap_or_else(|| (cfg.warmup_ratio * total as f32).ceil() as u64)
+        .unwrap_or_else(|| (ratio * total as f64).ceil() as u64)
 }
 
 /// Something the trainer reports while it runs.
@@ -300,6 +303,10 @@ pub struct LogRecord {
     pub grad_norm: f32,
     /// Input tokens per second over the window.
     pub tokens_per_sec: f64,
+    /// GPU memory the training graph holds, in bytes ([`TrainGraph::allocated_bytes`]: frozen
+    /// weights excluded). 0 in metrics written before this field existed.
+    #[serde(default)]
+    pub gpu_bytes: u64,
     /// Val loss, when this step evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
@@ -329,7 +336,7 @@ pub struct TrainerState {
     pub config: TrainConfig,
 }
 
-/// A progress callback.
+/// What [`Trainer::on_event`] stores.
 type Callback<'a> = Box<dyn FnMut(&Event) + 'a>;
 
 /// Trains a LoRA adapter on a [`Model`]: build it, optionally [`Trainer::resume`], then
@@ -532,6 +539,9 @@ impl<'a> Trainer<'a> {
     pub fn run(&mut self) -> Result<Option<LogRecord>> {
         if let Some(out) = &self.out {
             create_dir(out)?;
+            for dir in [out.clone(), out.join("best"), out.join("checkpoints")] {
+                remove_leftovers(&dir);
+            }
         }
         let trainable = self.graph.layout().num_parameters();
         self.emit(Event::Start {
@@ -650,16 +660,10 @@ impl<'a> Trainer<'a> {
                 self.bad_steps += 1;
                 self.emit(Event::Skipped { step, loss: s.loss });
                 if self.bad_steps >= self.cfg.max_bad_steps {
-                    return Err(Error::invalid(
-                        "training",
-                        format!(
-                            "{} non-finite steps in a row (last: step {step})",
-                            self.bad_steps
-                        ),
-                        "the loss or gradients became NaN/Inf; lower --lr, set --max-grad-norm, \
-                         or check the data. The last checkpoint is intact: --resume continues \
-                         from it",
-                    ));
+                    return Err(Error::Diverged {
+                        steps: self.bad_steps,
+                        last: step,
+                    });
                 }
             } else {
                 self.bad_steps = 0;
@@ -687,6 +691,7 @@ impl<'a> Trainer<'a> {
             lr: learning_rate(&self.cfg, step, self.total),
             grad_norm: window.last().map_or(f32::NAN, |(_, s)| s.grad_norm),
             tokens_per_sec: tokens / self.window_start.elapsed().as_secs_f64().max(1e-9),
+            gpu_bytes: self.graph.allocated_bytes(),
             val_loss: None,
             val_perplexity: None,
         }
@@ -741,7 +746,7 @@ impl<'a> Trainer<'a> {
         let name = format!("step-{:06}", self.step);
         let tmp = root.join(format!(".tmp-{name}"));
         let done = root.join(&name);
-        let _ = std::fs::remove_dir_all(&tmp);
+        remove_leftovers(&root);
         create_dir(&tmp)?;
         let state = self.graph.read_state(self.gpu)?;
         peft::save(
@@ -753,8 +758,11 @@ impl<'a> Trainer<'a> {
         )?;
         write_moments(&tmp.join("optimizer.safetensors"), &state.m, &state.v)?;
         write_json(&tmp.join("trainer_state.json"), &self.state())?;
+        // An older checkpoint of the same step (a run resumed from before it) is moved aside
+        // whole, never deleted in place: a kill at any point leaves every `step-N` complete.
+        let trash = root.join(format!(".trash-{name}"));
         if done.exists() {
-            std::fs::remove_dir_all(&done).map_err(|source| Error::Io {
+            std::fs::rename(&done, &trash).map_err(|source| Error::Io {
                 path: done.clone(),
                 source,
             })?;
@@ -764,6 +772,7 @@ impl<'a> Trainer<'a> {
             source,
         })?;
         sync_dir(&root);
+        let _ = std::fs::remove_dir_all(&trash);
         peft::write_atomic(&root.join("latest"), name.as_bytes())?;
         self.prune(&root, &name)?;
         self.emit(Event::Saved {
@@ -783,7 +792,11 @@ impl<'a> Trainer<'a> {
         let excess = all.len().saturating_sub(self.cfg.save_total_limit);
         for (_, name) in all.into_iter().take(excess) {
             if name != newest {
-                let _ = std::fs::remove_dir_all(root.join(name));
+                // Rename first so that a kill mid-delete leaves no half-deleted `step-N`.
+                let trash = root.join(format!(".trash-{name}"));
+                if std::fs::rename(root.join(&name), &trash).is_ok() {
+                    let _ = std::fs::remove_dir_all(trash);
+                }
             }
         }
         Ok(())
@@ -811,10 +824,47 @@ pub fn mean_loss(gpu: &Gpu, graph: &mut TrainGraph, data: &Dataset, b: usize) ->
     Ok((sum / count as f64) as f32)
 }
 
+/// Files every complete checkpoint directory holds.
+const CHECKPOINT_FILES: [&str; 4] = [
+    "trainer_state.json",
+    "optimizer.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+];
+
+fn is_complete_checkpoint(dir: &Path) -> bool {
+    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// Remove what a killed run may have left in `dir` (an output, `best/` or `checkpoints/`
+/// directory): checkpoints being assembled (`.tmp-step-N/`), being deleted (`.trash-step-N/`)
+/// and temporary files of atomic writes (`.NAME.tmp-PID`).
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && (name.starts_with(".tmp-step-") || name.starts_with(".trash-step-")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if !is_dir
+            && name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| pid.bytes().all(|b| b.is_ascii_digit()))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The checkpoint directory `path` names: a checkpoint itself, or an output dir / checkpoints
 /// dir whose `latest` (or else newest complete `step-N`) is used.
 pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
-    if path.join("trainer_state.json").is_file() && path.join("optimizer.safetensors").is_file() {
+    if is_complete_checkpoint(path) {
         return Ok(path.to_path_buf());
     }
     let root = if path.join("checkpoints").is_dir() {
@@ -824,7 +874,7 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     };
     if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
         let dir = root.join(name.trim());
-        if dir.join("trainer_state.json").is_file() {
+        if is_complete_checkpoint(&dir) {
             return Ok(dir);
         }
     }
@@ -852,10 +902,7 @@ fn list_checkpoints(root: &Path) -> Result<Vec<(u64, String)>> {
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then_some((step, name))
+            is_complete_checkpoint(&e.path()).then_some((step, name))
         })
         .collect())
 }

@@ -103,7 +103,11 @@ impl LoraConfig {
             return Err(Error::invalid(
                 "rank",
                 self.r,
-                format!("must be in 1..={} for this model", MAX_RANK.min(c)),
+                format!(
+                    "must be in 1..={} for this model (r <= min(d_in, d_out) = n_embd = {c}, \
+                     and the LoRA kernels allow at most {MAX_RANK})",
+                    MAX_RANK.min(c)
+                ),
             ));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {

@@ -45,16 +45,32 @@ enum LayerList {
 
 /// Read a PEFT `adapter_config.json` into a [`LoraConfig`].
 pub fn read_config(path: &Path) -> Result<LoraConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_config(path, &bytes)
+}
+
+/// Parse the bytes of a PEFT `adapter_config.json` (`path` only names the file in errors).
+/// Checks the format (peft_type LORA, bias none), not the values against a model: that is
+/// [`LoraConfig::validate`]'s job. Never panics, whatever the bytes.
+pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
     let bad = |detail: String| Error::Format {
         path: path.to_path_buf(),
         detail,
     };
-    let c: AdapterConfigJson = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("not a PEFT adapter_config.json: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        bad(format!(
+            "not UTF-8 text ({e}); an adapter_config.json is JSON"
+        ))
+    })?;
+    let c: AdapterConfigJson = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "not a PEFT adapter_config.json ({e}); it needs at least peft_type \"LORA\", r, \
+             lora_alpha and target_modules, as PEFT's save_pretrained writes it"
+        ))
+    })?;
     if c.peft_type != "LORA" {
         return Err(bad(format!(
             "peft_type is {:?}; only LORA adapters are supported",
@@ -98,12 +114,21 @@ pub fn read_weights(path: &Path, layout: &LoraLayout) -> Result<Vec<f32>> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_weights(path, &bytes, layout)
+}
+
+/// [`read_weights`] from the bytes of an `adapter_model.safetensors` already in memory
+/// (`path` only names the file in errors). Never panics, whatever the bytes.
+pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<Vec<f32>> {
     let bad = |detail: String| Error::Checkpoint {
         path: path.to_path_buf(),
         detail,
     };
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        bad(format!(
+            "not a readable safetensors file ({e}); the adapter may be truncated or corrupt"
+        ))
+    })?;
     let mut flat = vec![0.0f32; layout.len];
     let mut seen = 0usize;
     for e in &layout.entries {
@@ -152,8 +177,12 @@ pub fn load(
     dir: &Path,
     model: &crate::model::Gpt2Config,
 ) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
-    let cfg = read_config(&dir.join("adapter_config.json"))?;
-    let layout = LoraLayout::new(model, &cfg)?;
+    let config_path = dir.join("adapter_config.json");
+    let cfg = read_config(&config_path)?;
+    let layout = LoraLayout::new(model, &cfg).map_err(|e| Error::Format {
+        path: config_path,
+        detail: format!("{e} (is this adapter made for this model?)"),
+    })?;
     let flat = read_weights(&dir.join("adapter_model.safetensors"), &layout)?;
     Ok((cfg, layout, flat))
 }

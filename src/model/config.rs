@@ -73,15 +73,39 @@ impl Gpt2Config {
 
     /// Read and validate a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Gpt2Config = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            detail: format!("not a GPT-2 config.json: {e}"),
+        Self::from_json_bytes(&bytes).map_err(|e| match e {
+            Error::Format { detail, .. } => Error::Format {
+                path: path.to_path_buf(),
+                detail,
+            },
+            other => Error::Format {
+                path: path.to_path_buf(),
+                detail: other.to_string(),
+            },
+        })
+    }
+
+    /// Parse and validate the bytes of a Hugging Face `config.json`. Errors are
+    /// [`Error::Format`] (with an empty path; [`Gpt2Config::from_file`] fills it in) that say
+    /// which field is missing or wrong. Never panics, whatever the bytes.
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |detail: String| Error::Format {
+            path: "config.json".into(),
+            detail,
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| bad(format!("not UTF-8 text ({e}); a config.json is JSON")))?;
+        let cfg: Gpt2Config = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "not a GPT-2 config.json ({e}); it must be a JSON object with at least \
+                 n_embd, n_layer, n_head, n_positions and vocab_size, as Hugging Face writes it"
+            ))
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
     }
 
@@ -109,6 +133,27 @@ impl Gpt2Config {
                     "n_embd must split into n_head heads of at most {} channels",
                     crate::kernels::attention::MAX_HEAD_SIZE
                 ),
+            ));
+        }
+        // Every size the graph computes must fit comfortably in memory arithmetic: a hostile or
+        // mistyped config.json must fail here, not overflow or allocate later.
+        let c = self.n_embd as u128;
+        let params = (self.vocab_size as u128 + self.n_positions as u128) * c
+            + self.n_layer as u128 * (12 * c * c + 13 * c);
+        if self.n_embd > 1 << 16
+            || self.n_layer > 1 << 12
+            || self.n_positions > 1 << 20
+            || self.vocab_size > 1 << 24
+            || params > 1 << 40
+        {
+            return Err(Error::invalid(
+                "model shape",
+                format!(
+                    "n_embd {}, n_layer {}, n_positions {}, vocab_size {}",
+                    self.n_embd, self.n_layer, self.n_positions, self.vocab_size
+                ),
+                "too large to be a real GPT-2 (at most 2^16 channels, 2^12 layers, 2^20 \
+                 positions, 2^24 tokens and 2^40 parameters); check config.json",
             ));
         }
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {

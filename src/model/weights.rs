@@ -86,7 +86,15 @@ pub fn load(path: &Path, cfg: &Gpt2Config) -> Result<HostWeights> {
         path: path.to_path_buf(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| Error::Checkpoint {
+    parse(path, &map, cfg)
+}
+
+/// [`load`] from the bytes of a `model.safetensors` already in memory; `path` only names the
+/// file in errors. Never panics, and allocates at most about twice `bytes.len()` whatever the
+/// header claims (the safetensors header is checked against the bytes before any tensor is
+/// read).
+pub fn parse(path: &Path, bytes: &[u8], cfg: &Gpt2Config) -> Result<HostWeights> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         detail: format!(
             "not a readable safetensors file ({e}); the download may be truncated or corrupt"
