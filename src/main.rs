@@ -131,12 +131,12 @@ struct TrainArgs {
     #[arg(long, alias = "validation-file", alias = "validation_file")]
     valid: Option<PathBuf>,
     /// Hold out this fraction of the training blocks for validation (when no --valid).
-    #[arg(long, alias = "validation-split-percentage", conflicts_with = "valid")]
+    #[arg(long, conflicts_with = "valid")]
     val_split: Option<f64>,
     /// jsonl prompt/completion: loss on the completion only.
     #[arg(long)]
     mask_prompt: bool,
-    /// Tokens per training sequence. Default: min(1024, n_positions); 64 for the demo.
+    /// Tokens per training sequence. Default: min(1024, n_positions); 32 for the demo.
     #[arg(long, alias = "block_size", alias = "max-seq-length")]
     block_size: Option<usize>,
     #[command(flatten)]
@@ -218,7 +218,7 @@ struct TrainArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fine-tune a LoRA adapter (no arguments: a 3-minute demo on the built-in tiny model).
+    /// Fine-tune a LoRA adapter (no arguments: a short demo on the built-in tiny model).
     Train(Box<TrainArgs>),
     /// Mean next-token loss and perplexity of a model (+ adapter) on a text file.
     Eval {
