@@ -21,7 +21,6 @@
 //! # }
 //! ```
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -213,32 +212,6 @@ pub fn hf_config_json(cfg: &Gpt2Config) -> serde_json::Value {
     })
 }
 
-/// One f32 tensor, viewed as little-endian bytes for safetensors without a copy on
-/// little-endian machines.
-struct F32View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f32],
-}
-
-impl safetensors::View for F32View<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(self.data))
-        } else {
-            Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        }
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 4
-    }
-}
-
 fn io_err(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
@@ -294,7 +267,10 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
         .into_iter()
         .map(|(name, shape)| {
             let data = w.get(&name).map(Vec::as_slice).unwrap_or_default();
-            (format!("transformer.{name}"), F32View { shape, data })
+            (
+                format!("transformer.{name}"),
+                weights::F32View { shape, data },
+            )
         })
         .collect::<Vec<_>>();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::AdamW;
 use crate::lora::{peft, LoraConfig};
+use crate::model::weights::{self, F32View};
 use crate::model::{Model, OptimizerState, StepStats, TrainGraph};
 
 /// Learning-rate schedule after warmup (Hugging Face's names).
@@ -937,16 +938,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 fn write_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
-    let bytes = |x: &[f32]| -> Vec<u8> { bytemuck::cast_slice(x).to_vec() };
-    let (mb, vb) = (bytes(m), bytes(v));
-    let views = [("m", &mb, m.len()), ("v", &vb, v.len())]
-        .into_iter()
-        .map(|(k, b, n)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], b)
-                .map(|t| (k.to_string(), t))
-                .map_err(|e| Error::shape("optimizer state", e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let views = [("m", m), ("v", v)].map(|(k, data)| {
+        let shape = vec![data.len()];
+        (k, F32View { shape, data })
+    });
     let data = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         detail: e.to_string(),
@@ -973,10 +968,7 @@ fn read_moments(path: &Path, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
                 t.shape()
             )));
         }
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        weights::to_f32(path, k, t.dtype(), t.data())
     };
     Ok((get("m")?, get("v")?))
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{LoraConfig, LoraEntry, LoraLayout};
 use crate::error::{Error, Result};
+use crate::model::weights::F32View;
 
 /// The fields of `adapter_config.json` this crate reads.
 #[derive(Deserialize)]
@@ -240,28 +241,20 @@ pub fn save(
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut views = Vec::new();
     for e in &layout.entries {
         for (which, offset, shape) in [
             ("A", e.a_offset, [layout.r, e.d_in]),
             ("B", e.b_offset, [e.d_out, layout.r]),
         ] {
             let n = shape[0] * shape[1];
-            let bytes = flat[offset..offset + n]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            tensors.push((key(e, which), shape.to_vec(), bytes));
+            let view = F32View {
+                shape: shape.to_vec(),
+                data: &flat[offset..offset + n],
+            };
+            views.push((key(e, which), view));
         }
     }
-    let views = tensors
-        .iter()
-        .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::shape("peft::save", e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let model_path = dir.join("adapter_model.safetensors");
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format {

@@ -150,6 +150,32 @@ pub fn parse(path: &Path, bytes: &[u8], cfg: &Gpt2Config) -> Result<HostWeights>
     Ok(out)
 }
 
+/// One f32 tensor, viewed as little-endian bytes for safetensors without a copy on
+/// little-endian machines.
+pub(crate) struct F32View<'a> {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: &'a [f32],
+}
+
+impl safetensors::View for F32View<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.data))
+        } else {
+            std::borrow::Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
 /// Random weights in `cfg`'s shape, as Hugging Face initialises GPT-2 (normal, std 0.02;
 /// LayerNorms at weight 1, bias 0; biases 0). For benchmarks and tests, never a pretrained model.
 pub fn random(cfg: &Gpt2Config, seed: u64) -> HostWeights {
