@@ -25,7 +25,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lora::{peft, LoraConfig, LoraLayout};
+use crate::lora::peft::{self, sync_dir};
+use crate::lora::{LoraConfig, LoraLayout};
 use crate::model::weights::{self, HostWeights};
 use crate::model::Gpt2Config;
 use crate::tokenizer::{Tokenizer, EOT};
@@ -248,13 +249,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(bytes).map_err(|e| io_err(path, e))?;
     f.sync_all().map_err(|e| io_err(path, e))
-}
-
-/// Flush a directory's entries to disk (best effort: not every platform opens directories).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Write the files of a Hugging Face GPT-2 directory into `dir` (which exists and is empty).

@@ -375,8 +375,6 @@ pub struct Trainer<'a> {
     /// Losses and input tokens of the steps since the last log line.
     window: Vec<(u64, StepStats)>,
     window_start: Instant,
-    /// Steps submitted whose results have not been read.
-    pending: u64,
     /// Stop (with a checkpoint) after this step, before the end of the run.
     stop_at: Option<u64>,
 }
@@ -426,7 +424,6 @@ impl<'a> Trainer<'a> {
             bad_steps: 0,
             window: Vec::new(),
             window_start: Instant::now(),
-            pending: 0,
             stop_at: None,
         })
     }
@@ -649,14 +646,12 @@ impl<'a> Trainer<'a> {
                 .set_micro_batch(self.gpu, &b.inputs, &b.targets, Some(counted))?;
             self.graph.micro_step(self.gpu, step, i, micros, lr)?;
         }
-        self.pending += 1;
         Ok(())
     }
 
     /// Take step results into the log window; stop after too many non-finite steps in a row.
     fn absorb(&mut self, results: Vec<(u64, StepStats)>) -> Result<()> {
         for (step, s) in results {
-            self.pending -= 1;
             if s.skipped() || !s.loss.is_finite() {
                 self.bad_steps += 1;
                 self.emit(Event::Skipped { step, loss: s.loss });
@@ -772,7 +767,7 @@ impl<'a> Trainer<'a> {
             path: done.clone(),
             source,
         })?;
-        sync_dir(&root);
+        peft::sync_dir(&root);
         let _ = std::fs::remove_dir_all(&trash);
         peft::write_atomic(&root.join("latest"), name.as_bytes())?;
         self.prune(&root, &name)?;
@@ -913,12 +908,6 @@ fn create_dir(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -204,10 +204,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
-            // Make the rename itself durable (best effort: not every platform can open a dir).
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+            // Make the rename itself durable.
+            sync_dir(dir);
         }
         Ok(())
     })();
@@ -215,6 +213,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Flush a directory's entries (a rename into it) to disk; best effort, since not every platform
+/// can open a directory.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Save an adapter in PEFT's format: `dir/adapter_config.json` and
