@@ -469,16 +469,17 @@ fn profile_kinds(
         add(&format!("LoRA bwd {what} (2 per layer)"), l, ds);
     }
     let ashape = AttentionShape { b, t, c, nh };
-    let att = g.zeros("att", &[b, nh, t, t])?;
-    let dpre = g.zeros("dpreatt", &[b, nh, t, t])?;
+    let lse = g.zeros("lse", &[b, nh, t])?;
+    let dstat = g.zeros("dstat", &[b, nh, t])?;
     let qkv = x("qkv", 3 * c, 15);
     let dqkv = g.zeros("dqkv", &[bt, 3 * c])?;
     let atty = g.zeros("atty", &[bt, c])?;
-    let fwd = attention::forward_with(g, av, &atty, &att, &qkv, &ashape)?;
-    // Real probabilities for the backward kernels to read.
+    let fwd = attention::forward_with(g, av, &atty, &lse, &qkv, &ashape)?;
+    // A real output and log-sum-exp for the backward kernels to read.
     g.run(&[&fwd])?;
     add("attention fwd", l, vec![fwd]);
-    let [rows, cols] = attention::backward_with(g, av, &dqkv, &dpre, &x_c, &qkv, &att, &ashape)?;
+    let (dy, y) = (&x_c, &atty);
+    let [rows, cols] = attention::backward_with(g, av, &dqkv, &dstat, dy, &qkv, y, &lse, &ashape)?;
     add("attention bwd rows (dq)", l, vec![rows]);
     add("attention bwd cols (dk, dv)", l, vec![cols]);
     let lw = filled(g, "ln w", &[c], 16);

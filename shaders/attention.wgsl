@@ -1,10 +1,12 @@
-// Causal multi-head self-attention (llm.c's attention_forward/backward), one thread per
-// (batch, head, query position).
+// Causal multi-head self-attention, flash-style: no (T, T) matrix is ever stored. The forward
+// keeps only the output and each row's log-sum-exp; the backward recomputes the probabilities
+// from q, k and that statistic (FlashAttention-2's recipe, in llm.c's two-kernel layout).
 //   qkv: (B, T, 3C) = [q | k | v], head h at columns h·HS .. (h+1)·HS of each part
-//   out: (B, T, C)     att: (B, NH, T, T) softmax probabilities, row t valid for t2 <= t
-//   forward:        att = softmax(q kᵀ · scale, causal), out = att v
-//   backward_rows:  dpreatt = att ⊙ (datt - Σ att ⊙ datt), datt = dout vᵀ;  dq = scale · dpreatt k
-//   backward_cols:  dk = scale · dpreattᵀ q,  dv = attᵀ dout
+//   out: (B, T, C)     lse, dstat: (B, NH, T)
+//   forward:        s = q kᵀ · scale (causal), out = softmax(s) v,  lse = log Σ exp(s) per row
+//   backward_rows:  P = exp(s - lse), dP = dout vᵀ, D = rowsum(dout ⊙ out) (kept in dstat),
+//                   dS = P ⊙ (dP - D),  dq = scale · dS k
+//   backward_cols:  dk = scale · dSᵀ q,  dv = Pᵀ dout   (P and dS recomputed per key column)
 // HS (head size) is an override constant (<= 128) so loops over it unroll.
 
 struct Params {
@@ -20,16 +22,18 @@ struct Params {
 
 override HS: u32 = 64u;
 const MAX_HS: u32 = 128u;
+const NEG_BIG: f32 = -3.402823e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> att: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(4) var<storage, read> dout: array<f32>;
-@group(0) @binding(5) var<storage, read> att_in: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dpreatt: array<f32>;
+@group(0) @binding(5) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dstat: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dqkv: array<f32>;
-@group(0) @binding(8) var<storage, read> dpre_in: array<f32>;
+@group(0) @binding(8) var<storage, read> dstat_in: array<f32>;
+@group(0) @binding(9) var<storage, read> out_in: array<f32>;
 
 struct Pos {
     b: u32,
@@ -50,6 +54,14 @@ fn qkv_at(b: u32, t: u32, h: u32, part: u32) -> u32 {
     return (b * p.t + t) * 3u * p.c + part * p.c + h * HS;
 }
 
+// Offset of head h at (b, t) in out / dout.
+fn out_at(b: u32, t: u32, h: u32) -> u32 {
+    return (b * p.t + t) * p.c + h * HS;
+}
+
+// ---- Per-row kernels (CPU adapters): one thread per (batch, head, row) ----
+
+// One pass over the keys with a running maximum (online softmax).
 @compute @workgroup_size(64)
 fn attention_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -63,42 +75,41 @@ fn attention_forward(
     let qo = qkv_at(s.b, s.t, s.h, 0u);
     var q: array<f32, MAX_HS>;
     for (var i = 0u; i < HS; i++) {
-        q[i] = qkv[qo + i];
+        q[i] = qkv[qo + i] * p.scale;
     }
-    let row = (s.bh * p.t + s.t) * p.t;
-    var maxv = -3.402823e38;
+    var m = NEG_BIG;
+    var sum = 0.0;
+    var o: array<f32, MAX_HS>;
     for (var t2 = 0u; t2 <= s.t; t2++) {
         let ko = qkv_at(s.b, t2, s.h, 1u);
         var d = 0.0;
         for (var i = 0u; i < HS; i++) {
             d = fma(q[i], qkv[ko + i], d);
         }
-        d *= p.scale;
-        att[row + t2] = d;
-        maxv = max(maxv, d);
-    }
-    var sum = 0.0;
-    for (var t2 = 0u; t2 <= s.t; t2++) {
-        let e = exp(att[row + t2] - maxv);
-        att[row + t2] = e;
+        if d > m {
+            let c = exp(m - d);
+            sum *= c;
+            for (var i = 0u; i < HS; i++) {
+                o[i] *= c;
+            }
+            m = d;
+        }
+        let e = exp(d - m);
         sum += e;
-    }
-    let inv = 1.0 / sum;
-    var o: array<f32, MAX_HS>;
-    for (var t2 = 0u; t2 <= s.t; t2++) {
-        let w = att[row + t2] * inv;
-        att[row + t2] = w;
         let vo = qkv_at(s.b, t2, s.h, 2u);
         for (var i = 0u; i < HS; i++) {
-            o[i] = fma(w, qkv[vo + i], o[i]);
+            o[i] = fma(e, qkv[vo + i], o[i]);
         }
     }
-    let oo = (s.b * p.t + s.t) * p.c + s.h * HS;
+    let inv = 1.0 / sum;
+    let oo = out_at(s.b, s.t, s.h);
     for (var i = 0u; i < HS; i++) {
-        out[oo + i] = o[i];
+        out[oo + i] = o[i] * inv;
     }
+    lse[s.bh * p.t + s.t] = m + log(sum);
 }
 
+// dq of one query row; also D = dout · out of the row, for backward_cols.
 @compute @workgroup_size(64)
 fn attention_backward_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -109,62 +120,77 @@ fn attention_backward_rows(
     if !s.ok {
         return;
     }
-    let go = (s.b * p.t + s.t) * p.c + s.h * HS;
+    let go = out_at(s.b, s.t, s.h);
+    let qo = qkv_at(s.b, s.t, s.h, 0u);
     var g: array<f32, MAX_HS>;
+    var q: array<f32, MAX_HS>;
+    var dd = 0.0;
     for (var i = 0u; i < HS; i++) {
         g[i] = dout[go + i];
+        q[i] = qkv[qo + i] * p.scale;
+        dd = fma(g[i], out_in[go + i], dd);
     }
-    let row = (s.bh * p.t + s.t) * p.t;
-    var sum = 0.0;
-    for (var t2 = 0u; t2 <= s.t; t2++) {
-        let vo = qkv_at(s.b, t2, s.h, 2u);
-        var d = 0.0;
-        for (var i = 0u; i < HS; i++) {
-            d = fma(g[i], qkv[vo + i], d);
-        }
-        dpreatt[row + t2] = d;
-        sum = fma(att_in[row + t2], d, sum);
-    }
+    let stat = s.bh * p.t + s.t;
+    let l = lse_in[stat];
     var dq: array<f32, MAX_HS>;
     for (var t2 = 0u; t2 <= s.t; t2++) {
-        let dp = att_in[row + t2] * (dpreatt[row + t2] - sum);
-        dpreatt[row + t2] = dp;
         let ko = qkv_at(s.b, t2, s.h, 1u);
+        let vo = ko + p.c;
+        var sc = 0.0;
+        var dp = 0.0;
         for (var i = 0u; i < HS; i++) {
-            dq[i] = fma(dp, qkv[ko + i], dq[i]);
+            sc = fma(q[i], qkv[ko + i], sc);
+            dp = fma(g[i], qkv[vo + i], dp);
+        }
+        let ds = exp(sc - l) * (dp - dd);
+        for (var i = 0u; i < HS; i++) {
+            dq[i] = fma(ds, qkv[ko + i], dq[i]);
         }
     }
-    let qo = qkv_at(s.b, s.t, s.h, 0u);
     for (var i = 0u; i < HS; i++) {
         dqkv[qo + i] = p.scale * dq[i];
     }
+    dstat[stat] = dd;
 }
 
+// dk and dv of one key row, over the queries at or after it.
 @compute @workgroup_size(64)
 fn attention_backward_cols(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let s = position(wid, nwg, lid);  // s.t is the key position t2
+    let s = position(wid, nwg, lid);  // s.t is the key position
     if !s.ok {
         return;
+    }
+    let ko = qkv_at(s.b, s.t, s.h, 1u);
+    let vo = ko + p.c;
+    var k: array<f32, MAX_HS>;
+    var v: array<f32, MAX_HS>;
+    for (var i = 0u; i < HS; i++) {
+        k[i] = qkv[ko + i] * p.scale;
+        v[i] = qkv[vo + i];
     }
     var dk: array<f32, MAX_HS>;
     var dv: array<f32, MAX_HS>;
     for (var t = s.t; t < p.t; t++) {
-        let a = (s.bh * p.t + t) * p.t + s.t;
-        let w = att_in[a];
-        let dp = dpre_in[a];
         let qo = qkv_at(s.b, t, s.h, 0u);
-        let go = (s.b * p.t + t) * p.c + s.h * HS;
+        let go = out_at(s.b, t, s.h);
+        var sc = 0.0;
+        var dp = 0.0;
         for (var i = 0u; i < HS; i++) {
-            dk[i] = fma(dp, qkv[qo + i], dk[i]);
+            sc = fma(qkv[qo + i], k[i], sc);
+            dp = fma(dout[go + i], v[i], dp);
+        }
+        let stat = s.bh * p.t + t;
+        let w = exp(sc - lse_in[stat]);
+        let ds = w * (dp - dstat_in[stat]);
+        for (var i = 0u; i < HS; i++) {
+            dk[i] = fma(ds, qkv[qo + i], dk[i]);
             dv[i] = fma(w, dout[go + i], dv[i]);
         }
     }
-    let ko = qkv_at(s.b, s.t, s.h, 1u);
-    let vo = qkv_at(s.b, s.t, s.h, 2u);
     for (var i = 0u; i < HS; i++) {
         dqkv[ko + i] = p.scale * dk[i];
         dqkv[vo + i] = dv[i];
@@ -180,7 +206,7 @@ fn attention_backward_cols(
 // tiles of 64 keys (32 queries): every key and value row is read once per 16 queries.
 // Thread layout: (row r = lid / 16, lane l = lid % 16); a thread owns the 4 tile columns
 // l, l + 16, l + 32, l + 48 of its row (scores) or the 4 head dimensions l, l + 16, ...
-// (outputs). The probabilities in `att` are the same as the per-row kernels write.
+// (outputs). Workgroup memory per kernel stays under 32 KiB.
 
 const TB: u32 = 16u;       // query (or key) rows per workgroup
 const KT: u32 = 64u;       // keys per tile
@@ -188,15 +214,18 @@ const QT: u32 = 32u;       // queries per tile (backward_cols)
 const SD: u32 = 65u;       // padded row stride of tiles in workgroup memory
 const TWG: u32 = 256u;
 
-var<workgroup> tile_rows: array<f32, 1040>;   // (TB, SD): q or dout rows of the block
+var<workgroup> tile_rows: array<f32, 1040>;   // (TB, SD): the block's q, dout or k rows
+var<workgroup> tile_rows2: array<f32, 1040>;  // (TB, SD): the block's q or v rows
 var<workgroup> tile_kv: array<f32, 4160>;     // (KT, SD): keys or values
-var<workgroup> tile_p: array<f32, 1024>;      // (TB, KT): probabilities or dpreatt
+var<workgroup> tile_p: array<f32, 1024>;      // (TB, KT): probabilities or dS
 var<workgroup> tile_red: array<f32, 256>;     // (TB, 16) partial max / sums
 var<workgroup> tile_stat: array<f32, 16>;     // (TB,) per-row result
 var<workgroup> tile_q: array<f32, 2080>;      // (QT, SD) backward_cols: q rows
 var<workgroup> tile_g: array<f32, 2080>;      // (QT, SD) backward_cols: dout rows
-var<workgroup> tile_a: array<f32, 512>;       // (QT, TB) backward_cols: att
-var<workgroup> tile_d: array<f32, 512>;       // (QT, TB) backward_cols: dpreatt
+var<workgroup> tile_a: array<f32, 512>;       // (QT, TB) backward_cols: P
+var<workgroup> tile_d: array<f32, 512>;       // (QT, TB) backward_cols: dS
+var<workgroup> tile_l: array<f32, 32>;        // (QT,) backward_cols: lse of the query rows
+var<workgroup> tile_dd: array<f32, 32>;       // (QT,) backward_cols: D of the query rows
 
 struct Block {
     b: u32,
@@ -214,7 +243,7 @@ fn block_of(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
     return Block(bh / p.nh, bh % p.nh, bh, t0, min(TB, p.t - t0));
 }
 
-// Load HS columns of `rows` rows of part `part` of qkv (rows t0 ..) into tile_kv (zeros past T).
+// Load HS columns of KT rows of part `part` of qkv (rows t0 ..) into tile_kv (zeros past T).
 fn load_kv(b: u32, h: u32, t0: u32, part: u32, lid: u32) {
     for (var i = lid; i < KT * HS; i += TWG) {
         let r = i / HS;
@@ -243,6 +272,9 @@ fn row_reduce(lid: u32, v: f32, take_max: bool) {
     workgroupBarrier();
 }
 
+// out and lse of 16 query rows: one pass over the key tiles with a running row maximum; a
+// thread keeps its share of the row's exp-sum and its 4 output columns, rescaled whenever
+// the maximum grows.
 @compute @workgroup_size(256)
 fn attention_forward_tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -254,65 +286,48 @@ fn attention_forward_tiled(
     let l = lid % 16u;
     let t = blk.t0 + r;  // this thread's query row (may be past T: computes, never stores)
     let valid = r < blk.rows;
-    let row = (blk.bh * p.t + min(t, p.t - 1u)) * p.t;
     for (var i = lid; i < TB * HS; i += TWG) {
         let rr = i / HS;
         var v = 0.0;
         if rr < blk.rows {
-            v = qkv[qkv_at(blk.b, blk.t0 + rr, blk.h, 0u) + i % HS];
+            v = qkv[qkv_at(blk.b, blk.t0 + rr, blk.h, 0u) + i % HS] * p.scale;
         }
         tile_rows[rr * SD + i % HS] = v;
     }
-    let t_last = blk.t0 + blk.rows - 1u;
-    let tiles = t_last / KT + 1u;
-
-    // Scores, written raw to att; running max per row.
-    var mx = -3.402823e38;
+    let tiles = (blk.t0 + blk.rows - 1u) / KT + 1u;
+    var m = NEG_BIG;  // the row's running maximum (the same in its 16 threads)
+    var sum = 0.0;    // this thread's share of Σ exp(s - m)
+    var o = vec4<f32>(0.0);
     for (var kt = 0u; kt < tiles; kt++) {
         workgroupBarrier();
         load_kv(blk.b, blk.h, kt * KT, 1u, lid);
         workgroupBarrier();
+        var sc = vec4<f32>(NEG_BIG);
+        var tmax = NEG_BIG;
         for (var e = 0u; e < 4u; e++) {
             let kj = l + 16u * e;
-            let key = kt * KT + kj;
             var d = 0.0;
             for (var i = 0u; i < HS; i++) {
                 d = fma(tile_rows[r * SD + i], tile_kv[kj * SD + i], d);
             }
-            if valid && key <= t {
-                d *= p.scale;
-                att[row + key] = d;
-                mx = max(mx, d);
+            if valid && kt * KT + kj <= t {
+                sc[e] = d;
+                tmax = max(tmax, d);
             }
         }
-    }
-    row_reduce(lid, mx, true);
-    let rmax = tile_stat[r];
-    var sum = 0.0;
-    if valid {
-        for (var key = l; key <= t; key += 16u) {
-            sum += exp(att[row + key] - rmax);
+        row_reduce(lid, tmax, true);
+        let m_new = max(m, tile_stat[r]);
+        let c = exp(m - m_new);
+        sum *= c;
+        o *= c;
+        m = m_new;
+        for (var e = 0u; e < 4u; e++) {
+            let w = select(0.0, exp(sc[e] - m), sc[e] > NEG_BIG);
+            sum += w;
+            tile_p[r * KT + l + 16u * e] = w;
         }
-    }
-    workgroupBarrier();
-    row_reduce(lid, sum, false);
-    let inv = 1.0 / tile_stat[r];
-
-    // out = P v, one value tile at a time; att gets the normalised probabilities.
-    var o = vec4<f32>(0.0);
-    for (var kt = 0u; kt < tiles; kt++) {
         workgroupBarrier();
         load_kv(blk.b, blk.h, kt * KT, 2u, lid);
-        for (var e = 0u; e < 4u; e++) {
-            let kj = l + 16u * e;
-            let key = kt * KT + kj;
-            var w = 0.0;
-            if valid && key <= t {
-                w = exp(att[row + key] - rmax) * inv;
-                att[row + key] = w;
-            }
-            tile_p[r * KT + kj] = w;
-        }
         workgroupBarrier();
         for (var kj = 0u; kj < KT; kj++) {
             let w = tile_p[r * KT + kj];
@@ -322,17 +337,24 @@ fn attention_forward_tiled(
             }
         }
     }
+    row_reduce(lid, sum, false);
+    let total = tile_stat[r];
     if valid {
-        let oo = (blk.b * p.t + t) * p.c + blk.h * HS;
+        let oo = out_at(blk.b, t, blk.h);
         for (var e = 0u; e < 4u; e++) {
             let d = l + 16u * e;
             if d < HS {
-                out[oo + d] = o[e];
+                out[oo + d] = o[e] / total;
             }
+        }
+        if l == 0u {
+            lse[blk.bh * p.t + t] = m + log(total);
         }
     }
 }
 
+// dq and D of 16 query rows; per key tile: dP from the value tile, then P and dS from the
+// key tile, which stays in workgroup memory for dq += dS k.
 @compute @workgroup_size(256)
 fn attention_backward_rows_tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -344,54 +366,61 @@ fn attention_backward_rows_tiled(
     let l = lid % 16u;
     let t = blk.t0 + r;
     let valid = r < blk.rows;
-    let row = (blk.bh * p.t + min(t, p.t - 1u)) * p.t;
     for (var i = lid; i < TB * HS; i += TWG) {
         let rr = i / HS;
-        var v = 0.0;
+        let d = i % HS;
+        var g = 0.0;
+        var q = 0.0;
         if rr < blk.rows {
-            v = dout[(blk.b * p.t + blk.t0 + rr) * p.c + blk.h * HS + i % HS];
+            g = dout[out_at(blk.b, blk.t0 + rr, blk.h) + d];
+            q = qkv[qkv_at(blk.b, blk.t0 + rr, blk.h, 0u) + d] * p.scale;
         }
-        tile_rows[rr * SD + i % HS] = v;
+        tile_rows[rr * SD + d] = g;
+        tile_rows2[rr * SD + d] = q;
     }
-    let t_last = blk.t0 + blk.rows - 1u;
-    let tiles = t_last / KT + 1u;
-
-    // datt = dout vᵀ (kept in dpreatt), and Σ att ⊙ datt per row.
-    var sum = 0.0;
+    var part = 0.0;
+    if valid {
+        let go = out_at(blk.b, t, blk.h);
+        for (var d = l; d < HS; d += 16u) {
+            part = fma(dout[go + d], out_in[go + d], part);
+        }
+    }
+    row_reduce(lid, part, false);
+    let dd = tile_stat[r];
+    let stat = blk.bh * p.t + min(t, p.t - 1u);
+    let lrow = lse_in[stat];
+    if valid && l == 0u {
+        dstat[stat] = dd;
+    }
+    let tiles = (blk.t0 + blk.rows - 1u) / KT + 1u;
+    var dq = vec4<f32>(0.0);
     for (var kt = 0u; kt < tiles; kt++) {
         workgroupBarrier();
         load_kv(blk.b, blk.h, kt * KT, 2u, lid);
         workgroupBarrier();
+        var dp = vec4<f32>(0.0);
         for (var e = 0u; e < 4u; e++) {
             let kj = l + 16u * e;
-            let key = kt * KT + kj;
             var d = 0.0;
             for (var i = 0u; i < HS; i++) {
                 d = fma(tile_rows[r * SD + i], tile_kv[kj * SD + i], d);
             }
-            if valid && key <= t {
-                dpreatt[row + key] = d;
-                sum = fma(att_in[row + key], d, sum);
-            }
+            dp[e] = d;
         }
-    }
-    row_reduce(lid, sum, false);
-    let total = tile_stat[r];
-
-    // dpreatt = att ⊙ (datt - Σ), dq = scale · dpreatt k.
-    var dq = vec4<f32>(0.0);
-    for (var kt = 0u; kt < tiles; kt++) {
         workgroupBarrier();
         load_kv(blk.b, blk.h, kt * KT, 1u, lid);
+        workgroupBarrier();
         for (var e = 0u; e < 4u; e++) {
             let kj = l + 16u * e;
-            let key = kt * KT + kj;
-            var dp = 0.0;
-            if valid && key <= t {
-                dp = att_in[row + key] * (dpreatt[row + key] - total);
-                dpreatt[row + key] = dp;
+            var sc = 0.0;
+            for (var i = 0u; i < HS; i++) {
+                sc = fma(tile_rows2[r * SD + i], tile_kv[kj * SD + i], sc);
             }
-            tile_p[r * KT + kj] = dp;
+            var ds = 0.0;
+            if valid && kt * KT + kj <= t {
+                ds = exp(sc - lrow) * (dp[e] - dd);
+            }
+            tile_p[r * KT + kj] = ds;
         }
         workgroupBarrier();
         for (var kj = 0u; kj < KT; kj++) {
@@ -413,7 +442,8 @@ fn attention_backward_rows_tiled(
     }
 }
 
-// dk, dv of a block of 16 key rows: queries t >= key, in tiles of 32.
+// dk, dv of a block of 16 key rows: queries t >= key, in tiles of 32; P and dS of each
+// (query, key) pair of a tile are recomputed once, two pairs per thread.
 @compute @workgroup_size(256)
 fn attention_backward_cols_tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -423,6 +453,19 @@ fn attention_backward_cols_tiled(
     let blk = block_of(wid, nwg);  // blk.t0: first key of the block
     let r = lid / 16u;             // this thread's key row in the block
     let l = lid % 16u;
+    for (var i = lid; i < TB * HS; i += TWG) {
+        let rr = i / HS;
+        let d = i % HS;
+        var k = 0.0;
+        var v = 0.0;
+        if rr < blk.rows {
+            let ko = qkv_at(blk.b, blk.t0 + rr, blk.h, 1u);
+            k = qkv[ko + d] * p.scale;
+            v = qkv[ko + p.c + d];
+        }
+        tile_rows[rr * SD + d] = k;
+        tile_rows2[rr * SD + d] = v;
+    }
     var dk = vec4<f32>(0.0);
     var dv = vec4<f32>(0.0);
     let q_first = blk.t0 - blk.t0 % QT;
@@ -435,45 +478,61 @@ fn attention_backward_cols_tiled(
             var gv = 0.0;
             if q0 + qi < p.t {
                 qv = qkv[qkv_at(blk.b, q0 + qi, blk.h, 0u) + d];
-                gv = dout[(blk.b * p.t + q0 + qi) * p.c + blk.h * HS + d];
+                gv = dout[out_at(blk.b, q0 + qi, blk.h) + d];
             }
             tile_q[qi * SD + d] = qv;
             tile_g[qi * SD + d] = gv;
         }
-        for (var i = lid; i < QT * TB; i += TWG) {
-            let qi = i / TB;
-            let kj = i % TB;
-            let tq = q0 + qi;
-            let key = blk.t0 + kj;
-            var av = 0.0;
+        if lid < QT {
+            var lv = 0.0;
             var dv2 = 0.0;
-            if tq < p.t && key <= tq && kj < blk.rows {
-                let a = (blk.bh * p.t + tq) * p.t + key;
-                av = att_in[a];
-                dv2 = dpre_in[a];
+            if q0 + lid < p.t {
+                let stat = blk.bh * p.t + q0 + lid;
+                lv = lse_in[stat];
+                dv2 = dstat_in[stat];
             }
-            tile_a[i] = av;
-            tile_d[i] = dv2;
+            tile_l[lid] = lv;
+            tile_dd[lid] = dv2;
+        }
+        workgroupBarrier();
+        for (var u = 0u; u < 2u; u++) {
+            let idx = lid + u * TWG;
+            let qi = idx / TB;
+            let kj = idx % TB;
+            let tq = q0 + qi;
+            var w = 0.0;
+            var ds = 0.0;
+            if tq < p.t && blk.t0 + kj <= tq && kj < blk.rows {
+                var sc = 0.0;
+                var dp = 0.0;
+                for (var i = 0u; i < HS; i++) {
+                    sc = fma(tile_q[qi * SD + i], tile_rows[kj * SD + i], sc);
+                    dp = fma(tile_g[qi * SD + i], tile_rows2[kj * SD + i], dp);
+                }
+                w = exp(sc - tile_l[qi]);
+                ds = w * (dp - tile_dd[qi]);
+            }
+            tile_a[idx] = w;
+            tile_d[idx] = ds;
         }
         workgroupBarrier();
         for (var qi = 0u; qi < QT; qi++) {
             let w = tile_a[qi * TB + r];
-            let dp = tile_d[qi * TB + r];
+            let ds = tile_d[qi * TB + r];
             for (var e = 0u; e < 4u; e++) {
                 let d = min(l + 16u * e, HS - 1u);
-                dk[e] = fma(dp, tile_q[qi * SD + d], dk[e]);
+                dk[e] = fma(ds, tile_q[qi * SD + d], dk[e]);
                 dv[e] = fma(w, tile_g[qi * SD + d], dv[e]);
             }
         }
     }
     if r < blk.rows {
         let ko = qkv_at(blk.b, blk.t0 + r, blk.h, 1u);
-        let vo = qkv_at(blk.b, blk.t0 + r, blk.h, 2u);
         for (var e = 0u; e < 4u; e++) {
             let d = l + 16u * e;
             if d < HS {
                 dqkv[ko + d] = p.scale * dk[e];
-                dqkv[vo + d] = dv[e];
+                dqkv[ko + p.c + d] = dv[e];
             }
         }
     }

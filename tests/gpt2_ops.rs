@@ -135,47 +135,40 @@ fn attention_forward_and_backward() {
         .flat_map(|s| variants.map(move |v| (s, v)))
     {
         let s = AttentionShape { b, t, c, nh };
-        let qkv = random(b * t * 3 * c, 10);
+        // Odd T: larger scores, peaky rows, so the running maximum of the one-pass forward
+        // moves by a lot and late.
+        let amp = if t % 2 == 1 { 4.0 } else { 1.0 };
+        let qkv: Vec<f32> = random(b * t * 3 * c, 10).iter().map(|x| x * amp).collect();
         let dout = random(b * t * c, 11);
         let tq = g.upload("qkv", &qkv, &[b, t, 3 * c]).unwrap();
         let td = g.upload("dout", &dout, &[b, t, c]).unwrap();
         let out = g.zeros("out", &[b, t, c]).unwrap();
-        let att = g.zeros("att", &[b, nh, t, t]).unwrap();
-        let dpre = g.zeros("dpreatt", &[b, nh, t, t]).unwrap();
+        let lse = g.zeros("lse", &[b, nh, t]).unwrap();
+        let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
         let dqkv = g.zeros("dqkv", &[b, t, 3 * c]).unwrap();
-        let f = attention::forward_with(g, v, &out, &att, &tq, &s).unwrap();
-        let [r, cl] = attention::backward_with(g, v, &dqkv, &dpre, &td, &tq, &att, &s).unwrap();
+        let f = attention::forward_with(g, v, &out, &lse, &tq, &s).unwrap();
+        let [r, cl] =
+            attention::backward_with(g, v, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
         g.run(&[&f, &r, &cl]).unwrap();
-        let (mut wo, mut wa, mut wd) = (
+        let (mut wo, mut wl, mut wd) = (
             vec![0.0; b * t * c],
-            vec![0.0; b * nh * t * t],
+            vec![0.0; b * nh * t],
             vec![0.0; b * t * 3 * c],
         );
-        cpu::attention_forward(&mut wo, &mut wa, &qkv, b, t, c, nh);
-        cpu::attention_backward(&mut wd, &dout, &qkv, &wa, b, t, c, nh);
+        cpu::attention_forward(&mut wo, &mut wl, &qkv, b, t, c, nh);
+        cpu::attention_backward(&mut wd, &dout, &qkv, b, t, c, nh);
+        let what = format!("{v:?} {s:?}");
+        let got = g.download(&out).unwrap();
+        assert_close(&got, &wo, ATOL, RTOL, &format!("attention out {what}"));
+        let got_lse = g.download(&lse).unwrap();
+        assert_close(&got_lse, &wl, ATOL, RTOL, &format!("attention lse {what}"));
+        let got_dqkv = g.download(&dqkv).unwrap();
         assert_close(
-            &g.download(&out).unwrap(),
-            &wo,
-            ATOL,
-            RTOL,
-            &format!("attention out {v:?} {s:?}"),
-        );
-        // Only the causal part of att is defined.
-        let ga = g.download(&att).unwrap();
-        for (i, (x, y)) in ga.iter().zip(&wa).enumerate() {
-            if i % t <= (i / t) % t {
-                assert!(
-                    (x - y).abs() <= ATOL + RTOL * y.abs(),
-                    "att[{i}] {x} vs {y} ({v:?} {s:?})"
-                );
-            }
-        }
-        assert_close(
-            &g.download(&dqkv).unwrap(),
+            &got_dqkv,
             &wd,
             ATOL,
             RTOL,
-            &format!("attention dqkv {v:?} {s:?}"),
+            &format!("attention dqkv {what}"),
         );
     }
 }

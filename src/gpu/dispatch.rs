@@ -174,16 +174,16 @@ pub enum Kernel {
     GeluBackward,
     /// out = a + b.
     AddForward,
-    /// Causal self-attention forward.
+    /// Causal self-attention forward: output and per-row log-sum-exp.
     AttentionForward,
-    /// Attention backward over query rows: dpreatt and dq.
+    /// Attention backward over query rows: dq and D = rowsum(dout ⊙ out).
     AttentionBackwardRows,
     /// Attention backward over key columns: dk and dv.
     AttentionBackwardCols,
     /// Causal self-attention forward, 16 query rows per workgroup, keys and values in
     /// workgroup-memory tiles (GPUs).
     AttentionForwardTiled,
-    /// Attention backward over blocks of 16 query rows: dpreatt and dq (GPUs).
+    /// Attention backward over blocks of 16 query rows: dq and D (GPUs).
     AttentionBackwardRowsTiled,
     /// Attention backward over blocks of 16 key rows: dk and dv (GPUs).
     AttentionBackwardColsTiled,
@@ -357,7 +357,7 @@ impl Kernel {
             AddForward => &[(5, R), (6, R), (2, W)],
             AttentionForward | AttentionForwardTiled => &[(1, R), (2, W), (3, W)],
             AttentionBackwardRows | AttentionBackwardRowsTiled => {
-                &[(4, R), (1, R), (5, R), (6, W), (7, W)]
+                &[(4, R), (1, R), (5, R), (9, R), (6, W), (7, W)]
             }
             AttentionBackwardCols | AttentionBackwardColsTiled => {
                 &[(4, R), (1, R), (5, R), (8, R), (7, W)]

@@ -1,4 +1,5 @@
-//! `attention.wgsl`: causal multi-head self-attention and its backward.
+//! `attention.wgsl`: causal multi-head self-attention and its backward, flash-style: O(T)
+//! memory per head (each row's log-sum-exp), the probabilities recomputed in the backward.
 
 use crate::error::{Error, Result};
 use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
@@ -114,17 +115,18 @@ impl AttentionShape {
     }
 }
 
-/// out = softmax(q kᵀ / √hs, causal) v per head; saves the probabilities. Kernels of
+/// out = softmax(q kᵀ / √hs, causal) v per head, and each row's log-sum-exp of the scaled
+/// scores, the only statistic the backward needs (no (T, T) matrix is stored). Kernels of
 /// [`AttentionVariant::for_gpu`].
-///   out: (B, T, C)   att: (B, NH, T, T)   qkv: (B, T, 3C)
+///   out: (B, T, C)   lse: (B, NH, T)   qkv: (B, T, 3C)
 pub fn forward(
     gpu: &Gpu,
     out: &Tensor,
-    att: &Tensor,
+    lse: &Tensor,
     qkv: &Tensor,
     s: &AttentionShape,
 ) -> Result<Dispatch> {
-    forward_with(gpu, AttentionVariant::for_gpu(gpu), out, att, qkv, s)
+    forward_with(gpu, AttentionVariant::for_gpu(gpu), out, lse, qkv, s)
 }
 
 /// [`forward`] with the kernels of `variant`.
@@ -132,7 +134,7 @@ pub fn forward_with(
     gpu: &Gpu,
     variant: AttentionVariant,
     out: &Tensor,
-    att: &Tensor,
+    lse: &Tensor,
     qkv: &Tensor,
     s: &AttentionShape,
 ) -> Result<Dispatch> {
@@ -140,7 +142,7 @@ pub fn forward_with(
     let AttentionShape { b, t, c, nh } = *s;
     expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
     expect_len(OP, "out", out, b * t * c)?;
-    expect_len(OP, "att", att, b * nh * t * t)?;
+    expect_len(OP, "lse", lse, b * nh * t)?;
     let (params, hs, grid) = s.prepare()?;
     let (kernel, grid) = if variant.tiled(s) {
         (
@@ -150,23 +152,26 @@ pub fn forward_with(
     } else {
         (Kernel::AttentionForward, grid)
     };
-    gpu.dispatch(kernel, &hs, &params, &[qkv, out, att], grid)
+    gpu.dispatch(kernel, &hs, &params, &[qkv, out, lse], grid)
 }
 
-/// dqkv = ∂attention/∂qkv · dout (written, not added), two dispatches; `dpreatt` is scratch.
-/// Kernels of [`AttentionVariant::for_gpu`].
-///   dqkv: (B, T, 3C)   dpreatt: (B, NH, T, T)   dout: (B, T, C)   qkv, att as in [`forward`]
+/// dqkv = ∂attention/∂qkv · dout (written, not added), two dispatches that recompute the
+/// probabilities from `qkv` and `lse`; `dstat` (B, NH, T) is scratch. Kernels of
+/// [`AttentionVariant::for_gpu`].
+///   dqkv: (B, T, 3C)   dout: (B, T, C)   qkv, out, lse as written by [`forward`]
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     dqkv: &Tensor,
-    dpreatt: &Tensor,
+    dstat: &Tensor,
     dout: &Tensor,
     qkv: &Tensor,
-    att: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
     s: &AttentionShape,
 ) -> Result<[Dispatch; 2]> {
     let v = AttentionVariant::for_gpu(gpu);
-    backward_with(gpu, v, dqkv, dpreatt, dout, qkv, att, s)
+    backward_with(gpu, v, dqkv, dstat, dout, qkv, out, lse, s)
 }
 
 /// [`backward`] with the kernels of `variant`.
@@ -175,10 +180,11 @@ pub fn backward_with(
     gpu: &Gpu,
     variant: AttentionVariant,
     dqkv: &Tensor,
-    dpreatt: &Tensor,
+    dstat: &Tensor,
     dout: &Tensor,
     qkv: &Tensor,
-    att: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
     s: &AttentionShape,
 ) -> Result<[Dispatch; 2]> {
     const OP: &str = "attention::backward";
@@ -186,8 +192,9 @@ pub fn backward_with(
     expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
     expect_len(OP, "dqkv", dqkv, b * t * 3 * c)?;
     expect_len(OP, "dout", dout, b * t * c)?;
-    expect_len(OP, "att", att, b * nh * t * t)?;
-    expect_len(OP, "dpreatt", dpreatt, b * nh * t * t)?;
+    expect_len(OP, "out", out, b * t * c)?;
+    expect_len(OP, "lse", lse, b * nh * t)?;
+    expect_len(OP, "dstat", dstat, b * nh * t)?;
     let (params, hs, grid) = s.prepare()?;
     let (rows, cols, grid) = if variant.tiled(s) {
         (
@@ -203,7 +210,13 @@ pub fn backward_with(
         )
     };
     Ok([
-        gpu.dispatch(rows, &hs, &params, &[dout, qkv, att, dpreatt, dqkv], grid)?,
-        gpu.dispatch(cols, &hs, &params, &[dout, qkv, att, dpreatt, dqkv], grid)?,
+        gpu.dispatch(
+            rows,
+            &hs,
+            &params,
+            &[dout, qkv, lse, out, dstat, dqkv],
+            grid,
+        )?,
+        gpu.dispatch(cols, &hs, &params, &[dout, qkv, lse, dstat, dqkv], grid)?,
     ])
 }

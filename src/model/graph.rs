@@ -159,7 +159,8 @@ struct BlockActs {
     mean1: Tensor,
     rstd1: Tensor,
     qkv: Tensor,
-    att: Tensor,
+    /// Per-row log-sum-exp of the attention scores (B, NH, T): all the backward keeps of softmax.
+    lse: Tensor,
     atty: Tensor,
     xmid: Tensor,
     ln2: Tensor,
@@ -443,7 +444,7 @@ impl TrainGraph {
                 mean1: z("ln_1.mean", &[bt])?,
                 rstd1: z("ln_1.rstd", &[bt])?,
                 qkv: z("qkv", &[bt, 3 * c])?,
-                att: z("att", &[b, nh, t, t])?,
+                lse: z("attn log-sum-exp", &[b, nh, t])?,
                 atty: z("attn_y", &[bt, c])?,
                 xmid: z("residual mid", &[bt, c])?,
                 ln2: z("ln_2", &[bt, c])?,
@@ -473,7 +474,7 @@ impl TrainGraph {
         let dln = bl.zeros("d ln", &[bt, c])?;
         let datty = bl.zeros("d attn_y", &[bt, c])?;
         let dqkv = bl.zeros("d qkv", &[bt, 3 * c])?;
-        let dpre = bl.zeros("d preatt", &[b, nh, t, t])?;
+        let dstat = bl.zeros("attn rowsum(dout ⊙ out)", &[b, nh, t])?;
         let dgelu = bl.zeros("d gelu", &[bt, 4 * c])?;
         let dfc = bl.zeros("d c_fc", &[bt, 4 * c])?;
         let du = bl.zeros("d u", &[bt, r])?;
@@ -530,7 +531,7 @@ impl TrainGraph {
                     scale,
                     train,
                 )?;
-                fwd.push(attention::forward(gpu, &a.atty, &a.att, &a.qkv, &ashape)?);
+                fwd.push(attention::forward(gpu, &a.atty, &a.lse, &a.qkv, &ashape)?);
                 bl.linear(
                     &mut fwd,
                     &tmp_c,
@@ -688,7 +689,9 @@ impl TrainGraph {
                 bt,
                 scale,
             )?;
-            for d in attention::backward(gpu, &dqkv, &dpre, &datty, &a.qkv, &a.att, &ashape)? {
+            let (qkv, out) = (&a.qkv, &a.atty);
+            let attn = attention::backward(gpu, &dqkv, &dstat, &datty, qkv, out, &a.lse, &ashape)?;
+            for d in attn {
                 bwd.push(d);
             }
             bl.linear_backward(
