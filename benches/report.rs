@@ -11,8 +11,9 @@
 //! ```
 //!
 //! `--quick` uses small shapes (minutes on lavapipe): kernels at 64..256, training the `tiny`
-//! shape at B=2 T=32. Timed training steps stop after `--max-train-seconds` (at least 3 run). Timing: each sample submits `reps` copies of the dispatches in one compute
-//! pass and waits for the GPU; `reps` is chosen so that a sample lasts about 30 ms (one run at
+//! shape at B=2 T=32. Timed training steps stop after `--max-train-seconds` (at least 3 run);
+//! `--steps 0` only builds each training graph and reports what it allocates (memory, no
+//! speed). Timing: each sample submits `reps` copies of the dispatches in one compute pass and waits for the GPU; `reps` is chosen so that a sample lasts about 30 ms (one run at
 //! least), and the figure is the median of the samples, after a warm-up run.
 //! `--train-variants` names the matmul variants the training graph is built with (through
 //! `LORA_WGPU_MATMUL`; `default` is the adapter's own choice; `before` is the adapter's matmul
@@ -615,6 +616,19 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         let build = Instant::now();
         let mut graph = TrainGraph::new(g, model, &lora, None, 0, b, t, &AdamW::default())?;
         let build_s = build.elapsed().as_secs_f64();
+        let graph_mib = graph.allocated_bytes() as f64 / (1u64 << 20) as f64;
+        let weights_mib = wbytes as f64 / (1u64 << 20) as f64;
+        if args.steps == 0 {
+            // Memory only: everything a step uses is allocated when the graph is built.
+            println!(
+                "{label}: graph {graph_mib:.1} MiB + weights {weights_mib:.1} MiB = {:.1} MiB allocated (no steps run)",
+                graph_mib + weights_mib
+            );
+            return Ok(json!({"shape": args.shape, "batch": b, "seq": t, "rank": args.rank,
+                "variant": variant, "matmul": mm, "graph_mib": graph_mib,
+                "weights_mib": weights_mib, "peak_mib": graph_mib + weights_mib,
+                "build_s": build_s}));
+        }
         let tokens: Vec<u32> = (0..b * t)
             .map(|i| ((i * 7919) % cfg.vocab_size) as u32)
             .collect();
@@ -644,8 +658,6 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let tps = (b * t) as f64 / median;
-        let graph_mib = graph.allocated_bytes() as f64 / (1u64 << 20) as f64;
-        let weights_mib = wbytes as f64 / (1u64 << 20) as f64;
         println!(
             "{label}: matmul {mm}, step {:.2} ms (median of {}), {tps:.1} tokens/s, loss {loss:.4}, graph {graph_mib:.1} MiB + weights {weights_mib:.1} MiB = {:.1} MiB, build {build_s:.2} s",
             median * 1e3,

@@ -44,7 +44,7 @@ print("-" * 100)
 # Per-kernel-kind profile of one training step: the first kernels ("before") beside the
 # adapter's own ("own"), ms per step.
 steps = {(r["seq"], r["variant"]): r["step_ms_median"]
-         for r in (report or {}).get("train", []) if "error" not in r}
+         for r in (report or {}).get("train", []) if "step_ms_median" in r}
 for t in sorted({p["seq"] for p in (report or {}).get("profile", [])}):
     sets = [p for p in report["profile"] if p["seq"] == t and "error" not in p]
     for p in report["profile"]:
@@ -70,7 +70,12 @@ seqs = sorted({r["seq"] for r in (report or {}).get("train", []) if "error" not 
 for t in seqs:
     ours = [r for r in (report or {}).get("train", []) if r["seq"] == t and "error" not in r]
     theirs = [p for p in peft if p["seq"] == t]
+    timed = [r for r in ours if "tokens_per_s" in r]
     for r in ours:
+        if r not in timed:  # a --steps 0 run: allocation only
+            print(f"T={t:<5} lora-wgpu [{r['variant']:>8}] memory only: allocated {r['peak_mib']:8.1f} MiB "
+                  f"(graph {r['graph_mib']:.1f} + weights {r['weights_mib']:.1f})")
+            continue
         print(f"T={t:<5} lora-wgpu [{r['variant']:>8} -> {r['matmul']}] {r['tokens_per_s']:>10,.0f} tok/s  "
               f"step {r['step_ms_median']:8.2f} ms  peak alloc {r['peak_mib']:8.1f} MiB "
               f"(graph {r['graph_mib']:.1f} + weights {r['weights_mib']:.1f})")
@@ -78,7 +83,11 @@ for t in seqs:
         print(f"T={t:<5} PyTorch {p['torch']} + PEFT ({p['device']}, {p.get('device_name', '')}) "
               f"{p['tokens_per_s']:>10,.0f} tok/s  step {p['step_s_median'] * 1e3:8.2f} ms  "
               f"peak {p['peak_mib']:8.1f} MiB ({'max_memory_allocated' if p['device'] == 'cuda' else 'RSS growth'})")
-    if ours and theirs:
+    if ours and theirs and not timed:
+        print(f"T={t:<5} MEMORY lora-wgpu/PyTorch+PEFT = {ours[0]['peak_mib']:.0f} / {theirs[0]['peak_mib']:.0f} MiB "
+              f"= {ours[0]['peak_mib'] / max(theirs[0]['peak_mib'], 1e-9):.2f}x")
+    elif timed and theirs:
+        ours = timed
         best = max(ours, key=lambda r: r["tokens_per_s"])
         for r in ours:
             if r is not best:
