@@ -7,7 +7,7 @@
 //! cargo bench --bench report -- [--quick] [--json target/report.json]
 //!     [--shape gpt2] [--batch 4] [--seq 128,1024] [--rank 8] [--steps 10] [--warmup 2]
 //!     [--train-variants default,before,tiled8x8] [--max-train-seconds 30] [--no-kernels]
-//!     [--no-train] [--no-profile]
+//!     [--no-train] [--no-profile] [--f16-weights]
 //! ```
 //!
 //! `--quick` uses small shapes (minutes on lavapipe): kernels at 64..256, training the `tiny`
@@ -19,6 +19,7 @@
 //! `LORA_WGPU_MATMUL`; `default` is the adapter's own choice; `before` is the adapter's matmul
 //! with the first LoRA and attention kernels, `LORA_WGPU_LORA=workgroup`,
 //! `LORA_WGPU_ATTENTION=rows`).
+//! `--f16-weights` stores the linear layers' frozen weights as f16 (`WeightStorage::F16`).
 //! Before the training runs (unless `--no-profile`), a per-kernel-kind profile of one training
 //! step at each T (see `profile`), on GPUs for the first kernels and the adapter's own.
 
@@ -32,7 +33,7 @@ use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 use lora_wgpu::kernels::{elementwise, layernorm};
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 use serde_json::{json, Value};
 
@@ -50,6 +51,7 @@ struct Args {
     kernels: bool,
     train: bool,
     profile: bool,
+    f16_weights: bool,
 }
 
 fn parse_args() -> Args {
@@ -96,6 +98,7 @@ fn parse_args() -> Args {
         kernels: !has("--no-kernels"),
         train: !has("--no-train"),
         profile: !has("--no-profile"),
+        f16_weights: has("--f16-weights"),
     }
 }
 
@@ -624,10 +627,12 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
                 "{label}: graph {graph_mib:.1} MiB + weights {weights_mib:.1} MiB = {:.1} MiB allocated (no steps run)",
                 graph_mib + weights_mib
             );
-            return Ok(json!({"shape": args.shape, "batch": b, "seq": t, "rank": args.rank,
+            return Ok(
+                json!({"shape": args.shape, "batch": b, "seq": t, "rank": args.rank,
                 "variant": variant, "matmul": mm, "graph_mib": graph_mib,
                 "weights_mib": weights_mib, "peak_mib": graph_mib + weights_mib,
-                "build_s": build_s}));
+                "build_s": build_s}),
+            );
         }
         let tokens: Vec<u32> = (0..b * t)
             .map(|i| ((i * 7919) % cfg.vocab_size) as u32)
@@ -711,8 +716,13 @@ fn main() -> lora_wgpu::Result<()> {
     if args.train {
         let cfg = Gpt2Config::named(&args.shape)?;
         let host = weights::random(&cfg, 0);
-        let wbytes: usize = host.values().map(|v| v.len() * 4).sum();
-        let model = Gpt2::upload(&g, &cfg, &host)?;
+        let storage = if args.f16_weights {
+            WeightStorage::F16
+        } else {
+            WeightStorage::F32
+        };
+        let model = Gpt2::upload_with(&g, &cfg, &host, storage)?;
+        let wbytes = model.allocated_bytes() as usize;
         drop(host);
         if args.profile {
             report["profile"] = profiles(&g, &args, &cfg);

@@ -53,6 +53,10 @@ const WG: u32 = 64u;
 @group(0) @binding(15) var<storage, read> bias: array<f32>;
 @group(0) @binding(16) var<storage, read> x4: array<vec4<f32>>;
 
+// Reads of the weight w4 go through w4_at: ShaderFile::DecodeF16 builds this file with it
+// stored as f16 and widened here.
+fn w4_at(i: u32) -> vec4<f32> { return w4[i]; }
+
 var<workgroup> red: array<f32, WG>;
 
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, size: u32) -> u32 {
@@ -195,10 +199,10 @@ fn gemv_cols(
     var acc: array<vec4<f32>, MAX_ROWS>;
     for (var k = 0u; k < p.c; k += 4u) {
         let o = k * n4 + j;
-        let w0 = w4[o];
-        let w1 = w4[o + n4];
-        let w2 = w4[o + 2u * n4];
-        let w3 = w4[o + 3u * n4];
+        let w0 = w4_at(o);
+        let w1 = w4_at(o + n4);
+        let w2 = w4_at(o + 2u * n4);
+        let w3 = w4_at(o + 3u * n4);
         for (var i = 0u; i < ROWS; i++) {
             let xv = x4[min(r0 + i, p.row) * k4 + k / 4u];
             acc[i] = fma(vec4<f32>(xv.x), w0, acc[i]);
@@ -239,11 +243,11 @@ fn gemv_rows(
     let base = v * k4;
     var k = 0u;
     for (; k + 1u < k4; k += 2u) {
-        acc0 = fma(x4[k], w4[base + k], acc0);
-        acc1 = fma(x4[k + 1u], w4[base + k + 1u], acc1);
+        acc0 = fma(x4[k], w4_at(base + k), acc0);
+        acc1 = fma(x4[k + 1u], w4_at(base + k + 1u), acc1);
     }
     if k < k4 {
-        acc0 = fma(x4[k], w4[base + k], acc0);
+        acc0 = fma(x4[k], w4_at(base + k), acc0);
     }
     let acc = acc0 + acc1;
     out[v] = (acc.x + acc.y) + (acc.z + acc.w);

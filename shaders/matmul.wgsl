@@ -38,6 +38,10 @@ override TN: u32 = 4u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
+// Reads of the B operand (a frozen weight, in the training graph) go through b_at / b4_at:
+// ShaderFile::MatmulF16 builds this file with B stored as f16 and widened here.
+fn b_at(i: u32) -> f32 { return b[i]; }
+
 // op(A)[row, kk]
 fn load_a(base: u32, row: u32, kk: u32) -> f32 {
     if TRANS_A {
@@ -49,9 +53,9 @@ fn load_a(base: u32, row: u32, kk: u32) -> f32 {
 // op(B)[kk, col]
 fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     if TRANS_B {
-        return b[base + col * p.k + kk];
+        return b_at(base + col * p.k + kk);
     }
-    return b[base + kk * p.n + col];
+    return b_at(base + kk * p.n + col);
 }
 
 fn store_c(base: u32, row: u32, col: u32, acc: f32) {
@@ -371,6 +375,7 @@ fn matmul_register(
 // Workgroup: 8 x 8 threads covering 64 x 64 of C.
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+fn b4_at(i: u32) -> vec4<f32> { return b4[i]; }
 
 const VR: u32 = 8u;   // rows per thread (multiple of 4)
 const VC: u32 = 2u;   // column groups of 4 per thread
@@ -399,15 +404,15 @@ fn load_b4(base: u32, col0: u32, kk: u32) -> mat4x4<f32> {
         // stored (N, K): read 4 n-rows of 4 consecutive k, then transpose
         let last = p.n - 1u;
         return transpose(mat4x4<f32>(
-            b4[(base + min(col0, last) * p.k + kk) / 4u],
-            b4[(base + min(col0 + 1u, last) * p.k + kk) / 4u],
-            b4[(base + min(col0 + 2u, last) * p.k + kk) / 4u],
-            b4[(base + min(col0 + 3u, last) * p.k + kk) / 4u],
+            b4_at((base + min(col0, last) * p.k + kk) / 4u),
+            b4_at((base + min(col0 + 1u, last) * p.k + kk) / 4u),
+            b4_at((base + min(col0 + 2u, last) * p.k + kk) / 4u),
+            b4_at((base + min(col0 + 3u, last) * p.k + kk) / 4u),
         ));
     }
     let q = p.n / 4u;
     let s = (base + kk * p.n + min(col0, p.n - 4u)) / 4u;
-    return mat4x4<f32>(b4[s], b4[s + q], b4[s + 2u * q], b4[s + 3u * q]);
+    return mat4x4<f32>(b4_at(s), b4_at(s + q), b4_at(s + 2u * q), b4_at(s + 3u * q));
 }
 
 @compute @workgroup_size(8, 8)

@@ -10,7 +10,9 @@ use lora_wgpu::gpu::{list_adapters, GpuOptions};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
 use lora_wgpu::model::generate::parse_adapter_arg;
-use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter, TrainGraph};
+use lora_wgpu::model::{
+    Generator, Model, ModelSource, SamplingConfig, ScaledAdapter, TrainGraph, WeightStorage,
+};
 use lora_wgpu::train::{self, Duration, Event, TrainConfig, Trainer};
 use lora_wgpu::{merge, Gpu};
 
@@ -31,6 +33,10 @@ struct DeviceArgs {
     /// Adapter index (from `lora-wgpu devices`) or a case-insensitive part of its name.
     #[arg(long, env = "WGPU_ADAPTER_NAME")]
     device: Option<String>,
+    /// Store the frozen weights of the linear layers as f16: half their memory, arithmetic
+    /// still f32 (needs an adapter offering SHADER_F16; see `lora-wgpu devices`).
+    #[arg(long)]
+    f16_weights: bool,
 }
 
 impl DeviceArgs {
@@ -46,6 +52,16 @@ impl DeviceArgs {
 
     fn gpu(&self) -> Result<Gpu> {
         Ok(Gpu::new(&self.options()?)?)
+    }
+
+    /// Load `spec` onto `gpu` with the weight storage these options ask for.
+    fn load_model(&self, gpu: &Gpu, spec: &str) -> Result<Model> {
+        let storage = if self.f16_weights {
+            WeightStorage::F16
+        } else {
+            WeightStorage::F32
+        };
+        Ok(Model::load_with(gpu, spec, storage)?)
     }
 }
 
@@ -443,7 +459,9 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     let resuming = a.resume.is_some();
     check_out_dir(&out, resuming, a.overwrite)?;
     let gpu = a.device.gpu()?;
-    let model = Model::load(&gpu, a.model.as_deref().unwrap_or("tiny"))?;
+    let model = a
+        .device
+        .load_model(&gpu, a.model.as_deref().unwrap_or("tiny"))?;
     let cfg_model = &model.config;
     let block = a.block_size.unwrap_or(if demo {
         Demo::BLOCK
@@ -771,7 +789,7 @@ fn eval_cmd(
     device: &DeviceArgs,
 ) -> Result<()> {
     let gpu = device.gpu()?;
-    let model = Model::load(&gpu, model)?;
+    let model = device.load_model(&gpu, model)?;
     let n = block_size.unwrap_or(1024.min(model.config.n_positions));
     let data = Dataset::from_path(data_path, &model.tokenizer, n, false)?;
     let (lora, params) = match adapter {
@@ -905,7 +923,7 @@ fn generate_cmd(
 ) -> Result<()> {
     sampling.validate()?;
     let gpu = device.gpu()?;
-    let model = Model::load(&gpu, model)?;
+    let model = device.load_model(&gpu, model)?;
     let loaded = adapters
         .iter()
         .map(|a| {

@@ -207,6 +207,32 @@ fn demo_train_then_eval_merge_generate() {
         "the adapter changed nothing: {lb} vs {lt}"
     );
 
+    // --f16-weights: the linear layers' weights at half size, the loss within 1e-2 of f32; a
+    // clear refusal where the adapter lacks SHADER_F16 (or the features are hidden).
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        "--model",
+        "tiny",
+        "--adapter",
+        out_s,
+        "--data",
+        data_s,
+        "--block-size",
+        "16",
+        "--json",
+        "--f16-weights",
+    ]);
+    let gpu = lora_wgpu::Gpu::new(&lora_wgpu::GpuOptions::from_env()).unwrap();
+    if gpu.features().f16 {
+        assert!(ok, "eval --f16-weights failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let l16 = v["loss"].as_f64().unwrap();
+        assert!((l16 - lt).abs() < 1e-2, "f16 weights {l16} vs f32 {lt}");
+    } else {
+        assert!(!ok && stderr.contains("SHADER_F16"), "{stderr}");
+    }
+    drop(gpu);
+
     // merge: the merged model alone evaluates like base + adapter.
     let merged = tmp.path().join("merged");
     let merged_s = merged.to_str().unwrap();

@@ -262,6 +262,15 @@ fn gemv_kernels_match_the_cpu_matmul() {
         let mut want = vec![0.0; m * n];
         lora_wgpu::cpu::matmul(&mut want, &x, &w, Some(&bias), &MatmulOp::new(m, n, k));
         assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_cols");
+        // The same weight stored as f16 (where the adapter offers it): the reference rounds it.
+        if g.features().f16 {
+            let w16: Vec<f32> = w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let tw16 = g.upload_f16("w f16", &w16, &[k, n]).unwrap();
+            let d = decode::gemv_cols(g, &y, &tx, &tw16, Some(&tb), m, k, n).unwrap();
+            g.run(&[&d]).unwrap();
+            lora_wgpu::cpu::matmul(&mut want, &x, &w16, Some(&bias), &MatmulOp::new(m, n, k));
+            assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_cols f16");
+        }
     }
     for (k, n) in [(4, 1), (12, 7), (48, 99), (20, 130)] {
         let (x, w) = (random(k, 4), random(n * k, 5));

@@ -160,6 +160,44 @@ fn ten_adamw_steps_match_pytorch() {
 }
 
 #[test]
+fn f16_frozen_weights_train_within_1e2_of_f32() {
+    use lora_wgpu::model::{weights, Gpt2Config, WeightStorage};
+    let g = gpu();
+    let dir = fixture_dir().join("model");
+    let config = Gpt2Config::from_file(&dir.join("config.json")).unwrap();
+    let host = weights::load(&dir.join("model.safetensors"), &config).unwrap();
+    let storage = WeightStorage::F16;
+    if !g.features().f16 {
+        let e = Gpt2::upload_with(g, &config, &host, storage).unwrap_err();
+        assert!(e.to_string().contains("SHADER_F16"), "{e}");
+        return;
+    }
+    let f = fixture();
+    let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &config).unwrap();
+    let opt = AdamW {
+        lr: 1e-2,
+        ..AdamW::default()
+    };
+    let losses = |storage| -> Vec<f32> {
+        let model = Gpt2::upload_with(g, &config, &host, storage).unwrap();
+        let mut graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, &opt).unwrap();
+        graph.set_batch(g, &f.inputs, &f.targets).unwrap();
+        (1..=10)
+            .map(|s| {
+                graph.step(g, s, opt.lr).unwrap();
+                graph.step_loss(g, s).unwrap()
+            })
+            .collect()
+    };
+    let full = losses(WeightStorage::F32);
+    let half = losses(storage);
+    assert_ne!(full, half, "the f16 weights changed nothing");
+    for (i, (a, b)) in full.iter().zip(&half).enumerate() {
+        assert!((a - b).abs() <= 1e-2, "step {}: f32 {a} vs f16 {b}", i + 1);
+    }
+}
+
+#[test]
 fn lora_dropout_is_applied_and_reproducible() {
     let g = gpu();
     let f = fixture();

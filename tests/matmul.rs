@@ -16,11 +16,16 @@ const VARIANTS: [MatmulVariant; 4] = [
 
 /// Run `op` on the GPU with `variant` and compare with the CPU reference.
 fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
+    check_with(variant, op, with_bias, seed, false);
+}
+
+/// [`check`], with B stored as f16 when `b_f16` (the reference then uses B rounded to f16).
+fn check_with(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64, b_f16: bool) {
     let g = gpu();
     let a_len = op.m * op.k * op.batch;
     let b_len = op.k * op.n; // broadcast over the batch
     let a = random(a_len, seed);
-    let b = random(b_len, seed + 1);
+    let mut b = random(b_len, seed + 1);
     let bias = random(op.n, seed + 2);
     let c0 = random(op.batch * op.m * op.n, seed + 3);
     let a_shape = if op.trans_a {
@@ -34,7 +39,12 @@ fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
         [op.k, op.n]
     };
     let ta = g.upload("a", &a, &a_shape).unwrap();
-    let tb = g.upload("b", &b, &b_shape).unwrap();
+    let tb = if b_f16 {
+        b = b.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        g.upload_f16("b", &b, &b_shape).unwrap()
+    } else {
+        g.upload("b", &b, &b_shape).unwrap()
+    };
     let tbias = g.upload("bias", &bias, &[op.n]).unwrap();
     let tc = g.upload("c", &c0, &[op.batch, op.m, op.n]).unwrap();
     let d = matmul(g, variant, &tc, &ta, &tb, with_bias.then_some(&tbias), &op).unwrap();
@@ -47,8 +57,38 @@ fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
         &want,
         ATOL,
         RTOL,
-        &format!("{variant:?} {op:?} bias={with_bias}"),
+        &format!("{variant:?} {op:?} bias={with_bias} f16 B={b_f16}"),
     );
+}
+
+#[test]
+fn f16_weights_every_variant_and_transpose() {
+    let g = gpu();
+    if !g.features().f16 {
+        // The CI run with optional features hidden: a clear refusal, never a silent misread.
+        let e = g.upload_f16("w", &[1.0; 8], &[2, 4]).unwrap_err();
+        assert!(e.to_string().contains("SHADER_F16"), "{e}");
+        return;
+    }
+    // (64, 32, 128): the register variant's vec4 path; the others its scalar path.
+    let shapes = [(7, 13, 5), (129, 65, 67), (64, 32, 128), (1, 768, 8)];
+    let mut seed = 500;
+    for variant in VARIANTS {
+        for &(m, k, n) in &shapes {
+            for tb in [false, true] {
+                let mut op = MatmulOp::new(m, n, k);
+                op.trans_b = tb;
+                seed += 10;
+                check_with(variant, op, true, seed, true);
+            }
+        }
+    }
+    // An f16 tensor where a kernel expects f32 is refused by name.
+    let w = g.upload_f16("frozen w", &[0.5; 16], &[4, 4]).unwrap();
+    let c = g.zeros("c", &[4, 4]).unwrap();
+    let e = matmul(g, VARIANTS[0], &c, &w, &w, None, &MatmulOp::new(4, 4, 4)).unwrap_err();
+    assert!(e.to_string().contains("frozen w"), "{e}");
+    assert_eq!(g.download(&w).unwrap(), vec![0.5; 16]);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::{Gpu, Tensor};
+use super::{Dtype, Gpu, Tensor};
 use crate::error::{Error, Result};
 
 /// A WGSL source file in `shaders/`.
@@ -36,13 +36,17 @@ pub enum ShaderFile {
     CrossEntropy,
     /// `decode.wgsl`
     Decode,
+    /// `matmul.wgsl` with the B operand stored as f16 (frozen weights, `SHADER_F16`)
+    MatmulF16,
+    /// `decode.wgsl` with the gemv weight stored as f16
+    DecodeF16,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 13] = [
+    pub const ALL: [ShaderFile; 15] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
@@ -56,6 +60,8 @@ impl ShaderFile {
         ShaderFile::Attention,
         ShaderFile::CrossEntropy,
         ShaderFile::Decode,
+        ShaderFile::MatmulF16,
+        ShaderFile::DecodeF16,
     ];
 
     /// File name inside `shaders/`.
@@ -74,6 +80,8 @@ impl ShaderFile {
             ShaderFile::Attention => "attention.wgsl",
             ShaderFile::CrossEntropy => "cross_entropy.wgsl",
             ShaderFile::Decode => "decode.wgsl",
+            ShaderFile::MatmulF16 => "matmul.wgsl (f16 B)",
+            ShaderFile::DecodeF16 => "decode.wgsl (f16 weight)",
         }
     }
 
@@ -81,7 +89,7 @@ impl ShaderFile {
     /// clamped or guarded, and launchers check buffer lengths), so naga's per-access bounds
     /// checks can be left out. On lavapipe they cost about 20% of matmul time.
     pub fn trusted(self) -> bool {
-        matches!(self, ShaderFile::Matmul)
+        matches!(self, ShaderFile::Matmul | ShaderFile::MatmulF16)
     }
 
     /// The complete WGSL module, with shared snippets prepended.
@@ -104,8 +112,35 @@ impl ShaderFile {
                 include_str!("../../shaders/cross_entropy.wgsl").to_string()
             }
             ShaderFile::Decode => include_str!("../../shaders/decode.wgsl").to_string(),
+            ShaderFile::MatmulF16 => f16_build(
+                ShaderFile::Matmul.source(),
+                &[
+                    ("b: array<f32>;", "b: array<f16>;"),
+                    ("{ return b[i]; }", "{ return f32(b[i]); }"),
+                    ("b4: array<vec4<f32>>;", "b4: array<vec4<f16>>;"),
+                    ("{ return b4[i]; }", "{ return vec4<f32>(b4[i]); }"),
+                ],
+            ),
+            ShaderFile::DecodeF16 => f16_build(
+                ShaderFile::Decode.source(),
+                &[
+                    ("w4: array<vec4<f32>>;", "w4: array<vec4<f16>>;"),
+                    ("{ return w4[i]; }", "{ return vec4<f32>(w4[i]); }"),
+                ],
+            ),
         }
     }
+}
+
+/// `src` with `enable f16;` and each `(from, to)` replacement, where `from` occurs exactly
+/// once (the files keep their f16-able reads behind one declaration and one accessor).
+fn f16_build(src: String, replacements: &[(&str, &str)]) -> String {
+    let mut out = format!("enable f16;\n{src}");
+    for (from, to) in replacements {
+        assert_eq!(out.matches(from).count(), 1, "f16 build: `{from}`");
+        out = out.replacen(from, to, 1);
+    }
+    out
 }
 
 /// How a kernel accesses a storage binding.
@@ -128,6 +163,12 @@ pub enum Kernel {
     MatmulRegister,
     /// Register-tiled matmul with vec4 loads (CPU adapters, dimensions multiple of 4).
     MatmulVec4,
+    /// [`Kernel::MatmulTiled`] with B stored as f16.
+    MatmulTiledF16,
+    /// [`Kernel::MatmulRegister`] with B stored as f16.
+    MatmulRegisterF16,
+    /// [`Kernel::MatmulVec4`] with B stored as f16.
+    MatmulVec4F16,
     /// Fused low-rank forward.
     LoraForward,
     /// Fused low-rank forward with vec4 loads and no workgroup memory (CPU adapters).
@@ -205,11 +246,13 @@ pub enum Kernel {
     GemvCols,
     /// One-row x · Wᵀ, W stored (out, in).
     GemvRows,
+    /// [`Kernel::GemvCols`] with W stored as f16.
+    GemvColsF16,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 41] = [
+    pub const ALL: [Kernel; 45] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -251,6 +294,10 @@ impl Kernel {
         Kernel::AttentionForwardTiled,
         Kernel::AttentionBackwardRowsTiled,
         Kernel::AttentionBackwardColsTiled,
+        Kernel::MatmulTiledF16,
+        Kernel::MatmulRegisterF16,
+        Kernel::MatmulVec4F16,
+        Kernel::GemvColsF16,
     ];
 
     /// The shader file holding the kernel.
@@ -258,6 +305,8 @@ impl Kernel {
         use Kernel::*;
         match self {
             MatmulTiled | MatmulRegister | MatmulVec4 => ShaderFile::Matmul,
+            MatmulTiledF16 | MatmulRegisterF16 | MatmulVec4F16 => ShaderFile::MatmulF16,
+            GemvColsF16 => ShaderFile::DecodeF16,
             LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
             | LoraBackwardDx | LoraForwardPar | LoraBackwardDuPar | LoraBackwardDbPar
             | LoraBackwardDaPar => ShaderFile::Lora,
@@ -286,9 +335,9 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
-            MatmulTiled => "matmul_tiled",
-            MatmulRegister => "matmul_register",
-            MatmulVec4 => "matmul_vec4",
+            MatmulTiled | MatmulTiledF16 => "matmul_tiled",
+            MatmulRegister | MatmulRegisterF16 => "matmul_register",
+            MatmulVec4 | MatmulVec4F16 => "matmul_vec4",
             LoraForward => "lora_forward",
             LoraForwardVec4 => "lora_forward_vec4",
             LoraBackwardDu => "lora_backward_du",
@@ -318,7 +367,7 @@ impl Kernel {
             KvStore => "kv_store",
             DecodeAttention => "decode_attention",
             CopyRow => "copy_row",
-            GemvCols => "gemv_cols",
+            GemvCols | GemvColsF16 => "gemv_cols",
             GemvRows => "gemv_rows",
             LoraForwardPar => "lora_forward_par",
             LoraBackwardDuPar => "lora_backward_du_par",
@@ -335,8 +384,10 @@ impl Kernel {
     pub fn bindings(self) -> &'static [(u32, Access)] {
         use Kernel::*;
         match self {
-            MatmulTiled | MatmulRegister => &[(1, R), (2, R), (3, R), (4, W)],
-            MatmulVec4 => &[(5, R), (6, R), (3, R), (4, W)],
+            MatmulTiled | MatmulRegister | MatmulTiledF16 | MatmulRegisterF16 => {
+                &[(1, R), (2, R), (3, R), (4, W)]
+            }
+            MatmulVec4 | MatmulVec4F16 => &[(5, R), (6, R), (3, R), (4, W)],
             LoraForward | LoraForwardPar => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
             LoraForwardVec4 => &[(13, R), (14, R), (15, R), (4, W), (16, W)],
             LoraBackwardDu | LoraBackwardDuPar => &[(6, R), (3, R), (7, W)],
@@ -369,7 +420,7 @@ impl Kernel {
             KvStore => &[(1, R), (6, R), (7, W), (8, W)],
             DecodeAttention => &[(1, R), (6, R), (9, R), (10, R), (11, W), (5, W)],
             CopyRow => &[(12, R), (5, W)],
-            GemvCols => &[(16, R), (14, R), (15, R), (5, W)],
+            GemvCols | GemvColsF16 => &[(16, R), (14, R), (15, R), (5, W)],
             GemvRows => &[(16, R), (14, R), (5, W)],
         }
     }
@@ -377,6 +428,18 @@ impl Kernel {
     /// `file::entry`, for messages.
     pub fn name(self) -> String {
         format!("{}::{}", self.file().name(), self.entry())
+    }
+
+    /// The binding that holds f16 elements (the f16 builds' weight), if any; every other
+    /// binding holds 32-bit ones.
+    pub fn f16_binding(self) -> Option<u32> {
+        use Kernel::*;
+        match self {
+            MatmulTiledF16 | MatmulRegisterF16 => Some(2),
+            MatmulVec4F16 => Some(6),
+            GemvColsF16 => Some(14),
+            _ => None,
+        }
     }
 }
 
@@ -562,6 +625,24 @@ impl Gpu {
                     kernel.name()
                 ),
             ));
+        }
+        for (&(binding, _), t) in spec.iter().zip(tensors) {
+            let want = if kernel.f16_binding() == Some(binding) {
+                Dtype::F16
+            } else {
+                Dtype::F32
+            };
+            if t.dtype() != want {
+                return Err(Error::shape(
+                    "dispatch",
+                    format!(
+                        "{} reads {} as {want:?}, but it holds {:?} elements",
+                        kernel.name(),
+                        t.name(),
+                        t.dtype()
+                    ),
+                ));
+            }
         }
         let pipeline = self.pipeline(kernel, constants)?;
         let layout = self.layout(kernel);

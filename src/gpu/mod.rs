@@ -11,7 +11,7 @@ mod tensor;
 
 pub use dispatch::{Access, Dispatch, Kernel, Recording, ShaderFile};
 pub use readback::ReadbackRing;
-pub use tensor::{Tensor, VIEW_ALIGN};
+pub use tensor::{Dtype, Tensor, VIEW_ALIGN};
 
 pub(crate) use dispatch::groups_1d;
 
@@ -484,6 +484,55 @@ impl Gpu {
         self.upload_words("upload", name, data, shape)
     }
 
+    /// A tensor of `shape` holding `data` rounded to half precision ([`Dtype::F16`]): half the
+    /// memory, for frozen weights that kernels read as f16. Needs `SHADER_F16`
+    /// ([`Gpu::features`]); values beyond f16's range (±65504) are refused.
+    pub fn upload_f16(&self, name: &str, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        const OP: &str = "upload_f16";
+        if !self.features.f16 {
+            return Err(Error::invalid(
+                "f16 weights",
+                name,
+                "this adapter does not offer SHADER_F16 (or LORA_WGPU_NO_OPTIONAL_FEATURES hides it); keep f32 weights",
+            ));
+        }
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{name}: shape {shape:?} holds {len} values but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        let mut half: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+        if let Some(i) = (0..half.len()).find(|&i| half[i].is_infinite() && data[i].is_finite()) {
+            return Err(Error::invalid(
+                "f16 weights",
+                name,
+                format!(
+                    "element {i} = {} is beyond f16's range; keep f32 weights",
+                    data[i]
+                ),
+            ));
+        }
+        // Whole 32-bit words: wgpu writes and sizes buffers in multiples of 4 bytes.
+        if half.len() % 2 == 1 {
+            half.push(half::f16::ZERO);
+        }
+        let bytes = (half.len().max(2) * 2) as u64;
+        self.check_size(name, bytes)?;
+        let t = self.scoped(name, bytes, || {
+            Tensor::new_raw(&self.device, name, shape, bytes).with_dtype(Dtype::F16)
+        })?;
+        if !half.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(&half));
+        }
+        Ok(t)
+    }
+
     /// A tensor of `shape` holding raw 32-bit words (token ids and other integers).
     pub fn upload_u32(&self, name: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
         self.upload_words("upload_u32", name, data, shape)
@@ -533,6 +582,16 @@ impl Gpu {
                 format!("{} has {} values, {} given", t.name(), t.len(), data.len()),
             ));
         }
+        if t.dtype() != Dtype::F32 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} holds {:?} elements; only 32-bit tensors are written in place",
+                    t.name(),
+                    t.dtype()
+                ),
+            ));
+        }
         if !data.is_empty() {
             self.queue
                 .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
@@ -548,10 +607,16 @@ impl Gpu {
         self.check("clear")
     }
 
-    /// Copy `t` back to the host as f32 (waits for the GPU).
+    /// Copy `t` back to the host as f32, widening f16 tensors (waits for the GPU).
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
         let words = self.download_words(t)?;
-        Ok(bytemuck::cast_slice(&words).to_vec())
+        Ok(match t.dtype() {
+            Dtype::F32 => bytemuck::cast_slice(&words).to_vec(),
+            Dtype::F16 => bytemuck::cast_slice::<u32, half::f16>(&words)[..t.len()]
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+        })
     }
 
     /// Copy `t` back to the host as raw 32-bit words (waits for the GPU).
@@ -559,8 +624,9 @@ impl Gpu {
         self.download_words(t)
     }
 
+    /// The tensor's bytes as 32-bit words (an f16 tensor's padded to whole words).
     fn download_words(&self, t: &Tensor) -> Result<Vec<u32>> {
-        let bytes = (t.len() * 4) as u64;
+        let bytes = t.bytes().next_multiple_of(4);
         if bytes == 0 {
             return Ok(Vec::new());
         }

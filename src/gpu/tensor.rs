@@ -1,6 +1,28 @@
-//! A GPU buffer of 32-bit elements with a shape.
+//! A GPU buffer of 32-bit (or, for frozen weights, 16-bit) elements with a shape.
 
-/// A storage buffer of `len()` 32-bit elements (f32 unless said otherwise), row-major `shape`.
+/// Element type of a [`Tensor`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// 32-bit words: f32, or u32 where a kernel says so.
+    #[default]
+    F32,
+    /// IEEE half precision: frozen weights stored at half size where the adapter offers
+    /// `SHADER_F16` (see [`Gpu::upload_f16`](crate::gpu::Gpu::upload_f16)).
+    F16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+}
+
+/// A storage buffer of `len()` elements of [`Tensor::dtype`] (32-bit, f32 unless said
+/// otherwise), row-major `shape`.
 ///
 /// Cloning is cheap: it shares the same GPU buffer.
 #[derive(Clone, Debug)]
@@ -10,6 +32,7 @@ pub struct Tensor {
     offset: u64,
     shape: Vec<usize>,
     len: usize,
+    dtype: Dtype,
     name: String,
 }
 
@@ -32,15 +55,23 @@ impl Tensor {
             offset: 0,
             shape: shape.to_vec(),
             len: shape.iter().product(),
+            dtype: Dtype::F32,
             name: name.to_string(),
         }
     }
 
+    /// This tensor with its elements read as `dtype` (the buffer must hold them).
+    pub(crate) fn with_dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
     /// A view of `shape` starting `start` elements into this tensor, sharing its buffer.
-    /// `start · 4` must be a multiple of [`VIEW_ALIGN`].
+    /// `start` times the element size must be a multiple of [`VIEW_ALIGN`].
     pub fn view(&self, name: &str, start: usize, shape: &[usize]) -> crate::Result<Tensor> {
         let len: usize = shape.iter().product();
-        let offset = self.offset + start as u64 * 4;
+        let esize = self.dtype.size() as u64;
+        let offset = self.offset + start as u64 * esize;
         if start + len > self.len || !offset.is_multiple_of(VIEW_ALIGN) {
             return Err(crate::Error::shape(
                 "view",
@@ -49,7 +80,7 @@ impl Tensor {
                     start + len,
                     self.name,
                     self.len,
-                    VIEW_ALIGN / 4
+                    VIEW_ALIGN / esize
                 ),
             ));
         }
@@ -58,6 +89,7 @@ impl Tensor {
             offset,
             shape: shape.to_vec(),
             len,
+            dtype: self.dtype,
             name: name.to_string(),
         })
     }
@@ -72,7 +104,10 @@ impl Tensor {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new((self.len.max(1) * 4) as u64),
+            // Whole words: an odd-length f16 tensor's buffer is padded to them.
+            size: wgpu::BufferSize::new(
+                (self.len.max(1) * self.dtype.size()).next_multiple_of(4) as u64
+            ),
         })
     }
 
@@ -96,9 +131,14 @@ impl Tensor {
         &self.name
     }
 
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
     /// Size in bytes of the elements this tensor covers.
     pub fn bytes(&self) -> u64 {
-        self.len as u64 * 4
+        (self.len * self.dtype.size()) as u64
     }
 
     /// The wgpu buffer.

@@ -5,7 +5,7 @@
 //! is built once per row count and replayed at every position after a 4-byte write.
 
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::{groups_1d, Dispatch, Dtype, Gpu, Kernel, Tensor};
 
 use super::attention::MAX_HEAD_SIZE;
 use super::{expect_len, groups, u32_of};
@@ -214,7 +214,7 @@ pub const GEMV_MAX_ROWS: usize = 32;
 
 /// A few rows through a linear layer: y = x · w (+ bias), w stored (k, n) as GPT-2's Conv1D.
 /// Each thread owns 4 columns of up to 8 rows, so w is read once per 8 rows; `k` and `n` must
-/// be multiples of 4. Meant for decoding (m = 1) and short prefills.
+/// be multiples of 4. `w` may be an f16 tensor (widened on load). Meant for decoding (m = 1) and short prefills.
 ///   y: (m, n)   x: (m, k)   w: (k, n)   bias: (n,)
 pub fn gemv_cols(
     gpu: &Gpu,
@@ -248,8 +248,12 @@ pub fn gemv_cols(
         ..Params::default()
     };
     let bias = bias.unwrap_or(&gpu.dummy);
+    let kernel = match w.dtype() {
+        Dtype::F32 => Kernel::GemvCols,
+        Dtype::F16 => Kernel::GemvColsF16,
+    };
     gpu.dispatch(
-        Kernel::GemvCols,
+        kernel,
         &[("ROWS", rows as f64)],
         &params,
         &[x, w, bias, y],

@@ -1,7 +1,7 @@
 //! `matmul.wgsl`: C = alpha · op(A) · op(B) (+ bias) (+ C), batched.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, MatmulVariant, Tensor};
+use crate::gpu::{Dispatch, Dtype, Gpu, Kernel, MatmulVariant, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -127,6 +127,8 @@ fn batch_stride(op: &'static str, what: &str, t: &Tensor, one: usize, batch: usi
 /// c = alpha · op(a) · op(b) (+ bias) (+ c).
 ///   c: (batch, m, n)   a: ([batch,] m, k) or transposed   b: ([batch,] k, n) or transposed
 ///   bias: (n,)
+/// `b` may be an f16 tensor ([`Gpu::upload_f16`], a frozen weight): it is widened to f32 on
+/// load and the arithmetic stays f32.
 pub fn matmul(
     gpu: &Gpu,
     variant: MatmulVariant,
@@ -202,6 +204,12 @@ pub fn matmul(
         [0, 0, 0]
     } else {
         grid
+    };
+    let kernel = match (b.dtype(), kernel) {
+        (Dtype::F32, k) => k,
+        (Dtype::F16, Kernel::MatmulTiled) => Kernel::MatmulTiledF16,
+        (Dtype::F16, Kernel::MatmulRegister) => Kernel::MatmulRegisterF16,
+        (Dtype::F16, _) => Kernel::MatmulVec4F16,
     };
     let bias = bias.unwrap_or(&gpu.dummy);
     gpu.dispatch(kernel, &constants, &params, &[a, b, bias, c], grid)

@@ -75,7 +75,7 @@ mod tests {
     fn params_size(file: ShaderFile) -> usize {
         use std::mem::size_of;
         match file {
-            ShaderFile::Matmul => size_of::<super::matmul::Params>(),
+            ShaderFile::Matmul | ShaderFile::MatmulF16 => size_of::<super::matmul::Params>(),
             ShaderFile::Lora => size_of::<super::lora::Params>(),
             ShaderFile::Dropout => size_of::<super::dropout::Params>(),
             ShaderFile::Adamw => size_of::<super::adamw::Params>(),
@@ -87,7 +87,7 @@ mod tests {
             ShaderFile::Elementwise => size_of::<super::elementwise::Params>(),
             ShaderFile::Attention => size_of::<super::attention::Params>(),
             ShaderFile::CrossEntropy => size_of::<super::cross_entropy::Params>(),
-            ShaderFile::Decode => size_of::<super::decode::Params>(),
+            ShaderFile::Decode | ShaderFile::DecodeF16 => size_of::<super::decode::Params>(),
         }
     }
 

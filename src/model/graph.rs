@@ -62,9 +62,56 @@ pub struct Gpt2 {
     pub(crate) ln_f: Dense,
 }
 
+/// How the frozen weights of the linear layers (attn.c_attn, attn.c_proj, mlp.c_fc,
+/// mlp.c_proj: 85 M of GPT-2 124M's parameters) are stored on the GPU. Embeddings, biases and
+/// LayerNorm weights stay f32; all arithmetic is f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// 32-bit floats, exactly as loaded.
+    #[default]
+    F32,
+    /// Half precision (rounded once at upload): half the memory of those weights. Needs an
+    /// adapter with `SHADER_F16`.
+    F16,
+}
+
 impl Gpt2 {
-    /// Upload host weights (as [`weights::load`] or [`weights::random`] return them).
+    /// Upload host weights (as [`weights::load`] or [`weights::random`] return them), f32.
     pub fn upload(gpu: &Gpu, config: &Gpt2Config, w: &HostWeights) -> Result<Self> {
+        Self::upload_with(gpu, config, w, WeightStorage::F32)
+    }
+
+    /// Bytes of GPU memory the weights take.
+    pub fn allocated_bytes(&self) -> u64 {
+        let dense = |d: &Dense| d.w.bytes() + d.b.bytes();
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [
+                    &b.ln_1,
+                    &b.c_attn,
+                    &b.attn_c_proj,
+                    &b.ln_2,
+                    &b.c_fc,
+                    &b.mlp_c_proj,
+                ]
+                .into_iter()
+                .map(dense)
+                .sum::<u64>()
+            })
+            .sum();
+        let wte: u64 = self.wte.iter().map(Tensor::bytes).sum();
+        wte + self.wpe.bytes() + blocks + dense(&self.ln_f)
+    }
+
+    /// [`Gpt2::upload`] with the linear layers' weights stored as `storage` says.
+    pub fn upload_with(
+        gpu: &Gpu,
+        config: &Gpt2Config,
+        w: &HostWeights,
+        storage: WeightStorage,
+    ) -> Result<Self> {
         config.validate()?;
         let c = config.n_embd;
         let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -74,9 +121,18 @@ impl Gpt2 {
             gpu.upload(name, data, shape)
         };
         let dense = |w_name: String, b_name: String, d_in: usize, d_out: usize| -> Result<Dense> {
-            let shape: &[usize] = if d_in == 0 { &[d_out] } else { &[d_in, d_out] };
+            let weight = if d_in == 0 {
+                get(&w_name, &[d_out])? // LayerNorm
+            } else if storage == WeightStorage::F16 {
+                let data = w.get(&w_name).ok_or_else(|| {
+                    Error::shape("Gpt2::upload", format!("missing tensor {w_name}"))
+                })?;
+                gpu.upload_f16(&w_name, data, &[d_in, d_out])?
+            } else {
+                get(&w_name, &[d_in, d_out])?
+            };
             Ok(Dense {
-                w: get(&w_name, shape)?,
+                w: weight,
                 b: get(&b_name, &[d_out])?,
             })
         };

@@ -8,5 +8,5 @@ pub mod weights;
 
 pub use config::Gpt2Config;
 pub use generate::{Generator, SamplingConfig, ScaledAdapter, StopReason};
-pub use graph::{Gpt2, OptimizerState, StepStats, TrainGraph};
+pub use graph::{Gpt2, OptimizerState, StepStats, TrainGraph, WeightStorage};
 pub use source::{Model, ModelSource};

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::weights::{self, HostWeights};
-use super::{Gpt2, Gpt2Config};
+use super::{Gpt2, Gpt2Config, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tokenizer::Tokenizer;
@@ -184,15 +184,31 @@ impl Model {
     /// # Ok(()) }
     /// ```
     pub fn load(gpu: &Gpu, spec: &str) -> Result<Self> {
-        Self::from_source(gpu, ModelSource::parse(spec)?)
+        Self::load_with(gpu, spec, WeightStorage::F32)
+    }
+
+    /// [`Model::load`] with the linear layers' frozen weights stored as `storage` says (f16
+    /// halves their memory where the adapter offers `SHADER_F16`).
+    pub fn load_with(gpu: &Gpu, spec: &str, storage: WeightStorage) -> Result<Self> {
+        Self::from_source_with(gpu, ModelSource::parse(spec)?, storage)
     }
 
     /// Load a model from an already parsed source.
     pub fn from_source(gpu: &Gpu, source: ModelSource) -> Result<Self> {
+        Self::from_source_with(gpu, source, WeightStorage::F32)
+    }
+
+    /// [`Model::from_source`] with the weights stored as `storage` says.
+    pub fn from_source_with(
+        gpu: &Gpu,
+        source: ModelSource,
+        storage: WeightStorage,
+    ) -> Result<Self> {
         let config = source.config()?;
         config.validate()?;
         let tokenizer = source.tokenizer()?;
-        let gpt2 = Gpt2::upload(gpu, &config, &source.host_weights(&config)?)?;
+        let host = source.host_weights(&config)?;
+        let gpt2 = Gpt2::upload_with(gpu, &config, &host, storage)?;
         Ok(Model {
             source,
             config,
