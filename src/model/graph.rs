@@ -223,7 +223,6 @@ struct BlockActs {
     mean2: Tensor,
     rstd2: Tensor,
     fc: Tensor,
-    gelu: Tensor,
 }
 
 /// One adapted module: its parameter and gradient views and its saved u = x·Aᵀ.
@@ -492,22 +491,32 @@ impl TrainGraph {
         for l in 0..=cfg.n_layer {
             res.push(bl.zeros(&format!("residual {l}"), &[bt, c])?);
         }
+        // Only what a gradient needs is kept per layer: a LayerNorm output only when the
+        // linear layer it feeds has an adapter (the LoRA A gradient reads it), else it lives
+        // in a shared scratch; GELU's output never (recomputed from c_fc's in the backward).
+        let ln_scratch = bl.zeros("scratch ln out (B·T, C)", &[bt, c])?;
+        let gelu_out = bl.zeros("scratch gelu out (B·T, 4C)", &[bt, 4 * c])?;
         let mut acts = Vec::new();
         for l in 0..cfg.n_layer {
+            let (keep_ln1, keep_ln2) = (find(l, Linear::CAttn), find(l, Linear::CFc));
             let mut z = |name: &str, shape: &[usize]| bl.zeros(&format!("h.{l}.{name}"), shape);
+            let mut kept = |adapted: Option<&Adapted>, name: &str| match adapted {
+                Some(_) => z(name, &[bt, c]),
+                None => Ok(ln_scratch.clone()),
+            };
+            let (ln1, ln2) = (kept(keep_ln1, "ln_1")?, kept(keep_ln2, "ln_2")?);
             acts.push(BlockActs {
-                ln1: z("ln_1", &[bt, c])?,
+                ln1,
                 mean1: z("ln_1.mean", &[bt])?,
                 rstd1: z("ln_1.rstd", &[bt])?,
                 qkv: z("qkv", &[bt, 3 * c])?,
                 lse: z("attn log-sum-exp", &[b, nh, t])?,
                 atty: z("attn_y", &[bt, c])?,
                 xmid: z("residual mid", &[bt, c])?,
-                ln2: z("ln_2", &[bt, c])?,
+                ln2,
                 mean2: z("ln_2.mean", &[bt])?,
                 rstd2: z("ln_2.rstd", &[bt])?,
                 fc: z("mlp.c_fc out", &[bt, 4 * c])?,
-                gelu: z("mlp.gelu out", &[bt, 4 * c])?,
             });
         }
         let lnf = bl.zeros("ln_f", &[bt, c])?;
@@ -620,11 +629,11 @@ impl TrainGraph {
                     scale,
                     train,
                 )?;
-                fwd.push(elementwise::gelu_forward(gpu, &a.gelu, &a.fc)?);
+                fwd.push(elementwise::gelu_forward(gpu, &gelu_out, &a.fc)?);
                 bl.linear(
                     &mut fwd,
                     &tmp_c,
-                    &a.gelu,
+                    &gelu_out,
                     &blk.mlp_c_proj,
                     find(l, Linear::MlpCProj),
                     bt,
@@ -701,12 +710,15 @@ impl TrainGraph {
             c,
         )?);
         for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate().rev() {
+            if find(l, Linear::MlpCProj).is_some() {
+                bwd.push(elementwise::gelu_forward(gpu, &gelu_out, &a.fc)?);
+            }
             bl.linear_backward(
                 &mut bwd,
                 &dgelu,
                 &du,
                 &dres,
-                &a.gelu,
+                &gelu_out,
                 &blk.mlp_c_proj,
                 find(l, Linear::MlpCProj),
                 bt,
