@@ -8,7 +8,8 @@
 # attention kernels, training tokens/s at GPT-2 124M B=4 T=128 and T=1024 with the adapter's
 # kernels and the first ones, `before`), the real-driver tests, and
 # PyTorch + PEFT fp32 on the same shapes, then prints them side by side. Logs and JSON go to $OUT
-# (six files: gpu_bench.log, report.json, tests.txt, peft_T128.json, peft_T1024.json, summary.txt).
+# (seven files: gpu_bench.log, report.json, report_f16.json, tests.txt, peft_T128.json,
+# peft_T1024.json, summary.txt).
 # Rehearsal on a machine without a GPU (lavapipe, PyTorch on the CPU, small shapes):
 #   OUT=/tmp/out REPORT_ARGS="--quick" SEQS=32 PEFT_DEVICE=cpu \
 #     PEFT_ARGS="--shape tiny --batch 2 --rank 8 --steps 2 --warmup 1" bash .gpu/gpu_bench.sh
@@ -59,6 +60,12 @@ timeout 240 "$BIN/report" --json "$OUT/report.json" --train-variants default,bef
     --max-train-seconds 8 ${REPORT_ARGS:-}
 stamp "report exit $?"
 
+# 3b. The same training with the linear layers' frozen weights stored as f16 (SHADER_F16).
+stamp "report f16 weights"
+timeout 120 "$BIN/report" --json "$OUT/report_f16.json" --no-kernels --no-profile \
+    --f16-weights --train-variants default --max-train-seconds 6 ${REPORT_ARGS:-}
+stamp "report f16 exit $?"
+
 # 4. Real-driver correctness: the kernel and model tests.
 for t in matmul kernels gpt2_ops gpt2_parity; do
     stamp "test $t"
@@ -76,5 +83,7 @@ done
 # 6. Side by side.
 stamp "summary"
 python3 "$PACK/bench_summary.py" "$OUT/report.json" "$OUT"/peft_T*.json | tee "$OUT/summary.txt"
+python3 "$PACK/bench_summary.py" "$OUT/report_f16.json" "$OUT"/peft_T*.json | grep RATIO |
+    sed 's/^/f16 weights: /' | tee -a "$OUT/summary.txt"
 grep -h "test result\|exit" "$OUT/tests.txt"
 stamp "done"
