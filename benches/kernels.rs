@@ -62,6 +62,7 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
     match v {
         MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
+        MatmulVariant::Image => "image4x8".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
         MatmulVariant::Tiled { tm: 8, tn: 8 } => "block128x128_8x8".into(),
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
@@ -86,7 +87,8 @@ fn bench_matmul(c: &mut Criterion) {
     for (m, k, n, layer) in GPT2_SHAPES {
         let mut grp = c.benchmark_group(format!("matmul/{m}x{k}x{n}"));
         grp.sample_size(10).warm_up_time(Duration::from_millis(500));
-        let op = MatmulOp::new(m, n, k);
+        // B is a weight, frozen as in training (the image variant packs it once).
+        let op = MatmulOp::new(m, n, k).frozen_b();
         grp.throughput(Throughput::Elements(op.flops() as u64));
         let a = filled(&g, "x", &[m, k]);
         let w = filled(&g, "w", &[k, n]);
@@ -95,12 +97,13 @@ fn bench_matmul(c: &mut Criterion) {
         // The adapter's own choice at every shape; all variants side by side at one shape
         // (everywhere on a GPU, where none of them is slow).
         let all = [
+            MatmulVariant::Image,
             MatmulVariant::Register,
             MatmulVariant::Tiled { tm: 8, tn: 8 },
             MatmulVariant::Tiled { tm: 4, tn: 4 },
             MatmulVariant::Tiled { tm: 1, tn: 1 },
         ];
-        let on_cpu = g.default_matmul() == MatmulVariant::Register;
+        let on_cpu = g.info().device_type == wgpu::DeviceType::Cpu;
         let variants: Vec<_> = if layer == "attn.c_proj" || !on_cpu {
             all.to_vec()
         } else {

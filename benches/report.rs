@@ -187,6 +187,7 @@ fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
         MatmulVariant::Tiled { tm: 4, tn: 4 },
         MatmulVariant::Tiled { tm: 1, tn: 1 },
         MatmulVariant::Register,
+        MatmulVariant::Image,
     ];
     if !quick && g.info().device_type == wgpu::DeviceType::Cpu {
         // A CPU adapter takes seconds per run of the workgroup-memory kernels at these sizes:
@@ -196,7 +197,8 @@ fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
     }
     let mut rows = Vec::new();
     for (m, k, n, label) in shapes {
-        let op = MatmulOp::new(m, n, k);
+        // B is a weight, frozen as in training (the image variant packs it once).
+        let op = MatmulOp::new(m, n, k).frozen_b();
         let a = filled(g, "a", &[m, k], 1);
         let w = filled(g, "w", &[k, n], 2);
         let bias = filled(g, "bias", &[n], 3);

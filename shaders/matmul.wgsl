@@ -451,3 +451,134 @@ fn matmul_vec4(
         }
     }
 }
+
+// ---- Image variant (CPU adapters): operands packed into rgba32float storage textures ----
+//
+// Mesa's llvmpipe compiles a storage-buffer load whose address varies across the SIMD lanes
+// into a loop over the lanes with a branch per lane, and treats every address inside a loop
+// as varying (its uniformity test accepts only constants and push constants); a storage
+// texture load is a branch-free vector gather, about 25 times cheaper per vec4 (measured by
+// benches/lavapipe_matmul.rs). So on CPU adapters matmul runs as three dispatches: pack_a and
+// pack_b write op(A) (Mp x Kp/4 texels) and op(B) (Kp x Np/4 texels), zero-padded to
+// Mp % 32 == 0, Kp % 4 == 0, Np % 64 == 0, and matmul_image multiplies them with no bounds
+// checks in its loop, storing C through store_c (alpha, bias, accumulate). Batches of 1.
+
+@group(0) @binding(7) var pack_out: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var ta: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(9) var tb: texture_storage_2d<rgba32float, read>;
+
+// texel (x, y) = op(A)[y, 4x .. 4x+4], zero past M or K.
+@compute @workgroup_size(8, 8)
+fn matmul_pack_a(@builtin(global_invocation_id) g: vec3<u32>) {
+    let size = textureDimensions(pack_out);
+    if g.x >= size.x || g.y >= size.y {
+        return;
+    }
+    var v = vec4<f32>(0.0);
+    if g.y < p.m {
+        for (var e = 0u; e < 4u; e++) {
+            let kk = 4u * g.x + e;
+            if kk < p.k {
+                v[e] = load_a(0u, g.y, kk);
+            }
+        }
+    }
+    textureStore(pack_out, g.xy, v);
+}
+
+// texel (x, y) = op(B)[y, 4x .. 4x+4], zero past K or N.
+@compute @workgroup_size(8, 8)
+fn matmul_pack_b(@builtin(global_invocation_id) g: vec3<u32>) {
+    let size = textureDimensions(pack_out);
+    if g.x >= size.x || g.y >= size.y {
+        return;
+    }
+    var v = vec4<f32>(0.0);
+    if g.y < p.k {
+        for (var e = 0u; e < 4u; e++) {
+            let col = 4u * g.x + e;
+            if col < p.n {
+                v[e] = load_b(0u, g.y, col);
+            }
+        }
+    }
+    textureStore(pack_out, g.xy, v);
+}
+
+// A thread's 4 x 8 block of C: row i, column groups j = 0 (g.x) and 1 (g.x + Np/8).
+struct Block4x8 {
+    c00: vec4<f32>, c01: vec4<f32>,
+    c10: vec4<f32>, c11: vec4<f32>,
+    c20: vec4<f32>, c21: vec4<f32>,
+    c30: vec4<f32>, c31: vec4<f32>,
+}
+
+// One k step: a holds op(A)[row i, k] of the 4 rows; b0, b1 the two column groups of op(B)[k].
+// Plain values, no arrays: indexing a private array by a loop counter would spill.
+fn block_fma(c: Block4x8, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) -> Block4x8 {
+    return Block4x8(
+        fma(vec4<f32>(a.x), b0, c.c00), fma(vec4<f32>(a.x), b1, c.c01),
+        fma(vec4<f32>(a.y), b0, c.c10), fma(vec4<f32>(a.y), b1, c.c11),
+        fma(vec4<f32>(a.z), b0, c.c20), fma(vec4<f32>(a.z), b1, c.c21),
+        fma(vec4<f32>(a.w), b0, c.c30), fma(vec4<f32>(a.w), b1, c.c31),
+    );
+}
+
+// Each thread: 4 rows x 8 columns of C (two vec4 groups Np/8 columns apart, so the 8 lanes of
+// a SIMD vector read 8 consecutive texels). Dispatch (Np / 64, Mp / 32).
+@compute @workgroup_size(8, 8)
+fn matmul_image(@builtin(global_invocation_id) g: vec3<u32>) {
+    let kq = textureDimensions(ta).x;
+    let qs = textureDimensions(tb).x / 2u;
+    let r0 = g.y * 4u;
+    let z = vec4<f32>(0.0);
+    var acc = Block4x8(z, z, z, z, z, z, z, z);
+    for (var kk = 0u; kk < kq; kk++) {
+        let a0 = textureLoad(ta, vec2<u32>(kk, r0));
+        let a1 = textureLoad(ta, vec2<u32>(kk, r0 + 1u));
+        let a2 = textureLoad(ta, vec2<u32>(kk, r0 + 2u));
+        let a3 = textureLoad(ta, vec2<u32>(kk, r0 + 3u));
+        let k4 = 4u * kk;
+        acc = block_fma(
+            acc,
+            vec4<f32>(a0.x, a1.x, a2.x, a3.x),
+            textureLoad(tb, vec2<u32>(g.x, k4)),
+            textureLoad(tb, vec2<u32>(g.x + qs, k4)),
+        );
+        acc = block_fma(
+            acc,
+            vec4<f32>(a0.y, a1.y, a2.y, a3.y),
+            textureLoad(tb, vec2<u32>(g.x, k4 + 1u)),
+            textureLoad(tb, vec2<u32>(g.x + qs, k4 + 1u)),
+        );
+        acc = block_fma(
+            acc,
+            vec4<f32>(a0.z, a1.z, a2.z, a3.z),
+            textureLoad(tb, vec2<u32>(g.x, k4 + 2u)),
+            textureLoad(tb, vec2<u32>(g.x + qs, k4 + 2u)),
+        );
+        acc = block_fma(
+            acc,
+            vec4<f32>(a0.w, a1.w, a2.w, a3.w),
+            textureLoad(tb, vec2<u32>(g.x, k4 + 3u)),
+            textureLoad(tb, vec2<u32>(g.x + qs, k4 + 3u)),
+        );
+    }
+    var c0 = array<vec4<f32>, 4>(acc.c00, acc.c10, acc.c20, acc.c30);
+    var c1 = array<vec4<f32>, 4>(acc.c01, acc.c11, acc.c21, acc.c31);
+    let col0 = 4u * g.x;
+    let col1 = 4u * (g.x + qs);
+    for (var i = 0u; i < 4u; i++) {
+        let row = r0 + i;
+        if row < p.m {
+            for (var e = 0u; e < 4u; e++) {
+                if col0 + e < p.n {
+                    store_c(0u, row, col0 + e, c0[i][e]);
+                }
+                if col1 + e < p.n {
+                    store_c(0u, row, col1 + e, c1[i][e]);
+                }
+            }
+        }
+    }
+}

@@ -7,7 +7,8 @@ use lora_wgpu::cpu;
 use lora_wgpu::gpu::MatmulVariant;
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 
-const VARIANTS: [MatmulVariant; 4] = [
+const VARIANTS: [MatmulVariant; 5] = [
+    MatmulVariant::Image,
     MatmulVariant::Register,
     MatmulVariant::Tiled { tm: 4, tn: 4 },
     MatmulVariant::Tiled { tm: 1, tn: 1 },
@@ -59,6 +60,30 @@ fn check_with(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64, 
         RTOL,
         &format!("{variant:?} {op:?} bias={with_bias} f16 B={b_f16}"),
     );
+}
+
+#[test]
+fn frozen_b_is_packed_once_and_reused() {
+    // The image variant packs a frozen B once, when the first dispatch is built, and keeps it
+    // with the tensor (per orientation): later dispatches with other A reuse it.
+    let g = gpu();
+    let (m, k, n) = (37, 20, 70);
+    let w = random(k * n, 41);
+    let tw = g.upload("w", &w, &[k, n]).unwrap();
+    for (seed, trans_b) in [(42, false), (43, false), (44, true), (45, true)] {
+        let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
+        let mut op = MatmulOp::new(m, cols, rows).frozen_b();
+        op.trans_b = trans_b;
+        let a = random(m * rows, seed);
+        let ta = g.upload("a", &a, &[m, rows]).unwrap();
+        let tc = g.zeros("c", &[m, cols]).unwrap();
+        let d = matmul(g, MatmulVariant::Image, &tc, &ta, &tw, None, &op).unwrap();
+        g.run(&[&d]).unwrap();
+        let mut want = vec![0.0; m * cols];
+        cpu::matmul(&mut want, &a, &w, None, &op);
+        let what = format!("frozen B, trans_b={trans_b}, seed {seed}");
+        assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, &what);
+    }
 }
 
 #[test]

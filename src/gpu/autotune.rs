@@ -123,15 +123,17 @@ pub fn name(v: MatmulVariant) -> String {
     match v {
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
         MatmulVariant::Register => "register".into(),
+        MatmulVariant::Image => "image".into(),
         MatmulVariant::Auto => "auto".into(),
     }
 }
 
-/// Parse a variant name (`tiled8x8`, `tiled4x4`, ..., `register`, `auto`).
+/// Parse a variant name (`tiled8x8`, `tiled4x4`, ..., `register`, `image`, `auto`).
 pub fn parse(s: &str) -> Option<MatmulVariant> {
     let s = s.trim().to_ascii_lowercase();
     match s.as_str() {
         "register" => return Some(MatmulVariant::Register),
+        "image" => return Some(MatmulVariant::Image),
         "auto" => return Some(MatmulVariant::Auto),
         _ => {}
     }

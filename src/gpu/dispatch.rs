@@ -154,6 +154,9 @@ pub enum Access {
 
 use Access::{Read as R, ReadWrite as W};
 
+/// Texel format of the storage textures kernels bind (packed matmul operands).
+pub(crate) const PACK_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
+
 /// Every compute kernel: a shader file, an entry point and its storage bindings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -169,6 +172,14 @@ pub enum Kernel {
     MatmulRegisterF16,
     /// [`Kernel::MatmulVec4`] with B stored as f16.
     MatmulVec4F16,
+    /// Pack op(A) into an rgba32float storage texture (the image matmul, CPU adapters).
+    MatmulPackA,
+    /// Pack op(B) into an rgba32float storage texture.
+    MatmulPackB,
+    /// [`Kernel::MatmulPackB`] with B stored as f16.
+    MatmulPackBF16,
+    /// Matmul of two packed operand textures (CPU adapters).
+    MatmulImage,
     /// Fused low-rank forward.
     LoraForward,
     /// Fused low-rank forward with vec4 loads and no workgroup memory (CPU adapters).
@@ -252,7 +263,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 45] = [
+    pub const ALL: [Kernel; 49] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -298,14 +309,22 @@ impl Kernel {
         Kernel::MatmulRegisterF16,
         Kernel::MatmulVec4F16,
         Kernel::GemvColsF16,
+        Kernel::MatmulPackA,
+        Kernel::MatmulPackB,
+        Kernel::MatmulPackBF16,
+        Kernel::MatmulImage,
     ];
 
     /// The shader file holding the kernel.
     pub fn file(self) -> ShaderFile {
         use Kernel::*;
         match self {
-            MatmulTiled | MatmulRegister | MatmulVec4 => ShaderFile::Matmul,
-            MatmulTiledF16 | MatmulRegisterF16 | MatmulVec4F16 => ShaderFile::MatmulF16,
+            MatmulTiled | MatmulRegister | MatmulVec4 | MatmulPackA | MatmulPackB | MatmulImage => {
+                ShaderFile::Matmul
+            }
+            MatmulTiledF16 | MatmulRegisterF16 | MatmulVec4F16 | MatmulPackBF16 => {
+                ShaderFile::MatmulF16
+            }
             GemvColsF16 => ShaderFile::DecodeF16,
             LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
             | LoraBackwardDx | LoraForwardPar | LoraBackwardDuPar | LoraBackwardDbPar
@@ -338,6 +357,9 @@ impl Kernel {
             MatmulTiled | MatmulTiledF16 => "matmul_tiled",
             MatmulRegister | MatmulRegisterF16 => "matmul_register",
             MatmulVec4 | MatmulVec4F16 => "matmul_vec4",
+            MatmulPackA => "matmul_pack_a",
+            MatmulPackB | MatmulPackBF16 => "matmul_pack_b",
+            MatmulImage => "matmul_image",
             LoraForward => "lora_forward",
             LoraForwardVec4 => "lora_forward_vec4",
             LoraBackwardDu => "lora_backward_du",
@@ -388,6 +410,9 @@ impl Kernel {
                 &[(1, R), (2, R), (3, R), (4, W)]
             }
             MatmulVec4 | MatmulVec4F16 => &[(5, R), (6, R), (3, R), (4, W)],
+            MatmulPackA => &[(1, R)],
+            MatmulPackB | MatmulPackBF16 => &[(2, R)],
+            MatmulImage => &[(3, R), (4, W)],
             LoraForward | LoraForwardPar => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
             LoraForwardVec4 => &[(13, R), (14, R), (15, R), (4, W), (16, W)],
             LoraBackwardDu | LoraBackwardDuPar => &[(6, R), (3, R), (7, W)],
@@ -430,12 +455,23 @@ impl Kernel {
         format!("{}::{}", self.file().name(), self.entry())
     }
 
+    /// Storage-texture bindings `(binding, access)` (rgba32float, 2D; `Read` is read-only,
+    /// `ReadWrite` write-only), in the order launchers pass texture views.
+    pub fn texture_bindings(self) -> &'static [(u32, Access)] {
+        use Kernel::*;
+        match self {
+            MatmulPackA | MatmulPackB | MatmulPackBF16 => &[(7, W)],
+            MatmulImage => &[(8, R), (9, R)],
+            _ => &[],
+        }
+    }
+
     /// The binding that holds f16 elements (the f16 builds' weight), if any; every other
     /// binding holds 32-bit ones.
     pub fn f16_binding(self) -> Option<u32> {
         use Kernel::*;
         match self {
-            MatmulTiledF16 | MatmulRegisterF16 => Some(2),
+            MatmulTiledF16 | MatmulRegisterF16 | MatmulPackBF16 => Some(2),
             MatmulVec4F16 => Some(6),
             GemvColsF16 => Some(14),
             _ => None,
@@ -526,6 +562,21 @@ impl Gpu {
                         wgpu::BufferBindingType::Storage { read_only },
                     ));
                 }
+                for &(binding, access) in kernel.texture_bindings() {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::StorageTexture {
+                            access: match access {
+                                Access::Read => wgpu::StorageTextureAccess::ReadOnly,
+                                Access::ReadWrite => wgpu::StorageTextureAccess::WriteOnly,
+                            },
+                            format: PACK_FORMAT,
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                        },
+                        count: None,
+                    });
+                }
                 let bgl = self
                     .device
                     .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -604,7 +655,32 @@ impl Gpu {
         tensors: &[&Tensor],
         groups: [u32; 3],
     ) -> Result<Dispatch> {
+        self.dispatch_with_textures(kernel, constants, params, tensors, &[], groups)
+    }
+
+    /// [`Gpu::dispatch`] for kernels that also bind storage textures, given in the order of
+    /// [`Kernel::texture_bindings`].
+    pub(crate) fn dispatch_with_textures<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        tensors: &[&Tensor],
+        textures: &[&wgpu::TextureView],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
         let spec = kernel.bindings();
+        if kernel.texture_bindings().len() != textures.len() {
+            return Err(Error::shape(
+                "dispatch",
+                format!(
+                    "{} takes {} textures, {} given",
+                    kernel.name(),
+                    kernel.texture_bindings().len(),
+                    textures.len()
+                ),
+            ));
+        }
         if spec.len() != tensors.len() {
             return Err(Error::shape(
                 "dispatch",
@@ -663,6 +739,12 @@ impl Gpu {
                 resource: t.binding(),
             });
         }
+        for (&(binding, _), view) in kernel.texture_bindings().iter().zip(textures) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::TextureView(view),
+            });
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.entry()),
@@ -681,6 +763,7 @@ impl Gpu {
             bind_group,
             groups,
             params,
+            before: Vec::new(),
         })
     }
 
@@ -707,6 +790,8 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
     params: wgpu::Buffer,
+    /// Dispatches that run first, in order (the image matmul's operand packing).
+    before: Vec<Dispatch>,
 }
 
 impl Dispatch {
@@ -727,7 +812,16 @@ impl Dispatch {
             .write_buffer(&self.params, 0, bytemuck::bytes_of(params));
     }
 
+    /// This dispatch, preceded by `before` whenever it runs.
+    pub(crate) fn after(mut self, before: Vec<Dispatch>) -> Self {
+        self.before = before;
+        self
+    }
+
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.before {
+            d.encode(pass);
+        }
         let [x, y, z] = self.groups;
         if x == 0 || y == 0 || z == 0 {
             return;

@@ -124,6 +124,12 @@ pub enum MatmulVariant {
     /// Register-tiled kernel with no workgroup memory and no barriers: each thread computes a
     /// 4x4 block. Right for CPU adapters (lavapipe), where barriers are very expensive.
     Register,
+    /// Operands packed into rgba32float storage textures, then a register-blocked kernel that
+    /// reads them with texture loads: right for CPU adapters, where (on Mesa's llvmpipe) a
+    /// storage-buffer load costs a loop over the SIMD lanes and a texture load a vector
+    /// gather. Shapes it cannot take (a batch, a side over the texture size limit) run
+    /// [`MatmulVariant::Register`].
+    Image,
     /// The autotuned winner for each shape class (see [`autotune`]).
     Auto,
 }
@@ -140,6 +146,10 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<dispatch::PipelineKey, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<Kernel, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    /// Packed-operand textures of the image matmul, by (operand, width, height). Reused by
+    /// every matmul of that size: the queue runs them in order and wgpu orders each pack
+    /// after the previous reader.
+    pack_textures: Mutex<HashMap<(u8, u32, u32), wgpu::TextureView>>,
     autotune: autotune::Autotune,
     uncaptured: ErrorSlot,
     lost: ErrorSlot,
@@ -334,6 +344,7 @@ impl Gpu {
             pipelines: Mutex::default(),
             layouts: Mutex::default(),
             modules: Mutex::default(),
+            pack_textures: Mutex::default(),
             uncaptured,
             lost,
             dummy,
@@ -387,13 +398,57 @@ impl Gpu {
     }
 
     /// The untuned choice by device type: 8x8 block tiles on discrete GPUs, 4x4 tiles on other
-    /// GPUs, the register kernel on CPU adapters.
+    /// GPUs, the image kernel on CPU adapters.
     pub fn device_default_matmul(&self) -> MatmulVariant {
         match self.info.device_type {
-            wgpu::DeviceType::Cpu => MatmulVariant::Register,
+            wgpu::DeviceType::Cpu => MatmulVariant::Image,
             wgpu::DeviceType::DiscreteGpu => MatmulVariant::Tiled { tm: 8, tn: 8 },
             _ => MatmulVariant::Tiled { tm: 4, tn: 4 },
         }
+    }
+
+    /// The storage texture that holds packed operand `slot` (0: A, 1: B) of a `width` x
+    /// `height`-texel matmul, made on first use; `None` past the adapter's texture size.
+    pub(crate) fn pack_texture(
+        &self,
+        slot: u8,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<wgpu::TextureView>> {
+        let max = self.limits.max_texture_dimension_2d;
+        if width == 0 || height == 0 || width > max || height > max {
+            return Ok(None);
+        }
+        let mut pool = self.pack_textures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = pool.get(&(slot, width, height)) {
+            return Ok(Some(v.clone()));
+        }
+        let view = self.new_pack_texture(width, height)?;
+        pool.insert((slot, width, height), view.clone());
+        Ok(Some(view))
+    }
+
+    /// A new `width` x `height` rgba32float storage texture for packed matmul operands.
+    pub(crate) fn new_pack_texture(&self, width: u32, height: u32) -> Result<wgpu::TextureView> {
+        let name = "packed matmul operand";
+        self.scoped(name, u64::from(width) * u64::from(height) * 16, || {
+            self.device
+                .create_texture(&wgpu::TextureDescriptor {
+                    label: Some(name),
+                    size: wgpu::Extent3d {
+                        width,
+                        height,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: dispatch::PACK_FORMAT,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING,
+                    view_formats: &[],
+                })
+                .create_view(&Default::default())
+        })
     }
 
     /// Surface any error wgpu reported asynchronously (validation, device loss).

@@ -1,5 +1,8 @@
 //! A GPU buffer of 32-bit (or, for frozen weights, 16-bit) elements with a shape.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 /// Element type of a [`Tensor`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Dtype {
@@ -34,7 +37,12 @@ pub struct Tensor {
     len: usize,
     dtype: Dtype,
     name: String,
+    /// Packed copies of this (frozen) tensor for the image matmul, by (transposed, k, n);
+    /// shared by clones, dropped with the last one. Views start with none.
+    packed: Arc<Mutex<PackedCopies>>,
 }
+
+type PackedCopies = HashMap<(bool, usize, usize), wgpu::TextureView>;
 
 /// Views start at multiples of this many bytes: WebGPU's largest allowed
 /// `min_storage_buffer_offset_alignment`, so a layout is valid on every adapter.
@@ -57,7 +65,20 @@ impl Tensor {
             len: shape.iter().product(),
             dtype: Dtype::F32,
             name: name.to_string(),
+            packed: Arc::default(),
         }
+    }
+
+    /// The packed copy of this tensor made for `key` by [`Tensor::keep_packed`], if any.
+    pub(crate) fn packed(&self, key: &(bool, usize, usize)) -> Option<wgpu::TextureView> {
+        let map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+
+    /// Keep `view`, a packed copy of this tensor's contents, for as long as the tensor lives.
+    pub(crate) fn keep_packed(&self, key: (bool, usize, usize), view: wgpu::TextureView) {
+        let mut map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, view);
     }
 
     /// This tensor with its elements read as `dtype` (the buffer must hold them).
@@ -91,6 +112,7 @@ impl Tensor {
             len,
             dtype: self.dtype,
             name: name.to_string(),
+            packed: Arc::default(),
         })
     }
 

@@ -27,6 +27,9 @@ pub struct MatmulOp {
     pub alpha: f32,
     /// Add to C instead of overwriting it.
     pub accumulate: bool,
+    /// B never changes after this dispatch is built (a frozen weight): kernels that repack
+    /// B ([`MatmulVariant::Image`]) pack it once and keep the copy with the tensor.
+    pub frozen_b: bool,
 }
 
 impl MatmulOp {
@@ -41,6 +44,7 @@ impl MatmulOp {
             trans_b: false,
             alpha: 1.0,
             accumulate: false,
+            frozen_b: false,
         }
     }
 
@@ -74,6 +78,14 @@ impl MatmulOp {
     pub fn accumulate(self) -> Self {
         MatmulOp {
             accumulate: true,
+            ..self
+        }
+    }
+
+    /// B is a frozen weight (see [`MatmulOp::frozen_b`]).
+    pub fn frozen_b(self) -> Self {
+        MatmulOp {
+            frozen_b: true,
             ..self
         }
     }
@@ -139,7 +151,7 @@ pub fn matmul(
     op: &MatmulOp,
 ) -> Result<Dispatch> {
     const OP: &str = "matmul";
-    let variant = match variant {
+    let mut variant = match variant {
         MatmulVariant::Auto => gpu.tuned_matmul(op)?,
         v => v,
     };
@@ -160,6 +172,12 @@ pub fn matmul(
         stride_c: u32_of("matmul stride", m * n)?,
         alpha: op.alpha,
     };
+    if variant == MatmulVariant::Image {
+        if let Some(d) = image(gpu, &params, c, a, b, bias, op)? {
+            return Ok(d);
+        }
+        variant = MatmulVariant::Register;
+    }
     let z = u32_of("batch", batch)?;
     let (kernel, constants, grid) = match variant {
         MatmulVariant::Tiled { tm, tn } => {
@@ -195,7 +213,7 @@ pub fn matmul(
             };
             (kernel, vec![], grid)
         }
-        MatmulVariant::Auto => unreachable!("resolved above"),
+        MatmulVariant::Auto | MatmulVariant::Image => unreachable!("resolved above"),
     };
     let mut constants = constants;
     constants.push(("TRANS_A", f64::from(u8::from(op.trans_a))));
@@ -213,4 +231,73 @@ pub fn matmul(
     };
     let bias = bias.unwrap_or(&gpu.dummy);
     gpu.dispatch(kernel, &constants, &params, &[a, b, bias, c], grid)
+}
+
+/// The image variant: pack op(A) and op(B) into storage textures (zero-padded to the kernel's
+/// blocks: M to 32, K to 4, N to 64), then multiply them; one [`Dispatch`] that runs the packs
+/// first. `None` for what it does not take (batches, empty shapes, a texture over the limit).
+fn image(
+    gpu: &Gpu,
+    params: &Params,
+    c: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    op: &MatmulOp,
+) -> Result<Option<Dispatch>> {
+    let MatmulOp { m, n, k, batch, .. } = *op;
+    if batch != 1 || m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    let (mp, kp, np) = (
+        m.next_multiple_of(32),
+        k.next_multiple_of(4),
+        n.next_multiple_of(64),
+    );
+    let (Some(ta), Some(tb)) = (
+        gpu.pack_texture(0, u32_of("K / 4", kp / 4)?, u32_of("M", mp)?)?,
+        gpu.pack_texture(1, u32_of("N / 4", np / 4)?, u32_of("K", kp)?)?,
+    ) else {
+        return Ok(None);
+    };
+    let constants = [
+        ("TRANS_A", f64::from(u8::from(op.trans_a))),
+        ("TRANS_B", f64::from(u8::from(op.trans_b))),
+    ];
+    let pack = |kernel, t: &Tensor, view, w: usize, h: usize| {
+        let grid = [groups(w, 8)?, groups(h, 8)?, 1];
+        gpu.dispatch_with_textures(kernel, &constants, params, &[t], &[view], grid)
+    };
+    let pack_b = match b.dtype() {
+        Dtype::F32 => Kernel::MatmulPackB,
+        Dtype::F16 => Kernel::MatmulPackBF16,
+    };
+    let mut before = vec![pack(Kernel::MatmulPackA, a, &ta, kp / 4, mp)?];
+    let tb = if op.frozen_b {
+        // Packed once, now, into a texture of its own that lives as long as the weight.
+        let key = (op.trans_b, k, n);
+        match b.packed(&key) {
+            Some(view) => view,
+            None => {
+                let view = gpu.new_pack_texture(u32_of("N / 4", np / 4)?, u32_of("K", kp)?)?;
+                gpu.run(&[&pack(pack_b, b, &view, np / 4, kp)?])?;
+                b.keep_packed(key, view.clone());
+                view
+            }
+        }
+    } else {
+        before.push(pack(pack_b, b, &tb, np / 4, kp)?);
+        tb
+    };
+    let grid = [u32_of("N / 64", np / 64)?, u32_of("M / 32", mp / 32)?, 1];
+    let bias = bias.unwrap_or(&gpu.dummy);
+    let d = gpu.dispatch_with_textures(
+        Kernel::MatmulImage,
+        &[],
+        params,
+        &[bias, c],
+        &[&ta, &tb],
+        grid,
+    )?;
+    Ok(Some(d.after(before)))
 }

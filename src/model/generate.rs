@@ -777,7 +777,7 @@ impl Generator {
                 inp,
                 &lin.w,
                 Some(&lin.b),
-                &MatmulOp::new(n, d_out, d_in),
+                &MatmulOp::new(n, d_out, d_in).frozen_b(),
             )?);
         }
         for ad in &self.adapters {
@@ -914,7 +914,7 @@ impl Generator {
                     &a.lnf,
                     shard,
                     None,
-                    &MatmulOp::new(1, *shard_rows, c).trans_b(),
+                    &MatmulOp::new(1, *shard_rows, c).trans_b().frozen_b(),
                 )?);
             }
         }

@@ -343,7 +343,7 @@ impl Builder<'_> {
             inp,
             &d.w,
             Some(&d.b),
-            &MatmulOp::new(m, d_out, d_in),
+            &MatmulOp::new(m, d_out, d_in).frozen_b(),
         )?);
         if let Some(l) = lora {
             let s = LoraShape {
@@ -386,7 +386,7 @@ impl Builder<'_> {
             dout,
             &d.w,
             None,
-            &MatmulOp::new(m, d_in, d_out).trans_b(),
+            &MatmulOp::new(m, d_in, d_out).trans_b().frozen_b(),
         )?);
         if let Some(l) = lora {
             let r = l.a.shape()[0];
@@ -662,7 +662,7 @@ impl TrainGraph {
                     &lnf,
                     shard,
                     None,
-                    &MatmulOp::new(bt, *rows, c).trans_b(),
+                    &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
                 )?);
                 fwd.push(ce::stats(gpu, &st, lg, &targets, *v0, i == 0)?);
             }
@@ -691,11 +691,11 @@ impl TrainGraph {
                     &lnf,
                     shard,
                     None,
-                    &MatmulOp::new(bt, *rows, c).trans_b(),
+                    &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
                 )?);
             }
             bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
-            let mut op = MatmulOp::new(bt, c, *rows);
+            let mut op = MatmulOp::new(bt, c, *rows).frozen_b();
             op.accumulate = i > 0;
             bwd.push(matmul(gpu, bl.mm, &dln, lg, shard, None, &op)?);
         }
@@ -1040,7 +1040,7 @@ impl TrainGraph {
                 &self.lnf,
                 shard,
                 None,
-                &MatmulOp::new(bt, *rows, c).trans_b(),
+                &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
             )?;
             gpu.run(&[&d])?;
             let chunk = gpu.download(lg)?;
