@@ -537,3 +537,165 @@ fn attention_backward_cols_tiled(
         }
     }
 }
+
+// ---- Image kernels (CPU adapters; AttentionVariant::Image), head size % 4 == 0 ----
+//
+// The per-row kernels with q, k, v and dout read as vec4 texels of rgba32float storage
+// textures (packed by matmul.wgsl's matmul_pack_a: row b·T + t, texel column / 4): on Mesa's
+// llvmpipe a texture load is a vector gather, a storage-buffer load a loop over the SIMD lanes.
+
+@group(0) @binding(10) var qkv_t: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(11) var dout_t: texture_storage_2d<rgba32float, read>;
+
+const MAX_HS4: u32 = 32u;
+
+// Texel i of head h's q (part 0), k (1) or v (2) at (b, t).
+fn qkv4(b: u32, t: u32, h: u32, part: u32, i: u32) -> vec4<f32> {
+    return textureLoad(qkv_t, vec2<u32>((part * p.c + h * HS) / 4u + i, b * p.t + t));
+}
+
+// Texel i of head h's dout at (b, t).
+fn dout4(b: u32, t: u32, h: u32, i: u32) -> vec4<f32> {
+    return textureLoad(dout_t, vec2<u32>(h * HS / 4u + i, b * p.t + t));
+}
+
+fn sum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+@compute @workgroup_size(64)
+fn attention_forward_image(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = position(wid, nwg, lid);
+    if !s.ok {
+        return;
+    }
+    let n4 = HS / 4u;
+    var q: array<vec4<f32>, MAX_HS4>;
+    for (var i = 0u; i < n4; i++) {
+        q[i] = qkv4(s.b, s.t, s.h, 0u, i) * p.scale;
+    }
+    var m = NEG_BIG;
+    var sum = 0.0;
+    var o: array<vec4<f32>, MAX_HS4>;
+    for (var t2 = 0u; t2 <= s.t; t2++) {
+        var d4 = vec4<f32>(0.0);
+        for (var i = 0u; i < n4; i++) {
+            d4 = fma(q[i], qkv4(s.b, t2, s.h, 1u, i), d4);
+        }
+        let d = sum4(d4);
+        if d > m {
+            let c = exp(m - d);
+            sum *= c;
+            for (var i = 0u; i < n4; i++) {
+                o[i] *= c;
+            }
+            m = d;
+        }
+        let e = exp(d - m);
+        sum += e;
+        for (var i = 0u; i < n4; i++) {
+            o[i] = fma(vec4<f32>(e), qkv4(s.b, t2, s.h, 2u, i), o[i]);
+        }
+    }
+    let inv = 1.0 / sum;
+    let oo = out_at(s.b, s.t, s.h);
+    for (var i = 0u; i < n4; i++) {
+        for (var e = 0u; e < 4u; e++) {
+            out[oo + 4u * i + e] = o[i][e] * inv;
+        }
+    }
+    lse[s.bh * p.t + s.t] = m + log(sum);
+}
+
+@compute @workgroup_size(64)
+fn attention_backward_rows_image(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = position(wid, nwg, lid);
+    if !s.ok {
+        return;
+    }
+    let n4 = HS / 4u;
+    let go = out_at(s.b, s.t, s.h);
+    var g: array<vec4<f32>, MAX_HS4>;
+    var q: array<vec4<f32>, MAX_HS4>;
+    var dd4 = vec4<f32>(0.0);
+    for (var i = 0u; i < n4; i++) {
+        g[i] = dout4(s.b, s.t, s.h, i);
+        q[i] = qkv4(s.b, s.t, s.h, 0u, i) * p.scale;
+        let o = go + 4u * i;
+        dd4 = fma(g[i], vec4<f32>(out_in[o], out_in[o + 1u], out_in[o + 2u], out_in[o + 3u]), dd4);
+    }
+    let dd = sum4(dd4);
+    let stat = s.bh * p.t + s.t;
+    let l = lse_in[stat];
+    var dq: array<vec4<f32>, MAX_HS4>;
+    for (var t2 = 0u; t2 <= s.t; t2++) {
+        var sc4 = vec4<f32>(0.0);
+        var dp4 = vec4<f32>(0.0);
+        for (var i = 0u; i < n4; i++) {
+            sc4 = fma(q[i], qkv4(s.b, t2, s.h, 1u, i), sc4);
+            dp4 = fma(g[i], qkv4(s.b, t2, s.h, 2u, i), dp4);
+        }
+        let ds = exp(sum4(sc4) - l) * (sum4(dp4) - dd);
+        for (var i = 0u; i < n4; i++) {
+            dq[i] = fma(vec4<f32>(ds), qkv4(s.b, t2, s.h, 1u, i), dq[i]);
+        }
+    }
+    let qo = qkv_at(s.b, s.t, s.h, 0u);
+    for (var i = 0u; i < n4; i++) {
+        for (var e = 0u; e < 4u; e++) {
+            dqkv[qo + 4u * i + e] = p.scale * dq[i][e];
+        }
+    }
+    dstat[stat] = dd;
+}
+
+@compute @workgroup_size(64)
+fn attention_backward_cols_image(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = position(wid, nwg, lid);  // s.t is the key position
+    if !s.ok {
+        return;
+    }
+    let n4 = HS / 4u;
+    var k: array<vec4<f32>, MAX_HS4>;
+    var v: array<vec4<f32>, MAX_HS4>;
+    for (var i = 0u; i < n4; i++) {
+        k[i] = qkv4(s.b, s.t, s.h, 1u, i) * p.scale;
+        v[i] = qkv4(s.b, s.t, s.h, 2u, i);
+    }
+    var dk: array<vec4<f32>, MAX_HS4>;
+    var dv: array<vec4<f32>, MAX_HS4>;
+    for (var t = s.t; t < p.t; t++) {
+        var sc4 = vec4<f32>(0.0);
+        var dp4 = vec4<f32>(0.0);
+        for (var i = 0u; i < n4; i++) {
+            sc4 = fma(qkv4(s.b, t, s.h, 0u, i), k[i], sc4);
+            dp4 = fma(dout4(s.b, t, s.h, i), v[i], dp4);
+        }
+        let stat = s.bh * p.t + t;
+        let w = exp(sum4(sc4) - lse_in[stat]);
+        let ds = w * (sum4(dp4) - dstat_in[stat]);
+        for (var i = 0u; i < n4; i++) {
+            dk[i] = fma(vec4<f32>(ds), qkv4(s.b, t, s.h, 0u, i), dk[i]);
+            dv[i] = fma(vec4<f32>(w), dout4(s.b, t, s.h, i), dv[i]);
+        }
+    }
+    let ko = qkv_at(s.b, s.t, s.h, 1u);
+    for (var i = 0u; i < n4; i++) {
+        for (var e = 0u; e < 4u; e++) {
+            dqkv[ko + 4u * i + e] = p.scale * dk[i][e];
+            dqkv[ko + p.c + 4u * i + e] = dv[i][e];
+        }
+    }
+}

@@ -129,7 +129,11 @@ fn attention_forward_and_backward() {
         (1, 135, 96, 2),
         (1, 5, 128, 1),
     ];
-    let variants = [AttentionVariant::Rows, AttentionVariant::Tiled];
+    let variants = [
+        AttentionVariant::Rows,
+        AttentionVariant::Tiled,
+        AttentionVariant::Image,
+    ];
     for ((b, t, c, nh), v) in shapes
         .into_iter()
         .flat_map(|s| variants.map(move |v| (s, v)))

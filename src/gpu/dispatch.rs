@@ -180,6 +180,12 @@ pub enum Kernel {
     MatmulPackBF16,
     /// Matmul of two packed operand textures (CPU adapters).
     MatmulImage,
+    /// [`Kernel::AttentionForward`] reading q, k, v from a packed texture (CPU adapters).
+    AttentionForwardImage,
+    /// [`Kernel::AttentionBackwardRows`] reading q, k, v and dout from packed textures.
+    AttentionBackwardRowsImage,
+    /// [`Kernel::AttentionBackwardCols`] reading q, k, v and dout from packed textures.
+    AttentionBackwardColsImage,
     /// Fused low-rank forward.
     LoraForward,
     /// Fused low-rank forward with vec4 loads and no workgroup memory (CPU adapters).
@@ -263,7 +269,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 49] = [
+    pub const ALL: [Kernel; 52] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -313,6 +319,9 @@ impl Kernel {
         Kernel::MatmulPackB,
         Kernel::MatmulPackBF16,
         Kernel::MatmulImage,
+        Kernel::AttentionForwardImage,
+        Kernel::AttentionBackwardRowsImage,
+        Kernel::AttentionBackwardColsImage,
     ];
 
     /// The shader file holding the kernel.
@@ -342,7 +351,10 @@ impl Kernel {
             | AttentionBackwardCols
             | AttentionForwardTiled
             | AttentionBackwardRowsTiled
-            | AttentionBackwardColsTiled => ShaderFile::Attention,
+            | AttentionBackwardColsTiled
+            | AttentionForwardImage
+            | AttentionBackwardRowsImage
+            | AttentionBackwardColsImage => ShaderFile::Attention,
             CeStats | CeLoss | CeGrad => ShaderFile::CrossEntropy,
             DecodeEmbedding | KvStore | DecodeAttention | CopyRow | GemvCols | GemvRows => {
                 ShaderFile::Decode
@@ -398,6 +410,9 @@ impl Kernel {
             AttentionForwardTiled => "attention_forward_tiled",
             AttentionBackwardRowsTiled => "attention_backward_rows_tiled",
             AttentionBackwardColsTiled => "attention_backward_cols_tiled",
+            AttentionForwardImage => "attention_forward_image",
+            AttentionBackwardRowsImage => "attention_backward_rows_image",
+            AttentionBackwardColsImage => "attention_backward_cols_image",
         }
     }
 
@@ -413,6 +428,9 @@ impl Kernel {
             MatmulPackA => &[(1, R)],
             MatmulPackB | MatmulPackBF16 => &[(2, R)],
             MatmulImage => &[(3, R), (4, W)],
+            AttentionForwardImage => &[(2, W), (3, W)],
+            AttentionBackwardRowsImage => &[(5, R), (9, R), (6, W), (7, W)],
+            AttentionBackwardColsImage => &[(5, R), (8, R), (7, W)],
             LoraForward | LoraForwardPar => &[(1, R), (2, R), (3, R), (4, W), (5, W)],
             LoraForwardVec4 => &[(13, R), (14, R), (15, R), (4, W), (16, W)],
             LoraBackwardDu | LoraBackwardDuPar => &[(6, R), (3, R), (7, W)],
@@ -462,6 +480,8 @@ impl Kernel {
         match self {
             MatmulPackA | MatmulPackB | MatmulPackBF16 => &[(7, W)],
             MatmulImage => &[(8, R), (9, R)],
+            AttentionForwardImage => &[(10, R)],
+            AttentionBackwardRowsImage | AttentionBackwardColsImage => &[(10, R), (11, R)],
             _ => &[],
         }
     }

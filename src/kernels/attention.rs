@@ -4,7 +4,12 @@
 use crate::error::{Error, Result};
 use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
 
+use super::matmul::pack_rows;
 use super::{expect_len, groups, u32_of};
+
+/// Texture pool slots of the packed qkv and dout (see `matmul::pack_rows`).
+const QKV_SLOT: u8 = 2;
+const DOUT_SLOT: u8 = 3;
 
 /// Largest head size the kernels support.
 pub const MAX_HEAD_SIZE: usize = 128;
@@ -34,21 +39,28 @@ pub enum AttentionVariant {
     /// streamed through workgroup memory (GPUs). Head size <= [`MAX_TILED_HEAD_SIZE`], else
     /// the launchers fall back to [`AttentionVariant::Rows`].
     Tiled,
+    /// The per-row kernels reading q, k, v and dout as vec4 texels of storage textures packed
+    /// just before (CPU adapters: on Mesa's llvmpipe a texture load is a vector gather, a
+    /// storage-buffer load a loop over the SIMD lanes). Head size % 4 == 0, else
+    /// [`AttentionVariant::Rows`].
+    Image,
 }
 
 impl AttentionVariant {
-    /// `Rows` on CPU adapters (where barriers are expensive), `Tiled` on GPUs. The
-    /// environment variable `LORA_WGPU_ATTENTION` (`rows` or `tiled`) overrides the choice.
+    /// `Image` on CPU adapters (where barriers are expensive and texture loads cheap), `Tiled`
+    /// on GPUs. The environment variable `LORA_WGPU_ATTENTION` (`rows`, `tiled` or `image`)
+    /// overrides the choice.
     pub fn for_gpu(gpu: &Gpu) -> Self {
         let forced = std::env::var("LORA_WGPU_ATTENTION").ok().and_then(|v| {
             match v.trim().to_ascii_lowercase().as_str() {
                 "rows" => Some(AttentionVariant::Rows),
                 "tiled" => Some(AttentionVariant::Tiled),
+                "image" => Some(AttentionVariant::Image),
                 _ => None,
             }
         });
         forced.unwrap_or(match gpu.info().device_type {
-            wgpu::DeviceType::Cpu => AttentionVariant::Rows,
+            wgpu::DeviceType::Cpu => AttentionVariant::Image,
             _ => AttentionVariant::Tiled,
         })
     }
@@ -58,7 +70,12 @@ impl AttentionVariant {
         match self {
             AttentionVariant::Rows => "rows",
             AttentionVariant::Tiled => "tiled",
+            AttentionVariant::Image => "image",
         }
+    }
+
+    fn image(self, s: &AttentionShape) -> bool {
+        self == AttentionVariant::Image && s.nh > 0 && (s.c / s.nh).is_multiple_of(4)
     }
 
     fn tiled(self, s: &AttentionShape) -> bool {
@@ -144,6 +161,13 @@ pub fn forward_with(
     expect_len(OP, "out", out, b * t * c)?;
     expect_len(OP, "lse", lse, b * nh * t)?;
     let (params, hs, grid) = s.prepare()?;
+    if variant.image(s) {
+        if let Some((pack, view)) = pack_rows(gpu, qkv, b * t, 3 * c, QKV_SLOT)? {
+            let k = Kernel::AttentionForwardImage;
+            let d = gpu.dispatch_with_textures(k, &hs, &params, &[out, lse], &[&view], grid)?;
+            return Ok(d.after(vec![pack]));
+        }
+    }
     let (kernel, grid) = if variant.tiled(s) {
         (
             Kernel::AttentionForwardTiled,
@@ -196,6 +220,26 @@ pub fn backward_with(
     expect_len(OP, "lse", lse, b * nh * t)?;
     expect_len(OP, "dstat", dstat, b * nh * t)?;
     let (params, hs, grid) = s.prepare()?;
+    if variant.image(s) {
+        // Each dispatch packs its own textures: the two may be recorded apart.
+        let packs = || -> Result<Option<(Vec<Dispatch>, [wgpu::TextureView; 2])>> {
+            let q = pack_rows(gpu, qkv, b * t, 3 * c, QKV_SLOT)?;
+            let g = pack_rows(gpu, dout, b * t, c, DOUT_SLOT)?;
+            Ok(q.zip(g)
+                .map(|((pq, vq), (pg, vg))| (vec![pq, pg], [vq, vg])))
+        };
+        if let (Some((before_r, [q, g])), Some((before_c, _))) = (packs()?, packs()?) {
+            let (rk, ck) = (
+                Kernel::AttentionBackwardRowsImage,
+                Kernel::AttentionBackwardColsImage,
+            );
+            let rows = [lse, out, dstat, dqkv];
+            let cols = [lse, dstat, dqkv];
+            let r = gpu.dispatch_with_textures(rk, &hs, &params, &rows, &[&q, &g], grid)?;
+            let c = gpu.dispatch_with_textures(ck, &hs, &params, &cols, &[&q, &g], grid)?;
+            return Ok([r.after(before_r), c.after(before_c)]);
+        }
+    }
     let (rows, cols, grid) = if variant.tiled(s) {
         (
             Kernel::AttentionBackwardRowsTiled,

@@ -301,3 +301,34 @@ fn image(
     )?;
     Ok(Some(d.after(before)))
 }
+
+/// Pack a row-major (rows, cols) tensor (cols % 4 == 0) into pooled storage texture `slot`
+/// (2 and up; 0 and 1 are the matmul's operands): texel (x, y) = t[y, 4x .. 4x+4]. The
+/// dispatch that fills it and the texture; `None` past the adapter's texture size.
+pub(crate) fn pack_rows(
+    gpu: &Gpu,
+    t: &Tensor,
+    rows: usize,
+    cols: usize,
+    slot: u8,
+) -> Result<Option<(Dispatch, wgpu::TextureView)>> {
+    const OP: &str = "pack_rows";
+    expect_len(OP, t.name(), t, rows * cols)?;
+    let (h, w) = (rows.next_multiple_of(32), cols.div_ceil(4));
+    let Some(view) = gpu.pack_texture(slot, u32_of("cols / 4", w)?, u32_of("rows", h)?)? else {
+        return Ok(None);
+    };
+    let params = Params {
+        m: u32_of("rows", rows)?,
+        n: 0,
+        k: u32_of("cols", cols)?,
+        flags: 0,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: 0,
+        alpha: 1.0,
+    };
+    let grid = [groups(w, 8)?, groups(h, 8)?, 1];
+    let d = gpu.dispatch_with_textures(Kernel::MatmulPackA, &[], &params, &[t], &[&view], grid)?;
+    Ok(Some((d, view)))
+}
