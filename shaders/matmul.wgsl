@@ -59,15 +59,20 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
 }
 
 fn store_c(base: u32, row: u32, col: u32, acc: f32) {
-    let i = base + row * p.n + col;
-    var v = p.alpha * acc;
+    var b = 0.0;
     if (p.flags & FLAG_BIAS) != 0u {
-        v += bias[col];
+        b = bias[col];
     }
+    write_c(base + row * p.n + col, p.alpha * acc + b);
+}
+
+// C[i] = v, or += v when accumulating.
+fn write_c(i: u32, v: f32) {
+    var x = v;
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        v += c[i];
+        x += c[i];
     }
-    c[i] = v;
+    c[i] = x;
 }
 
 const TILE: u32 = 16u;     // threads per side, and the K depth of a tile
@@ -568,15 +573,27 @@ fn matmul_image(@builtin(global_invocation_id) g: vec3<u32>) {
     var c1 = array<vec4<f32>, 4>(acc.c01, acc.c11, acc.c21, acc.c31);
     let col0 = 4u * g.x;
     let col1 = 4u * (g.x + qs);
+    // The bias of this thread's 8 columns, read once for its 4 rows (each storage load is a
+    // loop over the lanes here).
+    var bias0 = vec4<f32>(0.0);
+    var bias1 = vec4<f32>(0.0);
+    if (p.flags & FLAG_BIAS) != 0u {
+        for (var e = 0u; e < 4u; e++) {
+            bias0[e] = bias[min(col0 + e, p.n - 1u)];
+            bias1[e] = bias[min(col1 + e, p.n - 1u)];
+        }
+    }
     for (var i = 0u; i < 4u; i++) {
         let row = r0 + i;
         if row < p.m {
+            let v0 = p.alpha * c0[i] + bias0;
+            let v1 = p.alpha * c1[i] + bias1;
             for (var e = 0u; e < 4u; e++) {
                 if col0 + e < p.n {
-                    store_c(0u, row, col0 + e, c0[i][e]);
+                    write_c(row * p.n + col0 + e, v0[e]);
                 }
                 if col1 + e < p.n {
-                    store_c(0u, row, col1 + e, c1[i][e]);
+                    write_c(row * p.n + col1 + e, v1[e]);
                 }
             }
         }

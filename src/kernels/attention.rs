@@ -33,7 +33,8 @@ pub const MAX_TILED_HEAD_SIZE: usize = 64;
 /// Which attention kernels to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionVariant {
-    /// One thread per (batch, head, row), no workgroup memory (CPU adapters).
+    /// One thread per (batch, head, row), no workgroup memory: CPU adapters where
+    /// [`AttentionVariant::Image`] does not apply (head size not a multiple of 4).
     Rows,
     /// A workgroup of 256 threads per 16 rows of one (batch, head), keys, values and queries
     /// streamed through workgroup memory (GPUs). Head size <= [`MAX_TILED_HEAD_SIZE`], else
