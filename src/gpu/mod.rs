@@ -146,8 +146,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<dispatch::PipelineKey, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<Kernel, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    /// Packed-operand textures of the image matmul, by (operand, width, height). Reused by
-    /// every matmul of that size: the queue runs them in order and wgpu orders each pack
+    /// Packed-operand textures of the image kernels, by (slot, width, height). Reused by
+    /// every dispatch of that size: the queue runs them in order and wgpu orders each pack
     /// after the previous reader.
     pack_textures: Mutex<HashMap<(u8, u32, u32), wgpu::TextureView>>,
     autotune: autotune::Autotune,
@@ -407,25 +407,29 @@ impl Gpu {
         }
     }
 
-    /// The storage texture that holds packed operand `slot` (0: A, 1: B) of a `width` x
-    /// `height`-texel matmul, made on first use; `None` past the adapter's texture size.
+    /// Whether a `width` x `height`-texel packed-operand texture is within the adapter's
+    /// limits (callers fall back to buffer kernels when not).
+    pub(crate) fn pack_texture_fits(&self, width: u32, height: u32) -> bool {
+        let max = self.limits.max_texture_dimension_2d;
+        (1..=max).contains(&width) && (1..=max).contains(&height)
+    }
+
+    /// The pooled storage texture that holds packed operand `slot` (0: A, 1: B of a matmul;
+    /// 2 and up: other kernels' inputs) of `width` x `height` texels, made on first use.
+    /// The size must fit ([`Gpu::pack_texture_fits`]).
     pub(crate) fn pack_texture(
         &self,
         slot: u8,
         width: u32,
         height: u32,
-    ) -> Result<Option<wgpu::TextureView>> {
-        let max = self.limits.max_texture_dimension_2d;
-        if width == 0 || height == 0 || width > max || height > max {
-            return Ok(None);
-        }
+    ) -> Result<wgpu::TextureView> {
         let mut pool = self.pack_textures.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = pool.get(&(slot, width, height)) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
         let view = self.new_pack_texture(width, height)?;
         pool.insert((slot, width, height), view.clone());
-        Ok(Some(view))
+        Ok(view)
     }
 
     /// A new `width` x `height` rgba32float storage texture for packed matmul operands.

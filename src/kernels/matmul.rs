@@ -254,12 +254,12 @@ fn image(
         k.next_multiple_of(4),
         n.next_multiple_of(64),
     );
-    let (Some(ta), Some(tb)) = (
-        gpu.pack_texture(0, u32_of("K / 4", kp / 4)?, u32_of("M", mp)?)?,
-        gpu.pack_texture(1, u32_of("N / 4", np / 4)?, u32_of("K", kp)?)?,
-    ) else {
+    let (wa, ha) = (u32_of("K / 4", kp / 4)?, u32_of("M", mp)?);
+    let (wb, hb) = (u32_of("N / 4", np / 4)?, u32_of("K", kp)?);
+    if !gpu.pack_texture_fits(wa, ha) || !gpu.pack_texture_fits(wb, hb) {
         return Ok(None);
-    };
+    }
+    let ta = gpu.pack_texture(0, wa, ha)?;
     let constants = [
         ("TRANS_A", f64::from(u8::from(op.trans_a))),
         ("TRANS_B", f64::from(u8::from(op.trans_b))),
@@ -279,13 +279,14 @@ fn image(
         match b.packed(&key) {
             Some(view) => view,
             None => {
-                let view = gpu.new_pack_texture(u32_of("N / 4", np / 4)?, u32_of("K", kp)?)?;
+                let view = gpu.new_pack_texture(wb, hb)?;
                 gpu.run(&[&pack(pack_b, b, &view, np / 4, kp)?])?;
                 b.keep_packed(key, view.clone());
                 view
             }
         }
     } else {
+        let tb = gpu.pack_texture(1, wb, hb)?;
         before.push(pack(pack_b, b, &tb, np / 4, kp)?);
         tb
     };
@@ -315,9 +316,11 @@ pub(crate) fn pack_rows(
     const OP: &str = "pack_rows";
     expect_len(OP, t.name(), t, rows * cols)?;
     let (h, w) = (rows.next_multiple_of(32), cols.div_ceil(4));
-    let Some(view) = gpu.pack_texture(slot, u32_of("cols / 4", w)?, u32_of("rows", h)?)? else {
+    let (tw, th) = (u32_of("cols / 4", w)?, u32_of("rows", h)?);
+    if !gpu.pack_texture_fits(tw, th) {
         return Ok(None);
-    };
+    }
+    let view = gpu.pack_texture(slot, tw, th)?;
     let params = Params {
         m: u32_of("rows", rows)?,
         n: 0,
