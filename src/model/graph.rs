@@ -114,20 +114,16 @@ impl Gpt2 {
     ) -> Result<Self> {
         config.validate()?;
         let c = config.n_embd;
-        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let data = w
-                .get(name)
-                .ok_or_else(|| Error::shape("Gpt2::upload", format!("missing tensor {name}")))?;
-            gpu.upload(name, data, shape)
+        let host = |name: &str| {
+            w.get(name)
+                .ok_or_else(|| Error::shape("Gpt2::upload", format!("missing tensor {name}")))
         };
+        let get = |name: &str, shape: &[usize]| gpu.upload(name, host(name)?, shape);
         let dense = |w_name: String, b_name: String, d_in: usize, d_out: usize| -> Result<Dense> {
             let weight = if d_in == 0 {
                 get(&w_name, &[d_out])? // LayerNorm
             } else if storage == WeightStorage::F16 {
-                let data = w.get(&w_name).ok_or_else(|| {
-                    Error::shape("Gpt2::upload", format!("missing tensor {w_name}"))
-                })?;
-                gpu.upload_f16(&w_name, data, &[d_in, d_out])?
+                gpu.upload_f16(&w_name, host(&w_name)?, &[d_in, d_out])?
             } else {
                 get(&w_name, &[d_in, d_out])?
             };
@@ -138,9 +134,7 @@ impl Gpt2 {
         };
         let rows_fit = (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
         let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size);
-        let wte_all = w
-            .get("wte.weight")
-            .ok_or_else(|| Error::shape("Gpt2::upload", "missing tensor wte.weight"))?;
+        let wte_all = host("wte.weight")?;
         let mut wte = Vec::new();
         for (i, rows) in wte_all.chunks(shard_rows * c).enumerate() {
             wte.push(gpu.upload(
