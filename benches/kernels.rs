@@ -63,6 +63,7 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
         MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
         MatmulVariant::Image => "image4x8".into(),
+        MatmulVariant::Coop => "coop_f16".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
         MatmulVariant::Tiled { tm: 8, tn: 8 } => "block128x128_8x8".into(),
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
@@ -104,11 +105,15 @@ fn bench_matmul(c: &mut Criterion) {
             MatmulVariant::Tiled { tm: 1, tn: 1 },
         ];
         let on_cpu = g.info().device_type == wgpu::DeviceType::Cpu;
-        let variants: Vec<_> = if layer == "attn.c_proj" || !on_cpu {
+        let mut variants: Vec<_> = if layer == "attn.c_proj" || !on_cpu {
             all.to_vec()
         } else {
             vec![g.default_matmul()]
         };
+        // With LORA_WGPU_COOPMAT=1 on an adapter that offers cooperative matrices.
+        if g.features().coop_matrix.is_some() && !variants.contains(&MatmulVariant::Coop) {
+            variants.push(MatmulVariant::Coop);
+        }
         for v in variants {
             let d = matmul(&g, v, &out, &a, &w, Some(&bias), &op).unwrap();
             grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {

@@ -189,6 +189,9 @@ fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
         MatmulVariant::Register,
         MatmulVariant::Image,
     ];
+    if g.features().coop_matrix.is_some() {
+        variants.push(MatmulVariant::Coop);
+    }
     if !quick && g.info().device_type == wgpu::DeviceType::Cpu {
         // A CPU adapter takes seconds per run of the workgroup-memory kernels at these sizes:
         // time its own variant at the M=512 shapes only.

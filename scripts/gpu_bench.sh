@@ -8,8 +8,8 @@
 # attention kernels, training tokens/s at GPT-2 124M B=4 T=128 and T=1024 with the adapter's
 # kernels and the first ones, `before`), the real-driver tests, and
 # PyTorch + PEFT fp32 on the same shapes, then prints them side by side. Logs and JSON go to $OUT
-# (seven files: gpu_bench.log, report.json, report_f16.json, tests.txt, peft_T128.json,
-# peft_T1024.json, summary.txt).
+# (eight files: gpu_bench.log, report.json, report_f16.json, report_coop.json, tests.txt,
+# peft_T128.json, peft_T1024.json, summary.txt).
 # Rehearsal on a machine without a GPU (lavapipe, PyTorch on the CPU, small shapes):
 #   OUT=/tmp/out REPORT_ARGS="--quick" SEQS=32 PEFT_DEVICE=cpu \
 #     PEFT_ARGS="--shape tiny --batch 2 --rank 8 --steps 2 --warmup 1" bash .gpu/gpu_bench.sh
@@ -66,6 +66,17 @@ timeout 120 "$BIN/report" --json "$OUT/report_f16.json" --no-kernels --no-profil
     --f16-weights --train-variants default --max-train-seconds 6 ${REPORT_ARGS:-}
 stamp "report f16 exit $?"
 
+# 3c. Cooperative matrices (tensor cores, f16 operands, f32 sums) where the driver offers them:
+# every matmul variant side by side with `coop`, and training with it; then its tests.
+stamp "report cooperative matrix"
+LORA_WGPU_COOPMAT=1 timeout 180 "$BIN/report" --json "$OUT/report_coop.json" --no-profile \
+    --train-variants default --max-train-seconds 6 ${REPORT_ARGS:-}
+stamp "report coop exit $?"
+for t in matmul gpt2_parity; do
+    LORA_WGPU_COOPMAT=1 timeout 60 "$BIN/$t" cooperative 2>&1 | tail -n 5 | tee -a "$OUT/tests.txt"
+    stamp "test $t cooperative exit ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
+done
+
 # 4. Real-driver correctness: the kernel and model tests.
 for t in matmul kernels gpt2_ops gpt2_parity; do
     stamp "test $t"
@@ -85,5 +96,7 @@ stamp "summary"
 python3 "$PACK/bench_summary.py" "$OUT/report.json" "$OUT"/peft_T*.json | tee "$OUT/summary.txt"
 python3 "$PACK/bench_summary.py" "$OUT/report_f16.json" "$OUT"/peft_T*.json | grep RATIO |
     sed 's/^/f16 weights: /' | tee -a "$OUT/summary.txt"
+[ -e "$OUT/report_coop.json" ] && python3 "$PACK/bench_summary.py" "$OUT/report_coop.json" \
+    "$OUT"/peft_T*.json | grep RATIO | sed 's/^/cooperative matrix: /' | tee -a "$OUT/summary.txt"
 grep -h "test result\|exit" "$OUT/tests.txt"
 stamp "done"

@@ -58,6 +58,31 @@ fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     return b_at(base + kk * p.n + col);
 }
 
+// op(A)[row, kk] and op(B)[kk, col], 0 past the edges (for staging partial tiles).
+fn load_a_or_0(base: u32, row: u32, kk: u32) -> f32 {
+    if row < p.m && kk < p.k {
+        return load_a(base, row, kk);
+    }
+    return 0.0;
+}
+
+fn load_b_or_0(base: u32, kk: u32, col: u32) -> f32 {
+    if kk < p.k && col < p.n {
+        return load_b(base, kk, col);
+    }
+    return 0.0;
+}
+
+// Element e of a staged tile that is `side` rows (of op(A)) or columns (of op(B)) by `depth`
+// along k, as (row or column, kk), in the order that walks global memory contiguously:
+// `contig_k` when the operand's stored rows run along k (A not transposed, B transposed).
+fn stage_coord(e: u32, side: u32, depth: u32, contig_k: bool) -> vec2<u32> {
+    if contig_k {
+        return vec2<u32>(e / depth, e % depth);
+    }
+    return vec2<u32>(e % side, e / side);
+}
+
 fn store_c(base: u32, row: u32, col: u32, acc: f32) {
     var b = 0.0;
     if (p.flags & FLAG_BIAS) != 0u {
@@ -111,36 +136,12 @@ fn tiled_small(wid: vec3<u32>, lid: vec3<u32>) {
     for (var t = 0u; t < p.k; t += TILE) {
         // Stage op(A)[row0 .. row0+bm, t .. t+TILE], walking memory contiguously.
         for (var e = tid; e < bm * TILE; e += TILE * TILE) {
-            var r: u32;
-            var kk: u32;
-            if TRANS_A {
-                kk = e / bm;
-                r = e % bm;
-            } else {
-                r = e / TILE;
-                kk = e % TILE;
-            }
-            var v = 0.0;
-            if row0 + r < p.m && t + kk < p.k {
-                v = load_a(base_a, row0 + r, t + kk);
-            }
-            tile_a[kk * bm + r] = v;
+            let rk = stage_coord(e, bm, TILE, !TRANS_A);
+            tile_a[rk.y * bm + rk.x] = load_a_or_0(base_a, row0 + rk.x, t + rk.y);
         }
         for (var e = tid; e < bn * TILE; e += TILE * TILE) {
-            var cc: u32;
-            var kk: u32;
-            if TRANS_B {
-                cc = e / TILE;
-                kk = e % TILE;
-            } else {
-                kk = e / bn;
-                cc = e % bn;
-            }
-            var v = 0.0;
-            if col0 + cc < p.n && t + kk < p.k {
-                v = load_b(base_b, t + kk, col0 + cc);
-            }
-            tile_b[kk * bn + cc] = v;
+            let ck = stage_coord(e, bn, TILE, TRANS_B);
+            tile_b[ck.y * bn + ck.x] = load_b_or_0(base_b, t + ck.y, col0 + ck.x);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE; kk++) {
@@ -193,23 +194,16 @@ const STAGE: u32 = 264u;   // BK * LDS: vec4 per buffer
 var<workgroup> big_a: array<vec4<f32>, 528>;  // 2 buffers of (BK, LDS) vec4 over m
 var<workgroup> big_b: array<vec4<f32>, 528>;  // 2 buffers of (BK, LDS) vec4 over n
 
-// Element i (0..4) of this thread's share of a (BIG, BK) tile: (row or column, kk). `contig_k`:
-// the operand's stored rows run along k, so consecutive threads walk k (8 at a time).
+// Element i (0..4) of this thread's share of a (BIG, BK) tile: (row or column, kk).
 fn big_coord(tid: u32, i: u32, contig_k: bool) -> vec2<u32> {
-    let e = tid + i * 256u;
-    if contig_k {
-        return vec2<u32>(e / BK, e % BK);
-    }
-    return vec2<u32>(e % BIG, e / BIG);
+    return stage_coord(tid + i * 256u, BIG, BK, contig_k);
 }
 
 fn big_fetch_a(base: u32, row0: u32, t: u32, tid: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         let rk = big_coord(tid, i, !TRANS_A);
-        if row0 + rk.x < p.m && t + rk.y < p.k {
-            v[i] = load_a(base, row0 + rk.x, t + rk.y);
-        }
+        v[i] = load_a_or_0(base, row0 + rk.x, t + rk.y);
     }
     return v;
 }
@@ -218,9 +212,7 @@ fn big_fetch_b(base: u32, col0: u32, t: u32, tid: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         let ck = big_coord(tid, i, TRANS_B);
-        if col0 + ck.x < p.n && t + ck.y < p.k {
-            v[i] = load_b(base, t + ck.y, col0 + ck.x);
-        }
+        v[i] = load_b_or_0(base, t + ck.y, col0 + ck.x);
     }
     return v;
 }

@@ -37,6 +37,10 @@ struct DeviceArgs {
     /// still f32 (needs an adapter offering SHADER_F16; see `lora-wgpu devices`).
     #[arg(long)]
     f16_weights: bool,
+    /// Run the matmuls on cooperative matrices (tensor cores): operands rounded to f16, sums
+    /// in f32 (needs an adapter that `lora-wgpu devices` marks coopmat).
+    #[arg(long, env = "LORA_WGPU_COOPMAT", value_parser = clap::builder::FalseyValueParser::new())]
+    coopmat: bool,
 }
 
 impl DeviceArgs {
@@ -47,6 +51,7 @@ impl DeviceArgs {
             None => None,
         };
         o.adapter = self.device.clone();
+        o.cooperative_matrix = self.coopmat;
         Ok(o)
     }
 
@@ -1074,6 +1079,11 @@ fn devices(args: &DeviceArgs) -> Result<()> {
         if a.features.contains(wgpu::Features::SUBGROUP) {
             feats.push("subgroup");
         }
+        if a.features
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            feats.push("coopmat");
+        }
         println!(
             "{:<3} {:<2} {:<40} {:<8} {:<14} {:>9} MiB {:>8} MiB {:>5} KiB  {}",
             a.index,
@@ -1086,6 +1096,19 @@ fn devices(args: &DeviceArgs) -> Result<()> {
             a.limits.max_compute_workgroup_storage_size >> 10,
             feats.join(",")
         );
+    }
+    for a in all.iter().filter(|a| !a.cooperative_matrix.is_empty()) {
+        let configs: Vec<String> = a
+            .cooperative_matrix
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}x{}x{} {:?}->{:?}",
+                    c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
+                )
+            })
+            .collect();
+        println!("{}: cooperative matrix {}", a.index, configs.join(", "));
     }
     let i = chosen?;
     let used = &all[i].info;

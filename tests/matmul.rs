@@ -17,16 +17,34 @@ const VARIANTS: [MatmulVariant; 5] = [
 
 /// Run `op` on the GPU with `variant` and compare with the CPU reference.
 fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
-    check_with(variant, op, with_bias, seed, false);
+    check_with(variant, op, with_bias, seed, false, false);
 }
 
-/// [`check`], with B stored as f16 when `b_f16` (the reference then uses B rounded to f16).
-fn check_with(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64, b_f16: bool) {
+fn round_f16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
+
+/// [`check`], with B stored as f16 when `b_f16` (the reference then uses B rounded to f16),
+/// and A's and B's values rounded to f16 (stored as f32 unless `b_f16`) when `round`.
+fn check_with(
+    variant: MatmulVariant,
+    op: MatmulOp,
+    with_bias: bool,
+    seed: u64,
+    b_f16: bool,
+    round: bool,
+) {
     let g = gpu();
     let a_len = op.m * op.k * op.batch;
     let b_len = op.k * op.n; // broadcast over the batch
-    let a = random(a_len, seed);
+    let mut a = random(a_len, seed);
+    if round {
+        a = round_f16(&a);
+    }
     let mut b = random(b_len, seed + 1);
+    if round {
+        b = round_f16(&b);
+    }
     let bias = random(op.n, seed + 2);
     let c0 = random(op.batch * op.m * op.n, seed + 3);
     let a_shape = if op.trans_a {
@@ -41,7 +59,7 @@ fn check_with(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64, 
     };
     let ta = g.upload("a", &a, &a_shape).unwrap();
     let tb = if b_f16 {
-        b = b.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        b = round_f16(&b);
         g.upload_f16("b", &b, &b_shape).unwrap()
     } else {
         g.upload("b", &b, &b_shape).unwrap()
@@ -58,7 +76,7 @@ fn check_with(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64, 
         &want,
         ATOL,
         RTOL,
-        &format!("{variant:?} {op:?} bias={with_bias} f16 B={b_f16}"),
+        &format!("{variant:?} {op:?} bias={with_bias} f16 B={b_f16} rounded={round}"),
     );
 }
 
@@ -104,7 +122,7 @@ fn f16_weights_every_variant_and_transpose() {
                 let mut op = MatmulOp::new(m, n, k);
                 op.trans_b = tb;
                 seed += 10;
-                check_with(variant, op, true, seed, true);
+                check_with(variant, op, true, seed, true, false);
             }
         }
     }
@@ -296,4 +314,62 @@ fn autotune_runs_the_winner_and_caches_it_per_adapter() {
     if std::env::var_os("LORA_WGPU_MATMUL").is_none() {
         assert_eq!(off.default_matmul(), off.device_default_matmul());
     }
+}
+
+#[test]
+fn cooperative_matrix_variant_matches_reference() {
+    let g = gpu();
+    let v = MatmulVariant::Coop;
+    let Some(side) = g.features().coop_matrix else {
+        // Not asked for (LORA_WGPU_COOPMAT; CI asks on a Mesa whose lavapipe offers 8x8
+        // fragments): a clear refusal that says how to ask.
+        let t = g.zeros("t", &[4, 4]).unwrap();
+        let e = matmul(g, v, &t, &t, &t, None, &MatmulOp::new(4, 4, 4)).unwrap_err();
+        assert!(e.to_string().contains("LORA_WGPU_COOPMAT"), "{e}");
+        return;
+    };
+    assert!(side == 8 || side == 16, "fragment side {side}");
+    assert_eq!(
+        g.default_matmul(),
+        v,
+        "asking for cooperative matrices selects them"
+    );
+    // Operands with f16 values, so only the order of the f32 sums differs from the reference:
+    // partial blocks in m, n and k (several k stages), batches, every transpose, the epilogue.
+    let b = 4 * side as usize;
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 5),
+        (b + 1, 3 * side as usize + 5, 2 * b - 3),
+        (64, 32, 128),
+    ];
+    let mut seed = 900;
+    for &(m, k, n) in &shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for b_f16 in [false, true] {
+                let mut op = MatmulOp::new(m, n, k).batch(2).alpha(0.75).accumulate();
+                op.trans_a = ta;
+                op.trans_b = tb;
+                seed += 10;
+                check_with(v, op, true, seed, b_f16, true);
+            }
+        }
+    }
+    // f32 operands: rounded to f16 in the kernel, so within f16's precision of the f32 product.
+    let op = MatmulOp::new(96, 80, 200);
+    let (a, w) = (random(96 * 200, 1), random(200 * 80, 2));
+    let ta = g.upload("a", &a, &[96, 200]).unwrap();
+    let tw = g.upload("w", &w, &[200, 80]).unwrap();
+    let tc = g.zeros("c", &[96, 80]).unwrap();
+    g.run(&[&matmul(g, v, &tc, &ta, &tw, None, &op).unwrap()])
+        .unwrap();
+    let mut want = vec![0.0; 96 * 80];
+    cpu::matmul(&mut want, &a, &w, None, &op);
+    assert_close(
+        &g.download(&tc).unwrap(),
+        &want,
+        2e-2,
+        1e-2,
+        "coop, f32 operands",
+    );
 }

@@ -124,16 +124,18 @@ pub fn name(v: MatmulVariant) -> String {
         MatmulVariant::Tiled { tm, tn } => format!("tiled{tm}x{tn}"),
         MatmulVariant::Register => "register".into(),
         MatmulVariant::Image => "image".into(),
+        MatmulVariant::Coop => "coop".into(),
         MatmulVariant::Auto => "auto".into(),
     }
 }
 
-/// Parse a variant name (`tiled8x8`, `tiled4x4`, ..., `register`, `image`, `auto`).
+/// Parse a variant name (`tiled8x8`, `tiled4x4`, ..., `register`, `image`, `coop`, `auto`).
 pub fn parse(s: &str) -> Option<MatmulVariant> {
     let s = s.trim().to_ascii_lowercase();
     match s.as_str() {
         "register" => return Some(MatmulVariant::Register),
         "image" => return Some(MatmulVariant::Image),
+        "coop" => return Some(MatmulVariant::Coop),
         "auto" => return Some(MatmulVariant::Auto),
         _ => {}
     }

@@ -40,13 +40,21 @@ pub enum ShaderFile {
     MatmulF16,
     /// `decode.wgsl` with the gemv weight stored as f16
     DecodeF16,
+    /// `matmul.wgsl` + `matmul_coop.wgsl` on 8x8 cooperative matrices
+    MatmulCoop8,
+    /// `matmul.wgsl` + `matmul_coop.wgsl` on 16x16 cooperative matrices
+    MatmulCoop16,
+    /// [`ShaderFile::MatmulCoop8`] with B stored as f16
+    MatmulCoop8F16,
+    /// [`ShaderFile::MatmulCoop16`] with B stored as f16
+    MatmulCoop16F16,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 15] = [
+    pub const ALL: [ShaderFile; 19] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
@@ -62,6 +70,10 @@ impl ShaderFile {
         ShaderFile::Decode,
         ShaderFile::MatmulF16,
         ShaderFile::DecodeF16,
+        ShaderFile::MatmulCoop8,
+        ShaderFile::MatmulCoop16,
+        ShaderFile::MatmulCoop8F16,
+        ShaderFile::MatmulCoop16F16,
     ];
 
     /// File name inside `shaders/`.
@@ -82,6 +94,10 @@ impl ShaderFile {
             ShaderFile::Decode => "decode.wgsl",
             ShaderFile::MatmulF16 => "matmul.wgsl (f16 B)",
             ShaderFile::DecodeF16 => "decode.wgsl (f16 weight)",
+            ShaderFile::MatmulCoop8 => "matmul_coop.wgsl (8x8)",
+            ShaderFile::MatmulCoop16 => "matmul_coop.wgsl (16x16)",
+            ShaderFile::MatmulCoop8F16 => "matmul_coop.wgsl (8x8, f16 B)",
+            ShaderFile::MatmulCoop16F16 => "matmul_coop.wgsl (16x16, f16 B)",
         }
     }
 
@@ -89,7 +105,15 @@ impl ShaderFile {
     /// clamped or guarded, and launchers check buffer lengths), so naga's per-access bounds
     /// checks can be left out. On lavapipe they cost about 20% of matmul time.
     pub fn trusted(self) -> bool {
-        matches!(self, ShaderFile::Matmul | ShaderFile::MatmulF16)
+        matches!(
+            self,
+            ShaderFile::Matmul
+                | ShaderFile::MatmulF16
+                | ShaderFile::MatmulCoop8
+                | ShaderFile::MatmulCoop16
+                | ShaderFile::MatmulCoop8F16
+                | ShaderFile::MatmulCoop16F16
+        )
     }
 
     /// The complete WGSL module, with shared snippets prepended.
@@ -128,8 +152,29 @@ impl ShaderFile {
                     ("{ return w4[i]; }", "{ return vec4<f32>(w4[i]); }"),
                 ],
             ),
+            ShaderFile::MatmulCoop8 => coop_build(ShaderFile::Matmul, 8),
+            ShaderFile::MatmulCoop16 => coop_build(ShaderFile::Matmul, 16),
+            ShaderFile::MatmulCoop8F16 => coop_build(ShaderFile::MatmulF16, 8),
+            ShaderFile::MatmulCoop16F16 => coop_build(ShaderFile::MatmulF16, 16),
         }
     }
+}
+
+/// `matmul_coop.wgsl` appended to `base` (matmul.wgsl, B stored as f32 or f16) with its
+/// fragments `side` x `side`, behind the `enable`s it needs.
+fn coop_build(base: ShaderFile, side: u32) -> String {
+    let base = base.source();
+    let base = base.strip_prefix("enable f16;\n").unwrap_or(&base);
+    let coop = include_str!("../../shaders/matmul_coop.wgsl");
+    let coop = if side == 16 {
+        coop.to_string()
+    } else {
+        const S16: &str = "const S: u32 = 16u;";
+        assert_eq!(coop.matches(S16).count(), 1, "coop build: {S16}");
+        coop.replace(S16, &format!("const S: u32 = {side}u;"))
+            .replace("coop_mat16x16", &format!("coop_mat{side}x{side}"))
+    };
+    format!("enable f16;\nenable wgpu_cooperative_matrix;\n{base}\n{coop}")
 }
 
 /// `src` with `enable f16;` and each `(from, to)` replacement, where `from` occurs exactly
@@ -178,6 +223,14 @@ pub enum Kernel {
     MatmulPackB,
     /// [`Kernel::MatmulPackB`] with B stored as f16.
     MatmulPackBF16,
+    /// Matmul on 8x8 cooperative matrices, operands rounded to f16, f32 accumulation.
+    MatmulCoop8,
+    /// Matmul on 16x16 cooperative matrices (tensor cores).
+    MatmulCoop16,
+    /// [`Kernel::MatmulCoop8`] with B stored as f16.
+    MatmulCoop8F16,
+    /// [`Kernel::MatmulCoop16`] with B stored as f16.
+    MatmulCoop16F16,
     /// Matmul of two packed operand textures (CPU adapters).
     MatmulImage,
     /// [`Kernel::AttentionForward`] reading q, k, v from a packed texture (CPU adapters).
@@ -269,7 +322,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 52] = [
+    pub const ALL: [Kernel; 56] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -322,6 +375,10 @@ impl Kernel {
         Kernel::AttentionForwardImage,
         Kernel::AttentionBackwardRowsImage,
         Kernel::AttentionBackwardColsImage,
+        Kernel::MatmulCoop8,
+        Kernel::MatmulCoop16,
+        Kernel::MatmulCoop8F16,
+        Kernel::MatmulCoop16F16,
     ];
 
     /// The shader file holding the kernel.
@@ -335,6 +392,10 @@ impl Kernel {
                 ShaderFile::MatmulF16
             }
             GemvColsF16 => ShaderFile::DecodeF16,
+            MatmulCoop8 => ShaderFile::MatmulCoop8,
+            MatmulCoop16 => ShaderFile::MatmulCoop16,
+            MatmulCoop8F16 => ShaderFile::MatmulCoop8F16,
+            MatmulCoop16F16 => ShaderFile::MatmulCoop16F16,
             LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
             | LoraBackwardDx | LoraForwardPar | LoraBackwardDuPar | LoraBackwardDbPar
             | LoraBackwardDaPar => ShaderFile::Lora,
@@ -372,6 +433,7 @@ impl Kernel {
             MatmulPackA => "matmul_pack_a",
             MatmulPackB | MatmulPackBF16 => "matmul_pack_b",
             MatmulImage => "matmul_image",
+            MatmulCoop8 | MatmulCoop16 | MatmulCoop8F16 | MatmulCoop16F16 => "matmul_coop",
             LoraForward => "lora_forward",
             LoraForwardVec4 => "lora_forward_vec4",
             LoraBackwardDu => "lora_backward_du",
@@ -421,9 +483,8 @@ impl Kernel {
     pub fn bindings(self) -> &'static [(u32, Access)] {
         use Kernel::*;
         match self {
-            MatmulTiled | MatmulRegister | MatmulTiledF16 | MatmulRegisterF16 => {
-                &[(1, R), (2, R), (3, R), (4, W)]
-            }
+            MatmulTiled | MatmulRegister | MatmulTiledF16 | MatmulRegisterF16 | MatmulCoop8
+            | MatmulCoop16 | MatmulCoop8F16 | MatmulCoop16F16 => &[(1, R), (2, R), (3, R), (4, W)],
             MatmulVec4 | MatmulVec4F16 => &[(5, R), (6, R), (3, R), (4, W)],
             MatmulPackA => &[(1, R)],
             MatmulPackB | MatmulPackBF16 => &[(2, R)],
@@ -491,7 +552,8 @@ impl Kernel {
     pub fn f16_binding(self) -> Option<u32> {
         use Kernel::*;
         match self {
-            MatmulTiledF16 | MatmulRegisterF16 | MatmulPackBF16 => Some(2),
+            MatmulTiledF16 | MatmulRegisterF16 | MatmulPackBF16 | MatmulCoop8F16
+            | MatmulCoop16F16 => Some(2),
             MatmulVec4F16 => Some(6),
             GemvColsF16 => Some(14),
             _ => None,

@@ -26,6 +26,9 @@ pub const ENV_ADAPTER: &str = "WGPU_ADAPTER_NAME";
 /// Environment variable that hides the optional SHADER_F16 / SUBGROUP features from this crate
 /// even where the adapter offers them (set it to `1`), so the fallback kernels can be tested.
 pub const ENV_NO_OPTIONAL_FEATURES: &str = "LORA_WGPU_NO_OPTIONAL_FEATURES";
+/// Environment variable that asks for the cooperative-matrix matmul (set it to `1`): see
+/// [`GpuOptions::cooperative_matrix`].
+pub const ENV_COOPMAT: &str = "LORA_WGPU_COOPMAT";
 
 /// How to choose the adapter. `Default` reads nothing; [`GpuOptions::from_env`] reads the
 /// environment.
@@ -42,18 +45,28 @@ pub struct GpuOptions {
     pub autotune: Option<bool>,
     /// Where the autotune table is kept (`None`: the user's cache dir, `lora-wgpu/`).
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Run matmuls on cooperative matrices (tensor cores, simdgroup matrices) with operands
+    /// rounded to f16 and f32 accumulation ([`MatmulVariant::Coop`]). Enables wgpu's
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`; [`Gpu::new`] fails on an adapter that does not offer
+    /// f16 x f16 + f32 fragments of 8x8 or 16x16.
+    pub cooperative_matrix: bool,
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `LORA_WGPU_NO_OPTIONAL_FEATURES`.
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `LORA_WGPU_NO_OPTIONAL_FEATURES` and
+    /// `LORA_WGPU_COOPMAT`.
     pub fn from_env() -> Self {
-        let flag = std::env::var(ENV_NO_OPTIONAL_FEATURES).unwrap_or_default();
+        let flag = |name| {
+            let v = std::env::var(name).unwrap_or_default();
+            !matches!(v.as_str(), "" | "0" | "false")
+        };
         Self {
             backends: wgpu::Backends::from_env(),
             adapter: std::env::var(ENV_ADAPTER).ok().filter(|s| !s.is_empty()),
-            no_optional_features: !matches!(flag.as_str(), "" | "0" | "false"),
+            no_optional_features: flag(ENV_NO_OPTIONAL_FEATURES),
             autotune: None,
             cache_dir: None,
+            cooperative_matrix: flag(ENV_COOPMAT),
         }
     }
 
@@ -99,6 +112,8 @@ pub struct AdapterSummary {
     pub limits: wgpu::Limits,
     /// The adapter's features.
     pub features: wgpu::Features,
+    /// Cooperative-matrix (tensor-core) configurations the adapter offers, if any.
+    pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 /// Optional features this crate may use.
@@ -108,6 +123,9 @@ pub struct GpuFeatures {
     pub f16: bool,
     /// `SUBGROUP` is enabled on the device.
     pub subgroup: bool,
+    /// Side (8 or 16) of the f16 x f16 + f32 cooperative-matrix fragments the matmul uses, when
+    /// [`GpuOptions::cooperative_matrix`] enabled them.
+    pub coop_matrix: Option<u32>,
 }
 
 /// Which matmul implementation suits an adapter.
@@ -130,6 +148,10 @@ pub enum MatmulVariant {
     /// gather. Shapes it cannot take (a batch, a side over the texture size limit) run
     /// [`MatmulVariant::Register`].
     Image,
+    /// Cooperative matrices (tensor cores): operands rounded to f16, products accumulated in
+    /// f32, one subgroup per 64x64 block of C (32x32 with 8x8 fragments). Needs
+    /// [`GpuOptions::cooperative_matrix`].
+    Coop,
     /// The autotuned winner for each shape class (see [`autotune`]).
     Auto,
 }
@@ -186,6 +208,25 @@ fn backend_rank(b: wgpu::Backend) -> u8 {
     }
 }
 
+/// The fragment side the cooperative-matrix matmul would use on an adapter: 16 where f16 x f16
+/// + f32 fragments of 16x16x16 are offered (tensor cores), else 8 (8x8x8), else none.
+fn coop_fragment_side(
+    offered: wgpu::Features,
+    configs: &[wgpu::CooperativeMatrixProperties],
+) -> Option<u32> {
+    use wgpu::CooperativeScalarType::{F16, F32};
+    if !offered.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        return None;
+    }
+    [16, 8].into_iter().find(|&side| {
+        configs.iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (side, side, side)
+                && c.ab_type == F16
+                && c.cr_type == F32
+        })
+    })
+}
+
 fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if let Some(b) = backends {
@@ -210,6 +251,7 @@ fn enumerate(inst: &wgpu::Instance) -> Vec<(wgpu::Adapter, AdapterSummary)> {
                 compute,
                 limits: a.limits(),
                 features: a.features(),
+                cooperative_matrix: a.cooperative_matrix_properties(),
             };
             (a, summary)
         })
@@ -308,11 +350,33 @@ impl Gpu {
                 features.subgroup = true;
             }
         }
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if options.cooperative_matrix {
+            let side = coop_fragment_side(offered, &summary.cooperative_matrix)
+                .filter(|_| !options.no_optional_features && summary.info.subgroup_max_size > 0)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "cooperative matrix",
+                        format!("{} ({:?})", summary.info.name, summary.info.backend),
+                        "an adapter offering f16 x f16 + f32 cooperative-matrix fragments of 8x8 \
+                         or 16x16 (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX; `lora-wgpu devices` \
+                         marks them coopmat), with optional features not hidden; run without \
+                         the cooperative-matrix option (--coopmat, LORA_WGPU_COOPMAT)",
+                    )
+                })?;
+            required |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            features.coop_matrix = Some(side);
+            // SAFETY: wgpu asks callers of experimental features to accept that its
+            // implementation may have bugs. Only the cooperative-matrix matmul uses it, and only
+            // when the user asked for it; tests check it against the CPU reference.
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lora-wgpu"),
             required_features: required,
             required_limits: limits.clone(),
+            experimental_features: experimental,
             ..Default::default()
         }))
         .map_err(|source| Error::RequestDevice {
@@ -372,6 +436,7 @@ impl Gpu {
     }
 
     /// The matmul variant to record with: `LORA_WGPU_MATMUL` when set, else
+    /// [`MatmulVariant::Coop`] when [`GpuOptions::cooperative_matrix`] enabled it, else
     /// [`MatmulVariant::Auto`] when autotuning is on (GPUs, by default), else
     /// [`Gpu::device_default_matmul`]: [`MatmulVariant::Register`] on CPU adapters,
     /// the 128x128 block-tile kernel (`Tiled { tm: 8, tn: 8 }`) on discrete GPUs, and the
@@ -392,6 +457,7 @@ impl Gpu {
             .and_then(|v| autotune::parse(&v));
         match forced {
             Some(v) => v,
+            None if self.features.coop_matrix.is_some() => MatmulVariant::Coop,
             None if self.autotune.enabled => MatmulVariant::Auto,
             None => self.device_default_matmul(),
         }

@@ -213,6 +213,25 @@ pub fn matmul(
             };
             (kernel, vec![], grid)
         }
+        MatmulVariant::Coop => {
+            let Some(side) = gpu.features().coop_matrix else {
+                return Err(Error::invalid(
+                    "matmul variant",
+                    "coop",
+                    "the cooperative-matrix matmul needs GpuOptions::cooperative_matrix (--coopmat, \
+                     LORA_WGPU_COOPMAT=1) on an adapter that offers it",
+                ));
+            };
+            let block = 4 * side as usize;
+            let grid = [groups(n, block)?, groups(m, block)?, z];
+            let kernel = if side == 16 {
+                Kernel::MatmulCoop16
+            } else {
+                Kernel::MatmulCoop8
+            };
+            let wg = f64::from(gpu.info().subgroup_max_size);
+            (kernel, vec![("WG", wg)], grid)
+        }
         MatmulVariant::Auto | MatmulVariant::Image => unreachable!("resolved above"),
     };
     let mut constants = constants;
@@ -227,6 +246,8 @@ pub fn matmul(
         (Dtype::F32, k) => k,
         (Dtype::F16, Kernel::MatmulTiled) => Kernel::MatmulTiledF16,
         (Dtype::F16, Kernel::MatmulRegister) => Kernel::MatmulRegisterF16,
+        (Dtype::F16, Kernel::MatmulCoop8) => Kernel::MatmulCoop8F16,
+        (Dtype::F16, Kernel::MatmulCoop16) => Kernel::MatmulCoop16F16,
         (Dtype::F16, _) => Kernel::MatmulVec4F16,
     };
     let bias = bias.unwrap_or(&gpu.dummy);

@@ -75,7 +75,12 @@ mod tests {
     fn params_size(file: ShaderFile) -> usize {
         use std::mem::size_of;
         match file {
-            ShaderFile::Matmul | ShaderFile::MatmulF16 => size_of::<super::matmul::Params>(),
+            ShaderFile::Matmul
+            | ShaderFile::MatmulF16
+            | ShaderFile::MatmulCoop8
+            | ShaderFile::MatmulCoop16
+            | ShaderFile::MatmulCoop8F16
+            | ShaderFile::MatmulCoop16F16 => size_of::<super::matmul::Params>(),
             ShaderFile::Lora => size_of::<super::lora::Params>(),
             ShaderFile::Dropout => size_of::<super::dropout::Params>(),
             ShaderFile::Adamw => size_of::<super::adamw::Params>(),
