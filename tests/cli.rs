@@ -233,6 +233,37 @@ fn demo_train_then_eval_merge_generate() {
     }
     drop(gpu);
 
+    // --coopmat: cooperative-matrix matmuls (f16 operands, f32 sums), the loss within 1e-2;
+    // refused up front, naming the wgpu feature, where the adapter does not offer them.
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        "--model",
+        "tiny",
+        "--adapter",
+        out_s,
+        "--data",
+        data_s,
+        "--block-size",
+        "16",
+        "--json",
+        "--coopmat",
+    ]);
+    let options = lora_wgpu::GpuOptions {
+        cooperative_matrix: true,
+        ..lora_wgpu::GpuOptions::from_env()
+    };
+    if lora_wgpu::Gpu::new(&options).is_ok() {
+        assert!(ok, "eval --coopmat failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let lc = v["loss"].as_f64().unwrap();
+        assert!((lc - lt).abs() < 1e-2, "cooperative matrices {lc} vs f32 {lt}");
+    } else {
+        assert!(
+            !ok && stderr.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
+            "{stderr}"
+        );
+    }
+
     // merge: the merged model alone evaluates like base + adapter.
     let merged = tmp.path().join("merged");
     let merged_s = merged.to_str().unwrap();
