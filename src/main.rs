@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lora_wgpu::data::{self, Dataset};
 use lora_wgpu::gpu::{list_adapters, GpuOptions};
-use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
 use lora_wgpu::model::generate::parse_adapter_arg;
 use lora_wgpu::model::{
@@ -800,27 +799,13 @@ fn eval_cmd(
     let (lora, params) = match adapter {
         Some(dir) => {
             let (cfg, _, params) = peft::load(dir, &model.config)?;
-            (
-                LoraConfig {
-                    dropout: 0.0,
-                    ..cfg
-                },
-                Some(params),
-            )
+            (cfg, Some(params))
         }
         // B = 0 at init: exactly the base model.
         None => (LoraConfig::default(), None),
     };
-    let mut graph = TrainGraph::new(
-        &gpu,
-        &model.gpt2,
-        &lora,
-        params.as_deref(),
-        0,
-        batch_size,
-        n,
-        &AdamW::default(),
-    )?;
+    let mut graph =
+        TrainGraph::new_eval(&gpu, &model.gpt2, &lora, params.as_deref(), batch_size, n)?;
     let loss = train::mean_loss(&gpu, &mut graph, &data, batch_size)?;
     let s = data.stats();
     if json {

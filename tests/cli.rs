@@ -256,7 +256,10 @@ fn demo_train_then_eval_merge_generate() {
         assert!(ok, "eval --coopmat failed: {stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         let lc = v["loss"].as_f64().unwrap();
-        assert!((lc - lt).abs() < 1e-2, "cooperative matrices {lc} vs f32 {lt}");
+        assert!(
+            (lc - lt).abs() < 1e-2,
+            "cooperative matrices {lc} vs f32 {lt}"
+        );
     } else {
         assert!(
             !ok && stderr.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),

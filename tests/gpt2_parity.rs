@@ -78,18 +78,16 @@ fn setup(opt: &AdamW) -> (Gpt2, TrainGraph, Fixture) {
     (model, graph, f)
 }
 
-#[test]
-fn logits_and_loss_match_pytorch() {
+/// The graph's last forward pass against PyTorch's loss and logits.
+fn check_forward(graph: &TrainGraph, model: &Gpt2, f: &Fixture) {
     let g = gpu();
-    let (model, graph, f) = setup(&AdamW::default());
-    graph.forward(g).unwrap();
     let loss = graph.loss(g).unwrap();
     let want_loss = f.json["loss"].as_f64().unwrap() as f32;
     assert!(
         (loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
         "loss {loss} vs PyTorch {want_loss}"
     );
-    let logits = graph.logits(g, &model).unwrap();
+    let logits = graph.logits(g, model).unwrap();
     let want = floats(&f.json["logits"]);
     assert_eq!(logits.len(), want.len());
     let max_ref = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -105,6 +103,31 @@ fn logits_and_loss_match_pytorch() {
         logits[i],
         want[i]
     );
+}
+
+#[test]
+fn logits_and_loss_match_pytorch() {
+    let g = gpu();
+    let (model, graph, f) = setup(&AdamW::default());
+    graph.forward(g).unwrap();
+    check_forward(&graph, &model, &f);
+}
+
+#[test]
+fn evaluation_graph_matches_pytorch_in_less_memory() {
+    let g = gpu();
+    let (model, train, f) = setup(&AdamW::default());
+    let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
+    let mut eval = TrainGraph::new_eval(g, &model, &cfg, Some(&init), f.b, f.t).unwrap();
+    eval.set_batch(g, &f.inputs, &f.targets).unwrap();
+    eval.forward(g).unwrap();
+    check_forward(&eval, &model, &f);
+    // One set of activations for all layers, no gradient scratch.
+    let (e, t) = (eval.allocated_bytes(), train.allocated_bytes());
+    assert!(e < t, "evaluation graph {e} B vs training graph {t} B");
+    let err = eval.step(g, 1, 1e-3).unwrap_err().to_string();
+    assert!(err.contains("TrainGraph::new"), "{err}");
+    assert!(eval.gradients(g).is_err());
 }
 
 #[test]

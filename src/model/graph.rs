@@ -204,6 +204,7 @@ impl Gpt2 {
 }
 
 /// Activations of one block that backward needs.
+#[derive(Clone)]
 struct BlockActs {
     ln1: Tensor,
     mean1: Tensor,
@@ -278,6 +279,8 @@ pub struct TrainGraph {
     reseed: Vec<(usize, lk::Reseed)>,
     /// Number of adapted modules (dropout sites per step).
     modules: usize,
+    /// Built with a backward pass ([`TrainGraph::new`], not [`TrainGraph::new_eval`]).
+    trains: bool,
 }
 
 struct Builder<'a> {
@@ -421,6 +424,40 @@ impl TrainGraph {
         t: usize,
         opt: &AdamW,
     ) -> Result<Self> {
+        Self::build(gpu, model, lora, init, seed, b, t, opt, true)
+    }
+
+    /// A forward-only graph for evaluation (LoRA dropout off): every layer shares one set of
+    /// activations and there is no backward pass or gradient scratch, so it allocates a
+    /// fraction of a training graph. [`TrainGraph::forward`] and the loss readers work; the
+    /// training calls return an error.
+    pub fn new_eval(
+        gpu: &Gpu,
+        model: &Gpt2,
+        lora: &LoraConfig,
+        params: Option<&[f32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Self> {
+        let lora = LoraConfig {
+            dropout: 0.0,
+            ..lora.clone()
+        };
+        Self::build(gpu, model, &lora, params, 0, b, t, &AdamW::default(), false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: &Gpu,
+        model: &Gpt2,
+        lora: &LoraConfig,
+        init: Option<&[f32]>,
+        seed: u64,
+        b: usize,
+        t: usize,
+        opt: &AdamW,
+        train: bool,
+    ) -> Result<Self> {
         let cfg = &model.config;
         if b == 0 {
             return Err(Error::invalid("batch size", b, "must be > 0"));
@@ -481,18 +518,28 @@ impl TrainGraph {
         let tokens = bl.zeros("tokens", &[bt])?;
         let targets = bl.zeros("targets", &[bt])?;
         let dloss = bl.zeros("dloss", &[1])?;
-        let mut res = Vec::new();
+        // Training keeps each layer's residual input; evaluation alternates two buffers.
+        let mut res: Vec<Tensor> = Vec::new();
         for l in 0..=cfg.n_layer {
-            res.push(bl.zeros(&format!("residual {l}"), &[bt, c])?);
+            res.push(match res.get(l.wrapping_sub(2)) {
+                Some(r) if !train => r.clone(),
+                _ => bl.zeros(&format!("residual {l}"), &[bt, c])?,
+            });
         }
         // Only what a gradient needs is kept per layer: a LayerNorm output only when the
         // linear layer it feeds has an adapter (the LoRA A gradient reads it), else it lives
         // in a shared scratch; GELU's output never (recomputed from c_fc's in the backward).
+        // Evaluation keeps nothing: every layer uses the first layer's buffers.
         let ln_scratch = bl.zeros("scratch ln out (B·T, C)", &[bt, c])?;
         let gelu_out = bl.zeros("scratch gelu out (B·T, 4C)", &[bt, 4 * c])?;
-        let mut acts = Vec::new();
+        let mut acts: Vec<BlockActs> = Vec::new();
         for l in 0..cfg.n_layer {
-            let (keep_ln1, keep_ln2) = (find(l, Linear::CAttn), find(l, Linear::CFc));
+            if let (false, Some(first)) = (train, acts.first()) {
+                acts.push(first.clone());
+                continue;
+            }
+            let keep = |l: usize, linear: Linear| find(l, linear).filter(|_| train);
+            let (keep_ln1, keep_ln2) = (keep(l, Linear::CAttn), keep(l, Linear::CFc));
             let mut z = |name: &str, shape: &[usize]| bl.zeros(&format!("h.{l}.{name}"), shape);
             let mut kept = |adapted: Option<&Adapted>, name: &str| match adapted {
                 Some(_) => z(name, &[bt, c]),
@@ -528,15 +575,6 @@ impl TrainGraph {
         let stats = bl.zeros("step stats", &[norm_at + 1])?;
         let loss_rows = stats.view("loss per row", 0, &[bt])?;
         let norm_sq = stats.view("grad norm²", norm_at, &[1])?;
-        // Gradient scratch.
-        let dres = bl.zeros("d residual", &[bt, c])?;
-        let dln = bl.zeros("d ln", &[bt, c])?;
-        let datty = bl.zeros("d attn_y", &[bt, c])?;
-        let dqkv = bl.zeros("d qkv", &[bt, 3 * c])?;
-        let dstat = bl.zeros("attn rowsum(dout ⊙ out)", &[b, nh, t])?;
-        let dgelu = bl.zeros("d gelu", &[bt, 4 * c])?;
-        let dfc = bl.zeros("d c_fc", &[bt, 4 * c])?;
-        let du = bl.zeros("d u", &[bt, r])?;
 
         let ashape = AttentionShape { b, t, c, nh };
         let shards = if store_logits {
@@ -663,120 +701,132 @@ impl TrainGraph {
             fwd.push(ce::loss(gpu, &loss_rows, &st, &targets)?);
             Ok(fwd)
         };
-        let fwd = record_forward(&mut bl, true)?;
-        let eval_fwd = if lora.dropout > 0.0 {
+        let fwd = record_forward(&mut bl, train)?;
+        let eval_fwd = if train && lora.dropout > 0.0 {
             Some(record_forward(&mut bl, false)?)
         } else {
             None
         };
 
-        // ---- backward ----
-        let last = &res[cfg.n_layer];
+        // ---- backward (training only) ----
         let mut clear_grads = Recording::new();
-        clear_grads.clear(&grads);
         let mut bwd = Recording::new();
-        bwd.clear(&dres);
-        for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
-            if !store_logits {
-                bwd.push(matmul(
+        if train {
+            clear_grads.clear(&grads);
+            let last = &res[cfg.n_layer];
+            // Gradient scratch.
+            let dres = bl.zeros("d residual", &[bt, c])?;
+            let dln = bl.zeros("d ln", &[bt, c])?;
+            let datty = bl.zeros("d attn_y", &[bt, c])?;
+            let dqkv = bl.zeros("d qkv", &[bt, 3 * c])?;
+            let dstat = bl.zeros("attn rowsum(dout ⊙ out)", &[b, nh, t])?;
+            let dgelu = bl.zeros("d gelu", &[bt, 4 * c])?;
+            let dfc = bl.zeros("d c_fc", &[bt, 4 * c])?;
+            let du = bl.zeros("d u", &[bt, r])?;
+            bwd.clear(&dres);
+            for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
+                if !store_logits {
+                    bwd.push(matmul(
+                        gpu,
+                        bl.mm,
+                        lg,
+                        &lnf,
+                        shard,
+                        None,
+                        &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
+                    )?);
+                }
+                bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
+                let mut op = MatmulOp::new(bt, c, *rows).frozen_b();
+                op.accumulate = i > 0;
+                bwd.push(matmul(gpu, bl.mm, &dln, lg, shard, None, &op)?);
+            }
+            bwd.push(layernorm::backward(
+                gpu,
+                &dres,
+                &dln,
+                last,
+                &model.ln_f.w,
+                &meanf,
+                &rstdf,
+                c,
+            )?);
+            for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate().rev() {
+                if find(l, Linear::MlpCProj).is_some() {
+                    bwd.push(elementwise::gelu_forward(gpu, &gelu_out, &a.fc)?);
+                }
+                bl.linear_backward(
+                    &mut bwd,
+                    &dgelu,
+                    &du,
+                    &dres,
+                    &gelu_out,
+                    &blk.mlp_c_proj,
+                    find(l, Linear::MlpCProj),
+                    bt,
+                    scale,
+                )?;
+                bwd.push(elementwise::gelu_backward(gpu, &dfc, &dgelu, &a.fc)?);
+                bl.linear_backward(
+                    &mut bwd,
+                    &dln,
+                    &du,
+                    &dfc,
+                    &a.ln2,
+                    &blk.c_fc,
+                    find(l, Linear::CFc),
+                    bt,
+                    scale,
+                )?;
+                bwd.push(layernorm::backward(
                     gpu,
-                    bl.mm,
-                    lg,
-                    &lnf,
-                    shard,
-                    None,
-                    &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
+                    &dres,
+                    &dln,
+                    &a.xmid,
+                    &blk.ln_2.w,
+                    &a.mean2,
+                    &a.rstd2,
+                    c,
+                )?);
+                bl.linear_backward(
+                    &mut bwd,
+                    &datty,
+                    &du,
+                    &dres,
+                    &a.atty,
+                    &blk.attn_c_proj,
+                    find(l, Linear::AttnCProj),
+                    bt,
+                    scale,
+                )?;
+                let (qkv, out) = (&a.qkv, &a.atty);
+                let attn =
+                    attention::backward(gpu, &dqkv, &dstat, &datty, qkv, out, &a.lse, &ashape)?;
+                for d in attn {
+                    bwd.push(d);
+                }
+                bl.linear_backward(
+                    &mut bwd,
+                    &dln,
+                    &du,
+                    &dqkv,
+                    &a.ln1,
+                    &blk.c_attn,
+                    find(l, Linear::CAttn),
+                    bt,
+                    scale,
+                )?;
+                bwd.push(layernorm::backward(
+                    gpu,
+                    &dres,
+                    &dln,
+                    &res[l],
+                    &blk.ln_1.w,
+                    &a.mean1,
+                    &a.rstd1,
+                    c,
                 )?);
             }
-            bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
-            let mut op = MatmulOp::new(bt, c, *rows).frozen_b();
-            op.accumulate = i > 0;
-            bwd.push(matmul(gpu, bl.mm, &dln, lg, shard, None, &op)?);
-        }
-        bwd.push(layernorm::backward(
-            gpu,
-            &dres,
-            &dln,
-            last,
-            &model.ln_f.w,
-            &meanf,
-            &rstdf,
-            c,
-        )?);
-        for (l, (blk, a)) in model.blocks.iter().zip(&acts).enumerate().rev() {
-            if find(l, Linear::MlpCProj).is_some() {
-                bwd.push(elementwise::gelu_forward(gpu, &gelu_out, &a.fc)?);
-            }
-            bl.linear_backward(
-                &mut bwd,
-                &dgelu,
-                &du,
-                &dres,
-                &gelu_out,
-                &blk.mlp_c_proj,
-                find(l, Linear::MlpCProj),
-                bt,
-                scale,
-            )?;
-            bwd.push(elementwise::gelu_backward(gpu, &dfc, &dgelu, &a.fc)?);
-            bl.linear_backward(
-                &mut bwd,
-                &dln,
-                &du,
-                &dfc,
-                &a.ln2,
-                &blk.c_fc,
-                find(l, Linear::CFc),
-                bt,
-                scale,
-            )?;
-            bwd.push(layernorm::backward(
-                gpu,
-                &dres,
-                &dln,
-                &a.xmid,
-                &blk.ln_2.w,
-                &a.mean2,
-                &a.rstd2,
-                c,
-            )?);
-            bl.linear_backward(
-                &mut bwd,
-                &datty,
-                &du,
-                &dres,
-                &a.atty,
-                &blk.attn_c_proj,
-                find(l, Linear::AttnCProj),
-                bt,
-                scale,
-            )?;
-            let (qkv, out) = (&a.qkv, &a.atty);
-            let attn = attention::backward(gpu, &dqkv, &dstat, &datty, qkv, out, &a.lse, &ashape)?;
-            for d in attn {
-                bwd.push(d);
-            }
-            bl.linear_backward(
-                &mut bwd,
-                &dln,
-                &du,
-                &dqkv,
-                &a.ln1,
-                &blk.c_attn,
-                find(l, Linear::CAttn),
-                bt,
-                scale,
-            )?;
-            bwd.push(layernorm::backward(
-                gpu,
-                &dres,
-                &dln,
-                &res[l],
-                &blk.ln_1.w,
-                &a.mean1,
-                &a.rstd1,
-                c,
-            )?);
         }
         let [n1, n2] = reduce::sumsq(gpu, &norm_sq, &grads)?;
         let optimizer = adamw::update(gpu, &params, &grads, &m, &v, &norm_sq, opt)?;
@@ -815,7 +865,20 @@ impl TrainGraph {
             in_flight: BTreeMap::new(),
             partial: BTreeMap::new(),
             finished: BTreeMap::new(),
+            trains: train,
         })
+    }
+
+    /// An error for the training calls of an evaluation graph.
+    fn check_trains(&self) -> Result<()> {
+        if self.trains {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "graph",
+            "evaluation-only (TrainGraph::new_eval)",
+            "it has no backward pass: build it with TrainGraph::new to train",
+        ))
     }
 
     /// The flat parameter layout.
@@ -909,6 +972,7 @@ impl TrainGraph {
                 "steps count from 1 and micro < micros",
             ));
         }
+        self.check_trains()?;
         let last = micro + 1 == micros;
         if last {
             self.optimizer.set_step(gpu, step, lr)?;
@@ -1004,6 +1068,7 @@ impl TrainGraph {
     /// Forward and backward (training mode) without the optimizer update: leaves the
     /// gradients in [`TrainGraph::grads`] (for inspection and tests). Does not wait.
     pub fn gradients(&self, gpu: &Gpu) -> Result<()> {
+        self.check_trains()?;
         Recording::run_all(gpu, &[&self.clear_grads, &self.forward, &self.backward])
     }
 
