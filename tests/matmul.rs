@@ -336,7 +336,7 @@ fn cooperative_matrix_variant_matches_reference() {
     );
     // Operands with f16 values, so only the order of the f32 sums differs from the reference:
     // partial blocks in m, n and k (several k stages), batches, every transpose, the epilogue.
-    let b = 4 * side as usize;
+    let b = 8 * side as usize; // the block side
     let shapes = [
         (1, 1, 1),
         (7, 13, 5),

@@ -149,8 +149,8 @@ pub enum MatmulVariant {
     /// [`MatmulVariant::Register`].
     Image,
     /// Cooperative matrices (tensor cores): operands rounded to f16, products accumulated in
-    /// f32, one subgroup per 64x64 block of C (32x32 with 8x8 fragments). Needs
-    /// [`GpuOptions::cooperative_matrix`].
+    /// f32; four subgroups per 128x128 block of C (64x64 with 8x8 fragments), each owning a
+    /// quarter. Needs [`GpuOptions::cooperative_matrix`] (and `SUBGROUP`).
     Coop,
     /// The autotuned winner for each shape class (see [`autotune`]).
     Auto,
@@ -353,15 +353,16 @@ impl Gpu {
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
         if options.cooperative_matrix {
             let side = coop_fragment_side(offered, &summary.cooperative_matrix)
-                .filter(|_| !options.no_optional_features && summary.info.subgroup_max_size > 0)
+                .filter(|_| features.subgroup && summary.info.subgroup_max_size > 0)
                 .ok_or_else(|| {
                     Error::invalid(
                         "cooperative matrix",
                         format!("{} ({:?})", summary.info.name, summary.info.backend),
                         "an adapter offering f16 x f16 + f32 cooperative-matrix fragments of 8x8 \
                          or 16x16 (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX; `lora-wgpu devices` \
-                         marks them coopmat), with optional features not hidden; run without \
-                         the cooperative-matrix option (--coopmat, LORA_WGPU_COOPMAT)",
+                         marks them coopmat) and SUBGROUP, with optional features not hidden; \
+                         run without the cooperative-matrix option (--coopmat, \
+                         LORA_WGPU_COOPMAT)",
                     )
                 })?;
             required |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;

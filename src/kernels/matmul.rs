@@ -222,14 +222,15 @@ pub fn matmul(
                      LORA_WGPU_COOPMAT=1) on an adapter that offers it",
                 ));
             };
-            let block = 4 * side as usize;
+            // Four subgroups per workgroup, each a 4x4-fragment tile of a 2x2-tile block.
+            let block = 8 * side as usize;
             let grid = [groups(n, block)?, groups(m, block)?, z];
             let kernel = if side == 16 {
                 Kernel::MatmulCoop16
             } else {
                 Kernel::MatmulCoop8
             };
-            let wg = f64::from(gpu.info().subgroup_max_size);
+            let wg = f64::from(4 * gpu.info().subgroup_max_size);
             (kernel, vec![("WG", wg)], grid)
         }
         MatmulVariant::Auto | MatmulVariant::Image => unreachable!("resolved above"),
