@@ -173,6 +173,8 @@ fn lora_backward_matches_cpu() {
         for (variant, accumulate) in [
             (LoraVariant::Workgroup, false),
             (LoraVariant::Workgroup, true),
+            (LoraVariant::Register, false),
+            (LoraVariant::Register, true),
             (LoraVariant::Parallel, false),
             (LoraVariant::Parallel, true),
         ] {

@@ -1,9 +1,10 @@
 //! `lora.wgsl`: the fused low-rank path y += scale · (dropout(x) · aᵀ) · bᵀ and its backward.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::{Dispatch, Gpu, Kernel, MatmulVariant, Tensor};
 
 use super::dropout::Dropout;
+use super::matmul::{matmul, MatmulOp};
 use super::{expect_len, groups, u32_of};
 use crate::gpu::groups_1d;
 
@@ -126,8 +127,9 @@ pub enum LoraVariant {
     /// row, column or 4 input features, each looping over the whole reduction.
     Workgroup,
     /// 8 rows per thread, vec4 loads, no workgroup memory (CPU adapters). Needs k, n and r
-    /// to be multiples of 4, and falls back to [`LoraVariant::Workgroup`] otherwise. Backward
-    /// as [`LoraVariant::Workgroup`].
+    /// to be multiples of 4, and falls back to [`LoraVariant::Workgroup`] otherwise. Backward:
+    /// du and dB as image matmuls ([`MatmulVariant::Image`]), dA and dx as
+    /// [`LoraVariant::Workgroup`].
     Register,
     /// Workgroup-wide reductions (GPUs): forward and du reduce over k (n) with 32 threads per
     /// row, 8 rows per workgroup; dB and dA reduce over m with 32 row groups per 32-column
@@ -243,7 +245,7 @@ pub fn backward(
     backward_with(gpu, v, g, dy, x, a, b, u, s, scale, d, accumulate)
 }
 
-/// [`backward`] with the kernels of `variant` (`Workgroup` and `Register` share theirs).
+/// [`backward`] with the kernels of `variant`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     gpu: &Gpu,
@@ -292,6 +294,25 @@ pub fn backward_with(
                 &params,
                 &[g.du, x, g.da],
                 groups_1d(groups(s.k, 32)?),
+            )?,
+        ]
+    } else if variant == LoraVariant::Register {
+        // du = scale · dY · B and dB (+)= scale · dYᵀ · U are matmuls with r columns: on CPU
+        // adapters the image matmul (padded to 64 columns) beats the per-thread loops, whose
+        // storage-buffer loads lavapipe runs lane by lane.
+        let mm = MatmulVariant::Image;
+        let du_op = MatmulOp::new(s.m, s.r, s.n).alpha(scale);
+        let mut db_op = MatmulOp::new(s.n, s.r, s.m).trans_a().alpha(scale);
+        db_op.accumulate = accumulate;
+        vec![
+            matmul(gpu, mm, g.du, dy, b, None, &du_op)?,
+            matmul(gpu, mm, g.db, dy, u, None, &db_op)?,
+            gpu.dispatch(
+                Kernel::LoraBackwardDa,
+                &c,
+                &params,
+                &[g.du, x, g.da],
+                [groups(s.k.div_ceil(4), 64)?, 1, 1],
             )?,
         ]
     } else {
