@@ -150,7 +150,7 @@ pub enum MatmulVariant {
     Image,
     /// Cooperative matrices (tensor cores): operands rounded to f16, products accumulated in
     /// f32; four subgroups per 128x128 block of C (64x64 with 8x8 fragments), each owning a
-    /// quarter. Needs [`GpuOptions::cooperative_matrix`] (and `SUBGROUP`).
+    /// quarter. Needs [`GpuOptions::cooperative_matrix`] (and `SHADER_F16`, `SUBGROUP`).
     Coop,
     /// The autotuned winner for each shape class (see [`autotune`]).
     Auto,
@@ -353,14 +353,14 @@ impl Gpu {
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
         if options.cooperative_matrix {
             let side = coop_fragment_side(offered, &summary.cooperative_matrix)
-                .filter(|_| features.subgroup && summary.info.subgroup_max_size > 0)
+                .filter(|_| features.f16 && features.subgroup && summary.info.subgroup_max_size > 0)
                 .ok_or_else(|| {
                     Error::invalid(
                         "cooperative matrix",
                         format!("{} ({:?})", summary.info.name, summary.info.backend),
                         "an adapter offering f16 x f16 + f32 cooperative-matrix fragments of 8x8 \
                          or 16x16 (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX; `lora-wgpu devices` \
-                         marks them coopmat) and SUBGROUP, with optional features not hidden; \
+                         marks them coopmat), SHADER_F16 and SUBGROUP, with optional features not hidden; \
                          run without the cooperative-matrix option (--coopmat, \
                          LORA_WGPU_COOPMAT)",
                     )
@@ -450,8 +450,9 @@ impl Gpu {
     /// unmeasured and keep the 4x4 kernel.
     ///
     /// The environment variable `LORA_WGPU_MATMUL` overrides the choice (for benchmarks and
-    /// comparisons): `register`, `tiled1x1`, `tiled4x4` or `tiled8x8` (any `tiledMxN` that
-    /// [`crate::kernels::matmul::matmul`] accepts). An unrecognised value is ignored.
+    /// comparisons): `image`, `register`, `tiled1x1`, `tiled4x4` or `tiled8x8` (any `tiledMxN`
+    /// that [`crate::kernels::matmul::matmul`] accepts), or `coop` (which needs
+    /// [`GpuOptions::cooperative_matrix`]). An unrecognised value is ignored.
     pub fn default_matmul(&self) -> MatmulVariant {
         let forced = std::env::var("LORA_WGPU_MATMUL")
             .ok()

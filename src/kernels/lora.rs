@@ -74,6 +74,22 @@ impl Params {
     }
 }
 
+/// Whether `kernel` regenerates the LoRA dropout mask (so a recording that replays it with
+/// dropout on must move the mask's offset every step): the forward kernels, dA and dx. du and
+/// dB never read the mask (and on CPU adapters are matmuls with their own parameters).
+pub fn reads_dropout_mask(kernel: Kernel) -> bool {
+    use Kernel::*;
+    matches!(
+        kernel,
+        LoraForward
+            | LoraForwardVec4
+            | LoraForwardPar
+            | LoraBackwardDa
+            | LoraBackwardDaPar
+            | LoraBackwardDx
+    )
+}
+
 /// A recorded LoRA dispatch whose dropout mask must change every step: keeps what its
 /// parameters were built from so [`Reseed::set_offset`] can rewrite them before a replay.
 #[derive(Debug)]
@@ -86,21 +102,23 @@ pub struct Reseed {
 }
 
 impl Reseed {
-    /// Wrap a dispatch made by [`forward`] or [`backward`] with the same arguments.
+    /// Wrap a dispatch made by [`forward`] or [`backward`] with the same arguments; `None`
+    /// for one that does not read the mask (see [`reads_dropout_mask`]), whose parameters must
+    /// not be rewritten.
     pub fn new(
         dispatch: std::sync::Arc<Dispatch>,
         shape: LoraShape,
         scale: f32,
         dropout: Dropout,
         accumulate: bool,
-    ) -> Self {
-        Reseed {
+    ) -> Option<Self> {
+        reads_dropout_mask(dispatch.kernel()).then_some(Reseed {
             dispatch,
             shape,
             scale,
             dropout,
             accumulate,
-        }
+        })
     }
 
     /// Use the dropout mask at counter `offset` from the next replay on.

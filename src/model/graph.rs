@@ -299,7 +299,8 @@ impl Builder<'_> {
         Ok(t)
     }
 
-    /// Append a LoRA dispatch; with dropout on, keep a handle to move its mask every step.
+    /// Append a dispatch of a LoRA module; with dropout on, keep a handle to move the mask of
+    /// those that read it every step.
     fn push_lora(
         &mut self,
         rec: &mut Recording,
@@ -309,11 +310,11 @@ impl Builder<'_> {
         scale: f32,
         accumulate: bool,
     ) {
-        if l.dropout.p > 0.0 {
+        if l.dropout.p > 0.0 && lk::reads_dropout_mask(d.kernel()) {
             let d = std::sync::Arc::new(d);
             rec.push_shared(d.clone());
             self.reseed
-                .push((l.index, lk::Reseed::new(d, s, scale, l.dropout, accumulate)));
+                .extend(lk::Reseed::new(d, s, scale, l.dropout, accumulate).map(|r| (l.index, r)));
         } else {
             rec.push(d);
         }
