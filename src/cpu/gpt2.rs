@@ -1,6 +1,6 @@
 //! Plain-loop references of the GPT-2 ops (llm.c's train_gpt2.c, in f32 with f64 sums).
 
-/// out[bt] = wte[tokens[bt]] + wpe[bt % t].   out: (N, C)
+/// `out[bt] = wte[tokens[bt]] + wpe[bt % t]`.   out: (N, C)
 pub fn embedding(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
     for (bt, &tok) in tokens.iter().enumerate() {
         let (tok, pos) = (tok as usize, bt % t);

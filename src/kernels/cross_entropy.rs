@@ -73,7 +73,7 @@ pub fn stats(
     )
 }
 
-/// loss[row] = logsumexp - logit[target] (0 for [`IGNORE`]d rows).   loss: (N,)
+/// `loss[row] = logsumexp - logit[target]` (0 for [`IGNORE`]d rows).   loss: (N,)
 pub fn loss(gpu: &Gpu, loss: &Tensor, st: &CeState, targets: &Tensor) -> Result<Dispatch> {
     let n = targets.len();
     expect_len("cross_entropy::loss", "loss", loss, n)?;
@@ -87,7 +87,7 @@ pub fn loss(gpu: &Gpu, loss: &Tensor, st: &CeState, targets: &Tensor) -> Result<
     )
 }
 
-/// logits (N, vc) of vocab ids v0.. <- (softmax - onehot) · dloss[0], in place.
+/// logits (N, vc) of vocab ids v0.. <- `(softmax - onehot) · dloss[0]`, in place.
 ///   dloss: (1,) the gradient of the reduced loss w.r.t. each row's loss (1 / counted rows)
 pub fn grad(
     gpu: &Gpu,

@@ -18,9 +18,9 @@ pub(crate) struct Params {
     _pad: [u32; 2],
 }
 
-/// out = wpe[t] + wte[token], with wte given as shards of consecutive vocab rows: one
+/// `out = wpe[t] + wte[token]`, with wte given as shards of consecutive vocab rows: one
 /// dispatch per shard (the first also writes the position embedding).
-///   out: (B·T, C)   tokens: (B·T,) u32   wte_shards[i]: (rows_i, C)   wpe: (≥ T, C)
+///   out: (B·T, C)   tokens: (B·T,) u32   `wte_shards[i]`: (rows_i, C)   wpe: (≥ T, C)
 pub fn forward(
     gpu: &Gpu,
     out: &Tensor,

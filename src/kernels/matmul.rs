@@ -137,7 +137,7 @@ fn batch_stride(op: &'static str, what: &str, t: &Tensor, one: usize, batch: usi
 }
 
 /// c = alpha · op(a) · op(b) (+ bias) (+ c).
-///   c: (batch, m, n)   a: ([batch,] m, k) or transposed   b: ([batch,] k, n) or transposed
+///   c: (batch, m, n)   a: (\[batch,\] m, k) or transposed   b: (\[batch,\] k, n) or transposed
 ///   bias: (n,)
 /// `b` may be an f16 tensor ([`Gpu::upload_f16`], a frozen weight): it is widened to f32 on
 /// load and the arithmetic stays f32.

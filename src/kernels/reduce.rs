@@ -16,7 +16,7 @@ pub(crate) struct Params {
     _pad: [u32; 3],
 }
 
-/// out[0] = Σ x². Two dispatches (partials, final); allocates its partials buffer.
+/// `out[0] = Σ x²`. Two dispatches (partials, final); allocates its partials buffer.
 ///   out: (1,)   x: (n,)
 pub fn sumsq(gpu: &Gpu, out: &Tensor, x: &Tensor) -> Result<[Dispatch; 2]> {
     expect_len("sumsq", "out", out, 1)?;
