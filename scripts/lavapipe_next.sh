@@ -15,7 +15,7 @@ LIB=$DIR/root/usr/lib/x86_64-linux-gnu
 
 if [ ! -e "$DIR/lvp.json" ]; then
     mkdir -p "$DIR/debs"
-    curl -fsS "$MIRROR/dists/sid/main/binary-amd64/Packages.xz" | xz -d >"$DIR/Packages"
+    curl -fsS --retry 3 "$MIRROR/dists/sid/main/binary-amd64/Packages.xz" | xz -d >"$DIR/Packages"
     # The packages mesa-vulkan-drivers needs, recursively (first alternative of each).
     python3 - "$DIR/Packages" mesa-vulkan-drivers libvulkan1 libc6 >"$DIR/files.txt" <<'PY'
 import sys
@@ -50,7 +50,7 @@ while todo:
 for name in sorted(seen):
     print(packages[name]["Filename"])
 PY
-    (cd "$DIR/debs" && sed "s#^#$MIRROR/#" "$DIR/files.txt" | xargs curl -fsS --remote-name-all)
+    (cd "$DIR/debs" && sed "s#^#$MIRROR/#" "$DIR/files.txt" | xargs curl -fsS --retry 3 --remote-name-all)
     for f in "$DIR"/debs/*.deb; do dpkg-deb -x "$f" "$DIR/root"; done
     sed "s#\"library_path\": *\"[^\"]*\"#\"library_path\": \"$LIB/libvulkan_lvp.so\"#" \
         "$DIR/root/usr/share/vulkan/icd.d/lvp_icd.json" >"$DIR/lvp.json.tmp"
