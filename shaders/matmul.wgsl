@@ -471,14 +471,9 @@ fn matmul_pack_a(@builtin(global_invocation_id) g: vec3<u32>) {
     if g.x >= size.x || g.y >= size.y {
         return;
     }
-    var v = vec4<f32>(0.0);
-    if g.y < p.m {
-        for (var e = 0u; e < 4u; e++) {
-            let kk = 4u * g.x + e;
-            if kk < p.k {
-                v[e] = load_a(0u, g.y, kk);
-            }
-        }
+    var v: vec4<f32>;
+    for (var e = 0u; e < 4u; e++) {
+        v[e] = load_a_or_0(0u, g.y, 4u * g.x + e);
     }
     textureStore(pack_out, g.xy, v);
 }
@@ -490,14 +485,9 @@ fn matmul_pack_b(@builtin(global_invocation_id) g: vec3<u32>) {
     if g.x >= size.x || g.y >= size.y {
         return;
     }
-    var v = vec4<f32>(0.0);
-    if g.y < p.k {
-        for (var e = 0u; e < 4u; e++) {
-            let col = 4u * g.x + e;
-            if col < p.n {
-                v[e] = load_b(0u, g.y, col);
-            }
-        }
+    var v: vec4<f32>;
+    for (var e = 0u; e < 4u; e++) {
+        v[e] = load_b_or_0(0u, g.y, 4u * g.x + e);
     }
     textureStore(pack_out, g.xy, v);
 }

@@ -207,65 +207,44 @@ fn demo_train_then_eval_merge_generate() {
         "the adapter changed nothing: {lb} vs {lt}"
     );
 
-    // --f16-weights: the linear layers' weights at half size, the loss within 1e-2 of f32; a
-    // clear refusal where the adapter lacks SHADER_F16 (or the features are hidden).
-    let (ok, stdout, stderr) = run(&[
-        "eval",
-        "--model",
-        "tiny",
-        "--adapter",
-        out_s,
-        "--data",
-        data_s,
-        "--block-size",
-        "16",
-        "--json",
-        "--f16-weights",
-    ]);
-    let gpu = lora_wgpu::Gpu::new(&lora_wgpu::GpuOptions::from_env()).unwrap();
-    if gpu.features().f16 {
-        assert!(ok, "eval --f16-weights failed: {stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        let l16 = v["loss"].as_f64().unwrap();
-        assert!((l16 - lt).abs() < 1e-2, "f16 weights {l16} vs f32 {lt}");
-    } else {
-        assert!(!ok && stderr.contains("SHADER_F16"), "{stderr}");
-    }
-    drop(gpu);
-
-    // --coopmat: cooperative-matrix matmuls (f16 operands, f32 sums), the loss within 1e-2;
-    // refused up front, naming the wgpu feature, where the adapter does not offer them.
-    let (ok, stdout, stderr) = run(&[
-        "eval",
-        "--model",
-        "tiny",
-        "--adapter",
-        out_s,
-        "--data",
-        data_s,
-        "--block-size",
-        "16",
-        "--json",
-        "--coopmat",
-    ]);
+    // The tuned eval with one f16 option: the loss within 1e-2 of f32 where the adapter offers
+    // what the option needs, else a clear refusal naming the `missing` feature.
+    let eval_option = |flag: &str, offered: bool, missing: &str| {
+        let (ok, stdout, stderr) = run(&[
+            "eval",
+            "--model",
+            "tiny",
+            "--adapter",
+            out_s,
+            "--data",
+            data_s,
+            "--block-size",
+            "16",
+            "--json",
+            flag,
+        ]);
+        if offered {
+            assert!(ok, "eval {flag} failed: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let l = v["loss"].as_f64().unwrap();
+            assert!((l - lt).abs() < 1e-2, "{flag}: {l} vs f32 {lt}");
+        } else {
+            assert!(!ok && stderr.contains(missing), "{stderr}");
+        }
+    };
+    // --f16-weights: the linear layers' weights at half size (needs SHADER_F16, which the
+    // features-hidden run hides).
+    let options = lora_wgpu::GpuOptions::from_env();
+    let f16 = lora_wgpu::Gpu::new(&options).unwrap().features().f16;
+    eval_option("--f16-weights", f16, "SHADER_F16");
+    // --coopmat: cooperative-matrix matmuls (f16 operands, f32 sums), refused up front where
+    // the adapter does not offer them.
     let options = lora_wgpu::GpuOptions {
         cooperative_matrix: true,
-        ..lora_wgpu::GpuOptions::from_env()
+        ..options
     };
-    if lora_wgpu::Gpu::new(&options).is_ok() {
-        assert!(ok, "eval --coopmat failed: {stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        let lc = v["loss"].as_f64().unwrap();
-        assert!(
-            (lc - lt).abs() < 1e-2,
-            "cooperative matrices {lc} vs f32 {lt}"
-        );
-    } else {
-        assert!(
-            !ok && stderr.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
-            "{stderr}"
-        );
-    }
+    let coop = lora_wgpu::Gpu::new(&options).is_ok();
+    eval_option("--coopmat", coop, "EXPERIMENTAL_COOPERATIVE_MATRIX");
 
     // merge: the merged model alone evaluates like base + adapter.
     let merged = tmp.path().join("merged");

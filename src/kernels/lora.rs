@@ -314,41 +314,40 @@ pub fn backward_with(
                 groups_1d(groups(s.k, 32)?),
             )?,
         ]
-    } else if variant == LoraVariant::Register {
-        // du = scale · dY · B and dB (+)= scale · dYᵀ · U are matmuls with r columns: on CPU
-        // adapters the image matmul (padded to 64 columns) beats the per-thread loops, whose
-        // storage-buffer loads lavapipe runs lane by lane.
-        let mm = MatmulVariant::Image;
-        let du_op = MatmulOp::new(s.m, s.r, s.n).alpha(scale);
-        let mut db_op = MatmulOp::new(s.n, s.r, s.m).trans_a().alpha(scale);
-        db_op.accumulate = accumulate;
-        vec![
-            matmul(gpu, mm, g.du, dy, b, None, &du_op)?,
-            matmul(gpu, mm, g.db, dy, u, None, &db_op)?,
-            gpu.dispatch(
-                Kernel::LoraBackwardDa,
-                &c,
-                &params,
-                &[g.du, x, g.da],
-                [groups(s.k.div_ceil(4), 64)?, 1, 1],
-            )?,
-        ]
     } else {
+        let (du, db) = if variant == LoraVariant::Register {
+            // du = scale · dY · B and dB (+)= scale · dYᵀ · U are matmuls with r columns: on
+            // CPU adapters the image matmul (padded to 64 columns) beats the per-thread loops,
+            // whose storage-buffer loads lavapipe runs lane by lane.
+            let mm = MatmulVariant::Image;
+            let du_op = MatmulOp::new(s.m, s.r, s.n).alpha(scale);
+            let mut db_op = MatmulOp::new(s.n, s.r, s.m).trans_a().alpha(scale);
+            db_op.accumulate = accumulate;
+            (
+                matmul(gpu, mm, g.du, dy, b, None, &du_op)?,
+                matmul(gpu, mm, g.db, dy, u, None, &db_op)?,
+            )
+        } else {
+            (
+                gpu.dispatch(
+                    Kernel::LoraBackwardDu,
+                    &c,
+                    &params,
+                    &[dy, b, g.du],
+                    [groups(s.m, 64)?, 1, 1],
+                )?,
+                gpu.dispatch(
+                    Kernel::LoraBackwardDb,
+                    &c,
+                    &params,
+                    &[dy, u, g.db],
+                    [groups(s.n, 64)?, 1, 1],
+                )?,
+            )
+        };
         vec![
-            gpu.dispatch(
-                Kernel::LoraBackwardDu,
-                &c,
-                &params,
-                &[dy, b, g.du],
-                [groups(s.m, 64)?, 1, 1],
-            )?,
-            gpu.dispatch(
-                Kernel::LoraBackwardDb,
-                &c,
-                &params,
-                &[dy, u, g.db],
-                [groups(s.n, 64)?, 1, 1],
-            )?,
+            du,
+            db,
             gpu.dispatch(
                 Kernel::LoraBackwardDa,
                 &c,
