@@ -13,7 +13,7 @@ use lora_wgpu::gpu::{Dispatch, Kernel, MatmulVariant};
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
-use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::kernels::matmul::{image_subgroups, matmul, MatmulOp};
 use lora_wgpu::kernels::{merge, reduce};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 
@@ -62,6 +62,9 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
     match v {
         MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
+        MatmulVariant::Image if d.kernel() == Kernel::MatmulImageSubgroup => {
+            "image2x16_subgroup".into()
+        }
         MatmulVariant::Image => "image4x8".into(),
         MatmulVariant::Coop => "coop_f16".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
@@ -85,6 +88,15 @@ fn bench_peak(c: &mut Criterion) {
 
 fn bench_matmul(c: &mut Criterion) {
     let g = gpu();
+    // Where the image kernel shares op(B) through subgroups, the plain one too, side by side:
+    // a second device on the same adapter without optional features.
+    let plain = image_subgroups(&g).then(|| {
+        Gpu::new(&GpuOptions {
+            no_optional_features: true,
+            ..GpuOptions::from_env()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    });
     for (m, k, n, layer) in GPT2_SHAPES {
         let mut grp = c.benchmark_group(format!("matmul/{m}x{k}x{n}"));
         grp.sample_size(10).warm_up_time(Duration::from_millis(500));
@@ -119,6 +131,19 @@ fn bench_matmul(c: &mut Criterion) {
             grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {
                 b.iter_custom(|it| time(&g, &[&d], it))
             });
+        }
+        if let Some(p) = &plain {
+            let (a, w, bias) = (
+                filled(p, "x", &[m, k]),
+                filled(p, "w", &[k, n]),
+                filled(p, "bias", &[n]),
+            );
+            let out = p.zeros("y", &[m, n]).unwrap();
+            let d = matmul(p, MatmulVariant::Image, &out, &a, &w, Some(&bias), &op).unwrap();
+            grp.bench_function(
+                BenchmarkId::new(variant_name(MatmulVariant::Image, &d), layer),
+                |b| b.iter_custom(|it| time(p, &[&d], it)),
+            );
         }
         grp.finish();
     }

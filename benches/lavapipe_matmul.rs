@@ -8,7 +8,8 @@
 //! sampled rgba32float textures (`textureLoad`, texel fetch) or read-only rgba32float storage
 //! textures (image loads); each invocation owns R rows x C vec4 column groups; `_u` = trusted
 //! module without naga runtime checks; `rf` = row blocks vary fastest over the dispatch;
-//! `sg_a` = A shared through `subgroupBroadcast`; `bcastB*` = B from uniform-buffer windows
+//! `sg_a` = A shared through `subgroupBroadcast`; `sgb` / `sgs` = lanes own different rows and
+//! share op(B) through `subgroupBroadcast` / `subgroupShuffle`; `bcastB*` = B from uniform-buffer windows
 //! read at constant offsets (K unrolled; only on request, compiles slowly); `diag_*` = cost
 //! probes with wrong results on purpose.
 //!
@@ -34,6 +35,16 @@
 //! The library adopted img_r4c2_wg8x8 as `MatmulVariant::Image` (matmul.wgsl's
 //! `matmul_image`, with packing kernels and the usual epilogue); `lib_register` here is the
 //! register kernel it replaced on CPU adapters.
+//!
+//! Later (2026-11-29): in img_r4c2 the 8 lanes share rows, so each lane gathers its own 8 op(B)
+//! texels per k step and the 4 op(A) texels are the same for all (`diag_bonly` 18-23, `diag_aonly`
+//! 31-35, `diag_noload` 40-46 in one run). Turning it around (`sgb`: lanes own different rows,
+//! the op(B) texels a k step needs are fetched once per subgroup, lane l one texel, and
+//! broadcast) ran 1.3-1.6x faster in the same runs: sgb_img_r2c4_wg8x4 18.5-27, img_r4c2 11.5-16
+//! (machine noise ±20% between runs). `subgroupShuffle` with constant lanes is no faster than
+//! `subgroupBroadcast`; sharing A instead (`sg_a_rf`) reaches about the same 19-20. The library
+//! adopted sgb r2c4 (workgroup 8x4, row blocks fastest) as `matmul_image_sg.wgsl` where
+//! subgroups are 8 wide.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -525,6 +536,104 @@ fn prep_bcast(
     }
 }
 
+/// Shared-B design: the 8 lanes of a SIMD vector (one llvmpipe subgroup) own 8 different row
+/// blocks of `r` rows and the same `c` vec4 column groups, so the 4·c texels of op(B) a k step
+/// needs are the same for every lane: lane l gathers texel l (one gather per 8 texels) and
+/// `subgroupBroadcast` hands each to every lane; A stays one gather per row. Per k step:
+/// r + 4c/8 gathers instead of r + 4c. Dispatch: x walks row blocks (8 per workgroup), y column
+/// blocks (`wy` per workgroup).
+fn gen_sgb(r: u32, c: u32, wy: u32, op: &str) -> String {
+    assert!((4 * c).is_multiple_of(8));
+    let mut s = String::new();
+    s +=
+        "struct P { m: u32, n: u32, k: u32, pad: u32 }\n@group(0) @binding(0) var<uniform> p: P;\n";
+    s += "@group(0) @binding(1) var at: texture_storage_2d<rgba32float, read>;\n@group(0) @binding(2) var bt: texture_storage_2d<rgba32float, read>;\n";
+    s += "fn la(r: u32, kk: u32) -> vec4<f32> { return textureLoad(at, vec2<u32>(kk, r)); }\n";
+    s += "fn lb(k: u32, q: u32) -> vec4<f32> { return textureLoad(bt, vec2<u32>(q, k)); }\n";
+    s += "@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;\n";
+    // (naga allows the subgroup builtins only with a one-dimensional workgroup)
+    let _ = writeln!(s, "@compute @workgroup_size({})", 8 * wy);
+    s += "fn main(@builtin(workgroup_id) w: vec3<u32>, @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) sid: u32) {\n";
+    let _ = writeln!(
+        s,
+        "  let nq = p.n / 4u; let r0 = (w.x * 8u + sid) * {r}u; let q0 = (w.y * {wy}u + sg) * {c}u;"
+    );
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(s, "  var acc{i}_{j} = vec4<f32>(0.0);");
+        }
+    }
+    s += "  for (var kk = 0u; kk < p.k / 4u; kk++) {\n";
+    for t in 0..(4 * c) / 8 {
+        let _ = writeln!(
+            s,
+            "    let bm{t} = lb(kk * 4u + (sid + {o}u) / {c}u, q0 + (sid + {o}u) % {c}u);",
+            o = 8 * t
+        );
+    }
+    for i in 0..r {
+        let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
+    }
+    for e in 0..4 {
+        let comp = ["x", "y", "z", "w"][e as usize];
+        for j in 0..c {
+            let l = e * c + j;
+            let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
+        }
+        for i in 0..r {
+            for j in 0..c {
+                let _ = writeln!(
+                    s,
+                    "    acc{i}_{j} = fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, acc{i}_{j});"
+                );
+            }
+        }
+    }
+    s += "  }\n";
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(s, "  c4[(r0 + {i}u) * nq + q0 + {j}u] = acc{i}_{j};");
+        }
+    }
+    s += "}\n";
+    s
+}
+
+fn prep_sgb(
+    ctx: &Ctx,
+    ops: &Ops,
+    (r, c, wy): (u32, u32, u32),
+    trusted: bool,
+    op: &'static str,
+) -> Prepared {
+    let (m, n) = (ops.m, ops.n);
+    let code = gen_sgb(r, c, wy, op);
+    if std::env::var_os("DUMP_WGSL").is_some() {
+        println!("{code}");
+    }
+    let md = module(ctx, &code, trusted);
+    let pipe = pipeline(ctx, &md, None);
+    let cb = out_buf(ctx, m, n);
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipe.get_bind_group_layout(0),
+        entries: &[
+            entry(0, ops.params.as_entire_binding()),
+            entry(1, wgpu::BindingResource::TextureView(&ops.at)),
+            entry(2, wgpu::BindingResource::TextureView(&ops.bt)),
+            entry(3, cb.as_entire_binding()),
+        ],
+    });
+    assert!(n % (4 * c * wy) == 0 && m % (r * 8) == 0);
+    Prepared {
+        pipeline: pipe,
+        dispatches: vec![(0, vec![], [m / r / 8, n / 4 / c / wy, 1])],
+        groups: vec![bg],
+        c: cb,
+        clear_c: false,
+    }
+}
+
 /// Broadcast-B design ("row lanes"): the 8 SIMD lanes are 8 rows of C; each invocation owns one
 /// row and `nb` columns. B comes from a uniform-buffer window of K x nb (dynamic offset, B
 /// repacked as [N/nb][K][nb]) read at constant offsets with K fully unrolled, so every B scalar
@@ -1003,6 +1112,35 @@ fn main() {
                             }),
                         ));
                     }
+                }
+            }
+        }
+    }
+    if sg {
+        for &(r, c, wy) in &[
+            (4u32, 2u32, 8u32),
+            (2, 4, 8),
+            (4, 4, 4),
+            (4, 2, 4),
+            (2, 4, 4),
+            (8, 2, 8),
+            (1, 8, 8),
+            (1, 8, 4),
+            (1, 4, 8),
+            (2, 2, 8),
+            (1, 16, 4),
+            (2, 8, 4),
+        ] {
+            for trusted in [false, true] {
+                for (tag, op) in [("sgb", "subgroupBroadcast"), ("sgs", "subgroupShuffle")] {
+                    let name = format!(
+                        "{tag}_img_r{r}c{c}_wg8x{wy}{}",
+                        if trusted { "_u" } else { "" }
+                    );
+                    variants.push((
+                        name,
+                        Box::new(move |ctx, ops| prep_sgb(ctx, ops, (r, c, wy), trusted, op)),
+                    ));
                 }
             }
         }

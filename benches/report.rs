@@ -33,6 +33,7 @@ use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 use lora_wgpu::kernels::{elementwise, layernorm};
 use lora_wgpu::lora::LoraConfig;
+use lora_wgpu::model::graph::keeps_logits;
 use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 use serde_json::{json, Value};
@@ -411,39 +412,38 @@ fn profile_kinds(
             )?,
         ],
     );
-    add(
-        "LM head (2 fwd + 1 bwd per shard)",
-        shards,
-        vec![
-            matmul(
-                g,
-                mm,
-                &logits,
-                &x_c,
-                &wte,
-                None,
-                &op(bt, shard, c).trans_b(),
-            )?,
-            matmul(
-                g,
-                mm,
-                &logits,
-                &x_c,
-                &wte,
-                None,
-                &op(bt, shard, c).trans_b(),
-            )?,
-            matmul(
-                g,
-                mm,
-                &x_c2,
-                &logits,
-                &wte,
-                None,
-                &op(bt, c, shard).accumulate(),
-            )?,
-        ],
-    );
+    // The graph recomputes the logits in backward unless it keeps them (small B·T·V).
+    let keeps = keeps_logits(bt, v);
+    let lm_fwd = || {
+        matmul(
+            g,
+            mm,
+            &logits,
+            &x_c,
+            &wte,
+            None,
+            &op(bt, shard, c).trans_b(),
+        )
+    };
+    let mut lm_head = vec![lm_fwd()?];
+    if !keeps {
+        lm_head.push(lm_fwd()?);
+    }
+    lm_head.push(matmul(
+        g,
+        mm,
+        &x_c2,
+        &logits,
+        &wte,
+        None,
+        &op(bt, c, shard).accumulate(),
+    )?);
+    let lm_name = if keeps {
+        "LM head (1 fwd + 1 bwd per shard)"
+    } else {
+        "LM head (2 fwd + 1 bwd per shard)"
+    };
+    add(lm_name, shards, lm_head);
     // LoRA on c_attn (k = C, n = 3C) and attn.c_proj (k = n = C), dropout off as in the report's
     // training runs.
     let nod = Dropout::NONE;

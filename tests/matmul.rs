@@ -4,8 +4,9 @@ mod common;
 
 use common::{assert_close, gpu, random, ATOL, RTOL};
 use lora_wgpu::cpu;
-use lora_wgpu::gpu::MatmulVariant;
-use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::gpu::{Kernel, MatmulVariant};
+use lora_wgpu::kernels::matmul::{image_subgroups, matmul, MatmulOp};
+use lora_wgpu::GpuOptions;
 
 const VARIANTS: [MatmulVariant; 5] = [
     MatmulVariant::Image,
@@ -153,6 +154,61 @@ fn odd_shapes_all_variants_and_transposes() {
                 seed += 10;
                 check(variant, op, false, seed);
             }
+        }
+    }
+}
+
+/// Where subgroups are exactly 8 wide (lavapipe on 256-bit vectors: the Vulkan CI pass) the
+/// image variant runs `matmul_image_sg` (op(B) shared through the subgroup, 16-row blocks),
+/// elsewhere `matmul_image` (GL, `LORA_WGPU_NO_OPTIONAL_FEATURES`): the tests in this file
+/// check whichever runs. Here: edges of the 16 x 64 block in every dimension, bias, alpha and
+/// accumulate, so both kernels' epilogues are covered.
+#[test]
+fn image_kernel_choice_and_block_edges() {
+    let g = gpu();
+    let info = g.info();
+    let eight_wide =
+        g.features().subgroup && info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+    if info.backend == wgpu::Backend::Vulkan
+        && info.name.contains("llvmpipe")
+        && info.name.contains("256 bits")
+        && !GpuOptions::from_env().no_optional_features
+    {
+        assert!(
+            eight_wide,
+            "lavapipe on Vulkan offers SUBGROUP with 8-wide subgroups, so matmul_image_sg \
+             should be tested here: {info:?}, {:?}",
+            g.features()
+        );
+    }
+    let op = MatmulOp::new(17, 65, 9);
+    let (a, b, c) = (
+        g.zeros("a", &[17, 9]).unwrap(),
+        g.zeros("b", &[9, 65]).unwrap(),
+        g.zeros("c", &[17, 65]).unwrap(),
+    );
+    let d = matmul(g, MatmulVariant::Image, &c, &a, &b, None, &op).unwrap();
+    let want = if eight_wide {
+        Kernel::MatmulImageSubgroup
+    } else {
+        Kernel::MatmulImage
+    };
+    assert_eq!(d.kernel(), want);
+    assert_eq!(image_subgroups(g), eight_wide);
+    let mut seed = 500;
+    for (m, k, n) in [
+        (15, 7, 63),
+        (16, 8, 64),
+        (17, 9, 65),
+        (33, 12, 129),
+        (48, 5, 200),
+    ] {
+        for (ta, tb) in [(false, false), (true, true)] {
+            seed += 10;
+            let mut op = MatmulOp::new(m, n, k).alpha(0.75).accumulate();
+            op.trans_a = ta;
+            op.trans_b = tb;
+            check(MatmulVariant::Image, op, true, seed);
         }
     }
 }

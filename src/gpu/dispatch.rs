@@ -48,13 +48,16 @@ pub enum ShaderFile {
     MatmulCoop8F16,
     /// [`ShaderFile::MatmulCoop16`] with B stored as f16
     MatmulCoop16F16,
+    /// `matmul.wgsl` + `matmul_image_sg.wgsl`: the image matmul sharing op(B) through
+    /// 8-wide subgroups (`SUBGROUP`)
+    MatmulImageSubgroup,
 }
 
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 
 impl ShaderFile {
     /// Every shader file.
-    pub const ALL: [ShaderFile; 19] = [
+    pub const ALL: [ShaderFile; 20] = [
         ShaderFile::Matmul,
         ShaderFile::Lora,
         ShaderFile::Dropout,
@@ -74,6 +77,7 @@ impl ShaderFile {
         ShaderFile::MatmulCoop16,
         ShaderFile::MatmulCoop8F16,
         ShaderFile::MatmulCoop16F16,
+        ShaderFile::MatmulImageSubgroup,
     ];
 
     /// File name inside `shaders/`.
@@ -98,6 +102,7 @@ impl ShaderFile {
             ShaderFile::MatmulCoop16 => "matmul_coop.wgsl (16x16)",
             ShaderFile::MatmulCoop8F16 => "matmul_coop.wgsl (8x8, f16 B)",
             ShaderFile::MatmulCoop16F16 => "matmul_coop.wgsl (16x16, f16 B)",
+            ShaderFile::MatmulImageSubgroup => "matmul_image_sg.wgsl",
         }
     }
 
@@ -113,6 +118,7 @@ impl ShaderFile {
                 | ShaderFile::MatmulCoop16
                 | ShaderFile::MatmulCoop8F16
                 | ShaderFile::MatmulCoop16F16
+                | ShaderFile::MatmulImageSubgroup
         )
     }
 
@@ -156,6 +162,11 @@ impl ShaderFile {
             ShaderFile::MatmulCoop16 => coop_build(ShaderFile::Matmul, 16),
             ShaderFile::MatmulCoop8F16 => coop_build(ShaderFile::MatmulF16, 8),
             ShaderFile::MatmulCoop16F16 => coop_build(ShaderFile::MatmulF16, 16),
+            ShaderFile::MatmulImageSubgroup => format!(
+                "{}\n{}",
+                ShaderFile::Matmul.source(),
+                include_str!("../../shaders/matmul_image_sg.wgsl")
+            ),
         }
     }
 }
@@ -233,6 +244,8 @@ pub enum Kernel {
     MatmulCoop16F16,
     /// Matmul of two packed operand textures (CPU adapters).
     MatmulImage,
+    /// [`Kernel::MatmulImage`] with op(B) shared through 8-wide subgroups (llvmpipe).
+    MatmulImageSubgroup,
     /// [`Kernel::AttentionForward`] reading q, k, v from a packed texture (CPU adapters).
     AttentionForwardImage,
     /// [`Kernel::AttentionBackwardRows`] reading q, k, v and dout from packed textures.
@@ -322,7 +335,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 56] = [
+    pub const ALL: [Kernel; 57] = [
         Kernel::MatmulTiled,
         Kernel::MatmulRegister,
         Kernel::MatmulVec4,
@@ -372,6 +385,7 @@ impl Kernel {
         Kernel::MatmulPackB,
         Kernel::MatmulPackBF16,
         Kernel::MatmulImage,
+        Kernel::MatmulImageSubgroup,
         Kernel::AttentionForwardImage,
         Kernel::AttentionBackwardRowsImage,
         Kernel::AttentionBackwardColsImage,
@@ -396,6 +410,7 @@ impl Kernel {
             MatmulCoop16 => ShaderFile::MatmulCoop16,
             MatmulCoop8F16 => ShaderFile::MatmulCoop8F16,
             MatmulCoop16F16 => ShaderFile::MatmulCoop16F16,
+            MatmulImageSubgroup => ShaderFile::MatmulImageSubgroup,
             LoraForward | LoraForwardVec4 | LoraBackwardDu | LoraBackwardDb | LoraBackwardDa
             | LoraBackwardDx | LoraForwardPar | LoraBackwardDuPar | LoraBackwardDbPar
             | LoraBackwardDaPar => ShaderFile::Lora,
@@ -433,6 +448,7 @@ impl Kernel {
             MatmulPackA => "matmul_pack_a",
             MatmulPackB | MatmulPackBF16 => "matmul_pack_b",
             MatmulImage => "matmul_image",
+            MatmulImageSubgroup => "matmul_image_sg",
             MatmulCoop8 | MatmulCoop16 | MatmulCoop8F16 | MatmulCoop16F16 => "matmul_coop",
             LoraForward => "lora_forward",
             LoraForwardVec4 => "lora_forward_vec4",
@@ -488,7 +504,7 @@ impl Kernel {
             MatmulVec4 | MatmulVec4F16 => &[(5, R), (6, R), (3, R), (4, W)],
             MatmulPackA => &[(1, R)],
             MatmulPackB | MatmulPackBF16 => &[(2, R)],
-            MatmulImage => &[(3, R), (4, W)],
+            MatmulImage | MatmulImageSubgroup => &[(3, R), (4, W)],
             AttentionForwardImage => &[(2, W), (3, W)],
             AttentionBackwardRowsImage => &[(5, R), (9, R), (6, W), (7, W)],
             AttentionBackwardColsImage => &[(5, R), (8, R), (7, W)],
@@ -540,7 +556,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             MatmulPackA | MatmulPackB | MatmulPackBF16 => &[(7, W)],
-            MatmulImage => &[(8, R), (9, R)],
+            MatmulImage | MatmulImageSubgroup => &[(8, R), (9, R)],
             AttentionForwardImage => &[(10, R)],
             AttentionBackwardRowsImage | AttentionBackwardColsImage => &[(10, R), (11, R)],
             _ => &[],

@@ -312,17 +312,24 @@ fn image(
         before.push(pack(pack_b, b, &tb, np / 4, kp)?);
         tb
     };
-    let grid = [u32_of("N / 64", np / 64)?, u32_of("M / 32", mp / 32)?, 1];
+    let (kernel, grid) = if image_subgroups(gpu) {
+        let grid = [u32_of("M / 16", mp / 16)?, u32_of("N / 64", np / 64)?, 1];
+        (Kernel::MatmulImageSubgroup, grid)
+    } else {
+        let grid = [u32_of("N / 64", np / 64)?, u32_of("M / 32", mp / 32)?, 1];
+        (Kernel::MatmulImage, grid)
+    };
     let bias = bias.unwrap_or(&gpu.dummy);
-    let d = gpu.dispatch_with_textures(
-        Kernel::MatmulImage,
-        &[],
-        params,
-        &[bias, c],
-        &[&ta, &tb],
-        grid,
-    )?;
+    let d = gpu.dispatch_with_textures(kernel, &[], params, &[bias, c], &[&ta, &tb], grid)?;
     Ok(Some(d.after(before)))
+}
+
+/// Whether the image matmul can share op(B) through subgroups (`matmul_image_sg`): SUBGROUP
+/// is enabled and every subgroup is exactly 8 invocations wide, as that kernel assumes
+/// (llvmpipe on 256-bit vectors; elsewhere `matmul_image`).
+pub fn image_subgroups(gpu: &Gpu) -> bool {
+    let info = gpu.info();
+    gpu.features().subgroup && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
 }
 
 /// Pack a row-major (rows, cols) tensor (cols % 4 == 0) into pooled storage texture `slot`

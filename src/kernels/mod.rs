@@ -80,7 +80,8 @@ mod tests {
             | ShaderFile::MatmulCoop8
             | ShaderFile::MatmulCoop16
             | ShaderFile::MatmulCoop8F16
-            | ShaderFile::MatmulCoop16F16 => size_of::<super::matmul::Params>(),
+            | ShaderFile::MatmulCoop16F16
+            | ShaderFile::MatmulImageSubgroup => size_of::<super::matmul::Params>(),
             ShaderFile::Lora => size_of::<super::lora::Params>(),
             ShaderFile::Dropout => size_of::<super::dropout::Params>(),
             ShaderFile::Adamw => size_of::<super::adamw::Params>(),

@@ -33,6 +33,13 @@ const MAX_SHARD_ROWS: usize = 4096;
 /// are recomputed chunk by chunk so memory stays O(B·T·chunk).
 const STORED_LOGITS_BYTES: usize = 256 << 20;
 
+/// Whether a training graph over `tokens` = B·T positions and a `vocab`-row LM head keeps its
+/// logits from forward for backward (one LM-head product per step fewer) instead of
+/// recomputing them chunk by chunk: when they take at most 256 MiB.
+pub fn keeps_logits(tokens: usize, vocab: usize) -> bool {
+    tokens * vocab * 4 <= STORED_LOGITS_BYTES
+}
+
 /// A linear layer's frozen weight ([in, out], as GPT-2's Conv1D stores it) and bias.
 #[derive(Debug)]
 pub(crate) struct Dense {
@@ -568,7 +575,7 @@ impl TrainGraph {
         let ranges = model.shard_ranges();
         let max_rows = ranges.iter().map(|r| r.1).max().unwrap_or(1);
         let vocab: usize = ranges.iter().map(|r| r.1).sum();
-        let store_logits = bt * vocab * 4 <= STORED_LOGITS_BYTES;
+        let store_logits = keeps_logits(bt, vocab);
         let st = CeState::new(gpu, bt)?;
         bl.allocated += 3 * 4 * bt as u64;
         // Per-row losses and the squared grad norm share one buffer, read back together.
