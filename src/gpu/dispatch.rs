@@ -614,17 +614,24 @@ impl Gpu {
             label: Some(file.name()),
             source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
         };
-        let module = if file.trusted() {
-            // SAFETY: the kernels of a trusted file clamp or guard every index themselves and
-            // their launchers check every buffer length (see `ShaderFile::trusted`); the
-            // driver's robust buffer access still applies.
-            unsafe {
-                self.device
-                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-            }
+        // Every loop in shaders/ is a counted `for` over bounds from uniforms or constants
+        // with a non-zero step, so none can run forever: naga's loop bounding (a counter
+        // checked on every iteration of every loop) is off for all files. It stops
+        // llvmpipe from unrolling the fixed-length inner loops over a head, so private arrays
+        // indexed by their counters went to scratch memory: attention on lavapipe took 2.7 to
+        // 3.4x as long with it. Bounds checks stay, except in trusted files.
+        let checks = if file.trusted() {
+            wgpu::ShaderRuntimeChecks::unchecked()
         } else {
-            self.device.create_shader_module(desc)
+            wgpu::ShaderRuntimeChecks {
+                force_loop_bounding: false,
+                ..wgpu::ShaderRuntimeChecks::checked()
+            }
         };
+        // SAFETY: no loop in any file can run forever (above); the kernels of a trusted file
+        // clamp or guard every index themselves and their launchers check every buffer length
+        // (see `ShaderFile::trusted`); the driver's robust buffer access still applies.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 kernel: file.name().into(),
