@@ -93,6 +93,7 @@ fn bench_matmul(c: &mut Criterion) {
     let plain = image_subgroups(&g).then(|| {
         Gpu::new(&GpuOptions {
             no_optional_features: true,
+            cooperative_matrix: false,
             ..GpuOptions::from_env()
         })
         .unwrap_or_else(|e| panic!("{e}"))
