@@ -7,7 +7,7 @@
 //! cargo bench --bench report -- [--quick] [--json target/report.json]
 //!     [--shape gpt2] [--batch 4] [--seq 128,1024] [--rank 8] [--steps 10] [--warmup 2]
 //!     [--train-variants default,before,tiled8x8] [--max-train-seconds 30] [--no-kernels]
-//!     [--no-train] [--no-profile] [--f16-weights]
+//!     [--no-train] [--no-profile] [--f16-weights] [--layers 10,11]
 //! ```
 //!
 //! `--quick` uses small shapes (minutes on lavapipe): kernels at 64..256, training the `tiny`
@@ -20,6 +20,7 @@
 //! with the first LoRA and attention kernels, `LORA_WGPU_LORA=workgroup`,
 //! `LORA_WGPU_ATTENTION=rows`).
 //! `--f16-weights` stores the linear layers' frozen weights as f16 (`WeightStorage::F16`).
+//! `--layers` adapts only those blocks (the backward stops below the first adapted one).
 //! Before the training runs (unless `--no-profile`), a per-kernel-kind profile of one training
 //! step at each T (see `profile`), on GPUs for the first kernels and the adapter's own.
 
@@ -53,6 +54,8 @@ struct Args {
     train: bool,
     profile: bool,
     f16_weights: bool,
+    /// Adapt only these blocks (`--layers 10,11`; default all).
+    layers: Option<Vec<usize>>,
 }
 
 fn parse_args() -> Args {
@@ -100,6 +103,15 @@ fn parse_args() -> Args {
         train: !has("--no-train"),
         profile: !has("--no-profile"),
         f16_weights: has("--f16-weights"),
+        layers: get("--layers").map(|v| {
+            v.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .expect("--layers takes block indices, e.g. 10,11")
+                })
+                .collect()
+        }),
     }
 }
 
@@ -612,6 +624,7 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
     let lora = LoraConfig {
         r: args.rank,
         alpha: 2.0 * args.rank as f32,
+        layers_to_transform: args.layers.clone(),
         ..LoraConfig::default()
     };
     let result = (|| -> lora_wgpu::Result<Value> {

@@ -5,10 +5,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::gpu;
+use common::{gpu, random};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::cross_entropy::IGNORE;
-use lora_wgpu::lora::peft;
+use lora_wgpu::lora::{peft, LoraConfig, LoraEntry, LoraLayout};
 use lora_wgpu::model::{Gpt2, TrainGraph};
 use serde_json::Value;
 
@@ -163,6 +163,91 @@ fn lora_gradients_match_pytorch() {
                 err <= 1e-3 * scale,
                 "{key}: max |diff| {err} vs max |grad| {scale}"
             );
+        }
+    }
+}
+
+/// Nothing trainable sits below the first adapted linear layer, so the backward stops there:
+/// with adapters on layer 1 only, layer 0's backward (and what lies before the adapted module
+/// in layer 1) is not run. Layer 1's gradients must equal those of a graph that also adapts
+/// layer 0 with B = 0 there (the same forward, and a backward through every layer).
+#[test]
+fn backward_stops_below_the_first_adapted_layer() {
+    let g = gpu();
+    let f = fixture();
+    let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
+    let (base, _, _) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
+    let targets: [&[&str]; 5] = [
+        &["c_attn"],
+        &["c_proj"],
+        &["c_fc"],
+        &["mlp.c_proj"],
+        &["c_attn", "c_fc"],
+    ];
+    for names in targets {
+        let config = |layers: Vec<usize>| LoraConfig {
+            target_modules: names.iter().map(|n| n.to_string()).collect(),
+            layers_to_transform: Some(layers),
+            dropout: 0.0,
+            ..base.clone()
+        };
+        let (one, both) = (config(vec![1]), config(vec![0, 1]));
+        let (l1, l2) = (
+            LoraLayout::new(&model.config, &one).unwrap(),
+            LoraLayout::new(&model.config, &both).unwrap(),
+        );
+        let values = random(l2.len, 7);
+        let ranges = |l: &LoraLayout, e: &LoraEntry| {
+            (
+                e.a_offset..e.a_offset + l.r * e.d_in,
+                e.b_offset..e.b_offset + e.d_out * l.r,
+            )
+        };
+        let mut p2 = vec![0.0; l2.len];
+        for e in &l2.entries {
+            let (a, b) = ranges(&l2, e);
+            p2[a.clone()].copy_from_slice(&values[a]);
+            if e.layer == 1 {
+                p2[b.clone()].copy_from_slice(&values[b]);
+            }
+        }
+        let twin = |e: &LoraEntry| {
+            let o = l2
+                .entries
+                .iter()
+                .find(|o| (o.layer, o.linear) == (e.layer, e.linear));
+            o.unwrap().clone()
+        };
+        let mut p1 = vec![0.0; l1.len];
+        for e in &l1.entries {
+            let ((a1, b1), (a2, b2)) = (ranges(&l1, e), ranges(&l2, &twin(e)));
+            p1[a1].copy_from_slice(&p2[a2]);
+            p1[b1].copy_from_slice(&p2[b2]);
+        }
+        let grads = |lora: &LoraConfig, params: &[f32]| {
+            let opt = AdamW::default();
+            let mut graph = TrainGraph::new(g, &model, lora, Some(params), 0, f.b, f.t, &opt);
+            let graph = graph.as_mut().unwrap();
+            graph.set_batch(g, &f.inputs, &f.targets).unwrap();
+            graph.gradients(g).unwrap();
+            g.download(&graph.grads).unwrap()
+        };
+        let (g1, g2) = (grads(&one, &p1), grads(&both, &p2));
+        for e in &l1.entries {
+            let ((a1, b1), (a2, b2)) = (ranges(&l1, e), ranges(&l2, &twin(e)));
+            for (got, want, which) in [(&g1[a1], &g2[a2], "A"), (&g1[b1], &g2[b2], "B")] {
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "{names:?} {}: zero {which} gradient", e.path());
+                let err = got
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    err <= 1e-6 * scale,
+                    "{names:?} {} {which}: max |diff| {err} vs max |grad| {scale}",
+                    e.path()
+                );
+            }
         }
     }
 }

@@ -371,10 +371,12 @@ impl Builder<'_> {
     }
 
     /// dinp = dout · Wᵀ (+ the LoRA path's dx), and the LoRA gradients (accumulated).
+    /// Backward of a linear layer: its LoRA gradients (if adapted) and, when `dinp` is given,
+    /// the gradient at its input (base and LoRA paths).
     fn linear_backward(
         &mut self,
         rec: &mut Recording,
-        dinp: &Tensor,
+        dinp: Option<&Tensor>,
         du: &Tensor,
         dout: &Tensor,
         inp: &Tensor,
@@ -384,15 +386,17 @@ impl Builder<'_> {
         scale: f32,
     ) -> Result<()> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
-        rec.push(matmul(
-            self.gpu,
-            self.mm,
-            dinp,
-            dout,
-            &d.w,
-            None,
-            &MatmulOp::new(m, d_in, d_out).trans_b().frozen_b(),
-        )?);
+        if let Some(dinp) = dinp {
+            rec.push(matmul(
+                self.gpu,
+                self.mm,
+                dinp,
+                dout,
+                &d.w,
+                None,
+                &MatmulOp::new(m, d_in, d_out).trans_b().frozen_b(),
+            )?);
+        }
         if let Some(l) = lora {
             let r = l.a.shape()[0];
             let s = LoraShape {
@@ -402,7 +406,7 @@ impl Builder<'_> {
                 r,
             };
             let g = LoraGrads {
-                dx: Some(dinp),
+                dx: dinp,
                 da: &l.da,
                 db: &l.db,
                 du,
@@ -521,6 +525,18 @@ impl TrainGraph {
                 .iter()
                 .find(|a| a.entry.layer == layer && a.entry.linear == l)
         };
+        // Forward position of a linear layer; nothing trainable sits before the first adapted
+        // one, so the backward stops there: a gradient is needed at the output of the linear
+        // at position p iff first <= p, and at its input iff first < p.
+        let pos = |layer: usize, l: Linear| {
+            4 * layer + Linear::ALL.iter().position(|&x| x == l).unwrap_or(0)
+        };
+        let first = adapted
+            .iter()
+            .map(|a| pos(a.entry.layer, a.entry.linear))
+            .min()
+            .unwrap_or(usize::MAX);
+        let needs_dx = |layer: usize, l: Linear| first < pos(layer, l);
 
         // Activations.
         let tokens = bl.zeros("tokens", &[bt])?;
@@ -765,7 +781,7 @@ impl TrainGraph {
                 }
                 bl.linear_backward(
                     &mut bwd,
-                    &dgelu,
+                    needs_dx(l, Linear::MlpCProj).then_some(&dgelu),
                     &du,
                     &dres,
                     &gelu_out,
@@ -774,10 +790,13 @@ impl TrainGraph {
                     bt,
                     scale,
                 )?;
+                if !needs_dx(l, Linear::MlpCProj) {
+                    break; // nothing trainable below
+                }
                 bwd.push(elementwise::gelu_backward(gpu, &dfc, &dgelu, &a.fc)?);
                 bl.linear_backward(
                     &mut bwd,
-                    &dln,
+                    needs_dx(l, Linear::CFc).then_some(&dln),
                     &du,
                     &dfc,
                     &a.ln2,
@@ -786,6 +805,9 @@ impl TrainGraph {
                     bt,
                     scale,
                 )?;
+                if !needs_dx(l, Linear::CFc) {
+                    break;
+                }
                 bwd.push(layernorm::backward(
                     gpu,
                     &dres,
@@ -798,7 +820,7 @@ impl TrainGraph {
                 )?);
                 bl.linear_backward(
                     &mut bwd,
-                    &datty,
+                    needs_dx(l, Linear::AttnCProj).then_some(&datty),
                     &du,
                     &dres,
                     &a.atty,
@@ -807,6 +829,9 @@ impl TrainGraph {
                     bt,
                     scale,
                 )?;
+                if !needs_dx(l, Linear::AttnCProj) {
+                    break;
+                }
                 let (qkv, out) = (&a.qkv, &a.atty);
                 let attn =
                     attention::backward(gpu, &dqkv, &dstat, &datty, qkv, out, &a.lse, &ashape)?;
@@ -815,7 +840,7 @@ impl TrainGraph {
                 }
                 bl.linear_backward(
                     &mut bwd,
-                    &dln,
+                    needs_dx(l, Linear::CAttn).then_some(&dln),
                     &du,
                     &dqkv,
                     &a.ln1,
@@ -824,6 +849,9 @@ impl TrainGraph {
                     bt,
                     scale,
                 )?;
+                if !needs_dx(l, Linear::CAttn) {
+                    break;
+                }
                 bwd.push(layernorm::backward(
                     gpu,
                     &dres,
