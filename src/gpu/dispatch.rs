@@ -618,8 +618,8 @@ impl Gpu {
         // with a non-zero step, so none can run forever: naga's loop bounding (a counter
         // checked on every iteration of every loop) is off for all files. It stops
         // llvmpipe from unrolling the fixed-length inner loops over a head, so private arrays
-        // indexed by their counters went to scratch memory: attention on lavapipe took 2.7 to
-        // 3.4x as long with it. Bounds checks stay, except in trusted files.
+        // indexed by their counters went to scratch memory: attention on lavapipe took 2.6 to
+        // 4x as long with it. Bounds checks stay, except in trusted files.
         let checks = if file.trusted() {
             wgpu::ShaderRuntimeChecks::unchecked()
         } else {
