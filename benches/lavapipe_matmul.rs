@@ -168,6 +168,66 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEn
     wgpu::BindGroupEntry { binding, resource }
 }
 
+/// One k step's FMAs of an `r` x `c`-group register block: `acc{i}_{j} += a{i}.comp · b{e}_{j}`.
+fn write_fmas(s: &mut String, r: u32, c: u32, e: usize) {
+    let comp = ["x", "y", "z", "w"][e];
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(
+                s,
+                "    acc{i}_{j} = fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, acc{i}_{j});"
+            );
+        }
+    }
+}
+
+/// Store the register block: column group j of row i at vec4 column `{col0} + {j}u{step}`.
+fn write_stores(s: &mut String, r: u32, c: u32, col0: &str, step: &str) {
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(
+                s,
+                "  c4[(r0 + {i}u) * nq + {col0} + {j}u{step}] = acc{i}_{j};"
+            );
+        }
+    }
+}
+
+/// Compile `code` and bind it to `ops` (params, A and B as textures or storage buffers, a
+/// fresh C): one dispatch of `grid`.
+fn prepare(ctx: &Ctx, ops: &Ops, code: &str, trusted: bool, src: Src, grid: [u32; 3]) -> Prepared {
+    if std::env::var_os("DUMP_WGSL").is_some() {
+        println!("{code}");
+    }
+    let md = module(ctx, code, trusted);
+    let pipe = pipeline(ctx, &md, None);
+    let cb = out_buf(ctx, ops.m, ops.n);
+    let (a, b) = match src {
+        Src::Tex | Src::Image => (
+            wgpu::BindingResource::TextureView(&ops.at),
+            wgpu::BindingResource::TextureView(&ops.bt),
+        ),
+        Src::Storage => (ops.ab.as_entire_binding(), ops.bb.as_entire_binding()),
+    };
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipe.get_bind_group_layout(0),
+        entries: &[
+            entry(0, ops.params.as_entire_binding()),
+            entry(1, a),
+            entry(2, b),
+            entry(3, cb.as_entire_binding()),
+        ],
+    });
+    Prepared {
+        pipeline: pipe,
+        dispatches: vec![(0, vec![], grid)],
+        groups: vec![bg],
+        c: cb,
+        clear_c: false,
+    }
+}
+
 /// Register-blocked kernel, both operands gathered (textures or storage), k loop at run time
 /// with a fully unrolled body. Each invocation owns `r` rows x `c` vec4 column groups; column
 /// group j of invocation x is x + j * (n/4/c) so neighbouring lanes read neighbouring texels.
@@ -259,27 +319,15 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
         }
     }
     for e in 0..4 {
-        let comp = ["x", "y", "z", "w"][e];
         for j in 0..c {
             if b_in {
                 let _ = writeln!(s, "    let b{e}_{j} = lb(kk * 4u + {e}u, g.x + {j}u * qs);");
             }
         }
-        for i in 0..r {
-            for j in 0..c {
-                let _ = writeln!(
-                    s,
-                    "    acc{i}_{j} = fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, acc{i}_{j});"
-                );
-            }
-        }
+        write_fmas(&mut s, r, c, e);
     }
     s += "  }\n";
-    for i in 0..r {
-        for j in 0..c {
-            let _ = writeln!(s, "  c4[(r0 + {i}u) * nq + g.x + {j}u * qs] = acc{i}_{j};");
-        }
-    }
+    write_stores(&mut s, r, c, "g.x", " * qs");
     s += "}\n";
     s
 }
@@ -293,51 +341,14 @@ fn prep_gather(
     mode: u32,
 ) -> Prepared {
     let (m, n) = (ops.m, ops.n);
-    let code = gen_gather(src, r, c, wx, wy, mode);
-    if std::env::var_os("DUMP_WGSL").is_some() {
-        println!("{code}");
-    }
-    let md = module(ctx, &code, trusted);
-    let pipe = pipeline(ctx, &md, None);
-    let cb = out_buf(ctx, m, n);
-    let bg = {
-        let layout = pipe.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = match src {
-            Src::Tex | Src::Image => vec![
-                entry(0, ops.params.as_entire_binding()),
-                entry(1, wgpu::BindingResource::TextureView(&ops.at)),
-                entry(2, wgpu::BindingResource::TextureView(&ops.bt)),
-                entry(3, cb.as_entire_binding()),
-            ],
-            Src::Storage => vec![
-                entry(0, ops.params.as_entire_binding()),
-                entry(1, ops.ab.as_entire_binding()),
-                entry(2, ops.bb.as_entire_binding()),
-                entry(3, cb.as_entire_binding()),
-            ],
-        };
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        })
-    };
     assert!(n % (4 * c * wx) == 0 && m % (r * wy) == 0);
-    Prepared {
-        pipeline: pipe,
-        dispatches: vec![(
-            0,
-            vec![],
-            if mode & 16 != 0 {
-                [m / r / wy, n / 4 / c / wx, 1]
-            } else {
-                [n / 4 / c / wx, m / r / wy, 1]
-            },
-        )],
-        groups: vec![bg],
-        c: cb,
-        clear_c: false,
-    }
+    let grid = if mode & 16 != 0 {
+        [m / r / wy, n / 4 / c / wx, 1]
+    } else {
+        [n / 4 / c / wx, m / r / wy, 1]
+    };
+    let code = gen_gather(src, r, c, wx, wy, mode);
+    prepare(ctx, ops, &code, trusted, src, grid)
 }
 
 /// Broadcast design: A comes from a uniform buffer window (dynamic offset) read at constant
@@ -575,26 +586,14 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str) -> String {
         let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
     }
     for e in 0..4 {
-        let comp = ["x", "y", "z", "w"][e as usize];
         for j in 0..c {
             let l = e * c + j;
             let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
         }
-        for i in 0..r {
-            for j in 0..c {
-                let _ = writeln!(
-                    s,
-                    "    acc{i}_{j} = fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, acc{i}_{j});"
-                );
-            }
-        }
+        write_fmas(&mut s, r, c, e as usize);
     }
     s += "  }\n";
-    for i in 0..r {
-        for j in 0..c {
-            let _ = writeln!(s, "  c4[(r0 + {i}u) * nq + q0 + {j}u] = acc{i}_{j};");
-        }
-    }
+    write_stores(&mut s, r, c, "q0", "");
     s += "}\n";
     s
 }
@@ -607,31 +606,16 @@ fn prep_sgb(
     op: &'static str,
 ) -> Prepared {
     let (m, n) = (ops.m, ops.n);
-    let code = gen_sgb(r, c, wy, op);
-    if std::env::var_os("DUMP_WGSL").is_some() {
-        println!("{code}");
-    }
-    let md = module(ctx, &code, trusted);
-    let pipe = pipeline(ctx, &md, None);
-    let cb = out_buf(ctx, m, n);
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipe.get_bind_group_layout(0),
-        entries: &[
-            entry(0, ops.params.as_entire_binding()),
-            entry(1, wgpu::BindingResource::TextureView(&ops.at)),
-            entry(2, wgpu::BindingResource::TextureView(&ops.bt)),
-            entry(3, cb.as_entire_binding()),
-        ],
-    });
     assert!(n % (4 * c * wy) == 0 && m % (r * 8) == 0);
-    Prepared {
-        pipeline: pipe,
-        dispatches: vec![(0, vec![], [m / r / 8, n / 4 / c / wy, 1])],
-        groups: vec![bg],
-        c: cb,
-        clear_c: false,
-    }
+    let code = gen_sgb(r, c, wy, op);
+    prepare(
+        ctx,
+        ops,
+        &code,
+        trusted,
+        Src::Image,
+        [m / r / 8, n / 4 / c / wy, 1],
+    )
 }
 
 /// Broadcast-B design ("row lanes"): the 8 SIMD lanes are 8 rows of C; each invocation owns one
