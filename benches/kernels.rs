@@ -104,10 +104,6 @@ fn bench_matmul(c: &mut Criterion) {
         // B is a weight, frozen as in training (the image variant packs it once).
         let op = MatmulOp::new(m, n, k).frozen_b();
         grp.throughput(Throughput::Elements(op.flops() as u64));
-        let a = filled(&g, "x", &[m, k]);
-        let w = filled(&g, "w", &[k, n]);
-        let bias = filled(&g, "bias", &[n]);
-        let out = g.zeros("y", &[m, n]).unwrap();
         // The adapter's own choice at every shape; all variants side by side at one shape
         // (everywhere on a GPU, where none of them is slow).
         let all = [
@@ -127,24 +123,18 @@ fn bench_matmul(c: &mut Criterion) {
         if g.features().coop_matrix.is_some() && !variants.contains(&MatmulVariant::Coop) {
             variants.push(MatmulVariant::Coop);
         }
-        for v in variants {
-            let d = matmul(&g, v, &out, &a, &w, Some(&bias), &op).unwrap();
-            grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {
-                b.iter_custom(|it| time(&g, &[&d], it))
-            });
-        }
-        if let Some(p) = &plain {
-            let (a, w, bias) = (
-                filled(p, "x", &[m, k]),
-                filled(p, "w", &[k, n]),
-                filled(p, "bias", &[n]),
-            );
-            let out = p.zeros("y", &[m, n]).unwrap();
-            let d = matmul(p, MatmulVariant::Image, &out, &a, &w, Some(&bias), &op).unwrap();
-            grp.bench_function(
-                BenchmarkId::new(variant_name(MatmulVariant::Image, &d), layer),
-                |b| b.iter_custom(|it| time(p, &[&d], it)),
-            );
+        let plain_image = plain.as_ref().map(|p| (p, vec![MatmulVariant::Image]));
+        for (dev, variants) in std::iter::once((&g, variants)).chain(plain_image) {
+            let a = filled(dev, "x", &[m, k]);
+            let w = filled(dev, "w", &[k, n]);
+            let bias = filled(dev, "bias", &[n]);
+            let out = dev.zeros("y", &[m, n]).unwrap();
+            for v in variants {
+                let d = matmul(dev, v, &out, &a, &w, Some(&bias), &op).unwrap();
+                grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {
+                    b.iter_custom(|it| time(dev, &[&d], it))
+                });
+            }
         }
         grp.finish();
     }
