@@ -76,7 +76,7 @@ fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
 
 fn bench_peak(c: &mut Criterion) {
     let g = gpu();
-    let probe = lora_wgpu::kernels::peak::probe(&g, 1 << 14, 4096).unwrap();
+    let probe = lora_wgpu::kernels::peak::probe(&g, 1 << 14, 1024).unwrap();
     let mut grp = c.benchmark_group("peak");
     grp.sample_size(10);
     grp.throughput(Throughput::Elements(probe.flops() as u64));

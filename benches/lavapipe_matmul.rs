@@ -45,6 +45,17 @@
 //! `subgroupBroadcast`; sharing A instead (`sg_a_rf`) reaches about the same 19-20. The library
 //! adopted sgb r2c4 (workgroup 8x4, row blocks fastest) as `matmul_image_sg.wgsl` where
 //! subgroups are 8 wide.
+//!
+//! Later still (2026-11-29): `sgbk_*_k{u}` unroll the k loop u texels per iteration (slower:
+//! 14-15 against 19 GFLOP/s); `sgbk_*_diag_nobcast` drops the broadcasts (wrong results) and ran
+//! 2-3x faster in the same runs, so the broadcasts are now the largest cost (Mesa 22 emits each
+//! scalar `read_invocation` as a loop over the lanes, `emit_read_invocation`), yet fewer
+//! broadcasts per FMA (more rows per thread: r4c2, r8c2) did not help. `*accmajor*` issue each
+//! accumulator's four FMAs of a k step in a row instead of k step by k step (same operations,
+//! same order per accumulator): sgb r2c4 1.05-1.33x faster in four alternating runs, img r4c2
+//! 1.0-1.18x; both library image kernels now do this (`fma4` in matmul.wgsl). The FMA peak
+//! probe behind the percentages was rewritten the same day: one FMA per chain per loop
+//! iteration read 48-59 GFLOP/s, four per iteration 88-110 (`shaders/peak.wgsl`).
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -181,6 +192,20 @@ fn write_fmas(s: &mut String, r: u32, c: u32, e: usize) {
     }
 }
 
+/// A whole k step's FMAs accumulator by accumulator (each `acc{i}_{j}` takes its four FMAs in
+/// a row) instead of k step by k step: the same operations in the same order per accumulator.
+fn write_fmas_acc_major(s: &mut String, r: u32, c: u32) {
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(
+                s,
+                "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
+                 fma(vec4<f32>(a{i}.y), b1_{j}, fma(vec4<f32>(a{i}.x), b0_{j}, acc{i}_{j}))));"
+            );
+        }
+    }
+}
+
 /// Store the register block: column group j of row i at vec4 column `{col0} + {j}u{step}`.
 fn write_stores(s: &mut String, r: u32, c: u32, col0: &str, step: &str) {
     for i in 0..r {
@@ -235,7 +260,9 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
     // mode bit 16: rows vary fastest over the dispatch (workgroup_id.x walks row blocks, .y column
     // blocks), so consecutive workgroups reuse one B panel from cache
     let rows_fast = mode & 16 != 0;
-    let mode = mode & !16;
+    // mode bit 32: the FMAs accumulator by accumulator (`write_fmas_acc_major`)
+    let acc_major = mode & 32 != 0;
+    let mode = mode & !48;
     // mode 8: A through subgroups: lane i of each 8-lane SIMD vector loads row r0 + i, and
     // subgroupBroadcast(a, i) hands row i to every lane (r must be 8 = llvmpipe's subgroup size)
     let sg_a = mode == 8;
@@ -324,7 +351,12 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
                 let _ = writeln!(s, "    let b{e}_{j} = lb(kk * 4u + {e}u, g.x + {j}u * qs);");
             }
         }
-        write_fmas(&mut s, r, c, e);
+        if !acc_major {
+            write_fmas(&mut s, r, c, e);
+        }
+    }
+    if acc_major {
+        write_fmas_acc_major(&mut s, r, c);
     }
     s += "  }\n";
     write_stores(&mut s, r, c, "g.x", " * qs");
@@ -553,7 +585,7 @@ fn prep_bcast(
 /// `subgroupBroadcast` hands each to every lane; A stays one gather per row. Per k step:
 /// r + 4c/8 gathers instead of r + 4c. Dispatch: x walks row blocks (8 per workgroup), y column
 /// blocks (`wy` per workgroup).
-fn gen_sgb(r: u32, c: u32, wy: u32, op: &str) -> String {
+fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
     assert!((4 * c).is_multiple_of(8));
     let mut s = String::new();
     s +=
@@ -574,23 +606,36 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str) -> String {
             let _ = writeln!(s, "  var acc{i}_{j} = vec4<f32>(0.0);");
         }
     }
-    s += "  for (var kk = 0u; kk < p.k / 4u; kk++) {\n";
-    for t in 0..(4 * c) / 8 {
-        let _ = writeln!(
-            s,
-            "    let bm{t} = lb(kk * 4u + (sid + {o}u) / {c}u, q0 + (sid + {o}u) % {c}u);",
-            o = 8 * t
-        );
-    }
-    for i in 0..r {
-        let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
-    }
-    for e in 0..4 {
-        for j in 0..c {
-            let l = e * c + j;
-            let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
+    let _ = writeln!(s, "  for (var k0 = 0u; k0 < p.k / 4u; k0 += {u}u) {{");
+    for h in 0..u {
+        let _ = writeln!(s, "   {{ let kk = k0 + {h}u;");
+        for t in 0..(4 * c) / 8 {
+            let _ = writeln!(
+                s,
+                "    let bm{t} = lb(kk * 4u + (sid + {o}u) / {c}u, q0 + (sid + {o}u) % {c}u);",
+                o = 8 * t
+            );
         }
-        write_fmas(&mut s, r, c, e as usize);
+        for i in 0..r {
+            let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
+        }
+        for e in 0..4 {
+            for j in 0..c {
+                let l = e * c + j;
+                if diag == 1 {
+                    let _ = writeln!(s, "    let b{e}_{j} = bm{};", l / 8);
+                } else {
+                    let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
+                }
+            }
+            if diag != 2 {
+                write_fmas(&mut s, r, c, e as usize);
+            }
+        }
+        if diag == 2 {
+            write_fmas_acc_major(&mut s, r, c);
+        }
+        s += "   }\n";
     }
     s += "  }\n";
     write_stores(&mut s, r, c, "q0", "");
@@ -601,13 +646,13 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str) -> String {
 fn prep_sgb(
     ctx: &Ctx,
     ops: &Ops,
-    (r, c, wy): (u32, u32, u32),
+    (r, c, wy, u, diag): (u32, u32, u32, u32, u32),
     trusted: bool,
     op: &'static str,
 ) -> Prepared {
     let (m, n) = (ops.m, ops.n);
     assert!(n % (4 * c * wy) == 0 && m % (r * 8) == 0);
-    let code = gen_sgb(r, c, wy, op);
+    let code = gen_sgb(r, c, wy, op, u, diag);
     prepare(
         ctx,
         ops,
@@ -1051,6 +1096,12 @@ fn main() {
             }
         }
     }
+    for &(r, c, wx, wy) in &[(4u32, 2u32, 8u32, 8u32), (8, 2, 8, 4), (4, 4, 8, 4)] {
+        variants.push((
+            format!("accmajor_img_r{r}c{c}_wg{wx}x{wy}_u"),
+            Box::new(move |ctx, ops| prep_gather(ctx, ops, Src::Image, (r, c, wx, wy), true, 32)),
+        ));
+    }
     for (mode, tag) in [(1u32, "diag_noload"), (2, "diag_bonly"), (3, "diag_aonly")] {
         for src in [Src::Tex, Src::Storage, Src::Image] {
             let name = format!(
@@ -1123,10 +1174,35 @@ fn main() {
                     );
                     variants.push((
                         name,
-                        Box::new(move |ctx, ops| prep_sgb(ctx, ops, (r, c, wy), trusted, op)),
+                        Box::new(move |ctx, ops| prep_sgb(ctx, ops, (r, c, wy, 1, 0), trusted, op)),
                     ));
                 }
             }
+        }
+    }
+    if sg {
+        // (rows, column groups, subgroups per workgroup, k texels per loop iteration, diag:
+        // 0 plain, 1 no broadcasts (wrong results), 2 accumulator-major FMAs)
+        for &(r, c, wy, u, diag) in &[
+            (2u32, 4u32, 4u32, 2u32, 0u32),
+            (2, 4, 4, 4, 0),
+            (2, 4, 4, 1, 2),
+            (4, 2, 4, 1, 2),
+            (4, 4, 4, 1, 2),
+            (8, 2, 8, 1, 2),
+            (2, 8, 4, 1, 2),
+            (2, 4, 4, 1, 1),
+        ] {
+            let name = format!(
+                "sgbk_img_r{r}c{c}_wg8x{wy}_k{u}{}_u",
+                ["", "_diag_nobcast", "_accmajor"][diag as usize]
+            );
+            variants.push((
+                name,
+                Box::new(move |ctx, ops| {
+                    prep_sgb(ctx, ops, (r, c, wy, u, diag), true, "subgroupBroadcast")
+                }),
+            ));
         }
     }
     for &(r, c, kc, wx) in &[

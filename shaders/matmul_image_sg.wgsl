@@ -9,7 +9,8 @@
 // texels of op(B) per k step, 12 loads for 32 vector FMAs. Here the lanes of a subgroup own 8
 // different pairs of rows and the same 16 columns, so the 16 texels of op(B) a k step needs are
 // the same for every lane: two loads fetch them (lane l: row k4 + l / 4 (+ 2), texel column
-// q0 + l % 4) and subgroupBroadcast hands each to every lane, 4 loads for 32 vector FMAs.
+// q0 + l % 4) and subgroupBroadcast hands each to every lane, 4 loads for 32 vector FMAs. Each accumulator
+// takes its four FMAs of a k step in a row (fma4 in matmul.wgsl).
 // Each thread keeps a 2 x 16 block of C. Workgroup: 4 subgroups side by side over columns,
 // a 16 x 64 block of C. Dispatch (Mp / 16, Np / 64): row blocks vary fastest, so consecutive
 // workgroups reuse one 64-column panel of op(B) from cache. The same padding as matmul_image.
@@ -18,24 +19,6 @@
 struct Block2x16 {
     c00: vec4<f32>, c01: vec4<f32>, c02: vec4<f32>, c03: vec4<f32>,
     c10: vec4<f32>, c11: vec4<f32>, c12: vec4<f32>, c13: vec4<f32>,
-}
-
-// One k step: a0, a1 op(A)[row i, k]; b0..b3 the four texels of op(B)[k] (16 columns).
-fn block2x16_fma(
-    c: Block2x16,
-    a0: f32,
-    a1: f32,
-    b0: vec4<f32>,
-    b1: vec4<f32>,
-    b2: vec4<f32>,
-    b3: vec4<f32>,
-) -> Block2x16 {
-    let x = vec4<f32>(a0);
-    let y = vec4<f32>(a1);
-    return Block2x16(
-        fma(x, b0, c.c00), fma(x, b1, c.c01), fma(x, b2, c.c02), fma(x, b3, c.c03),
-        fma(y, b0, c.c10), fma(y, b1, c.c11), fma(y, b2, c.c12), fma(y, b3, c.c13),
-    );
 }
 
 @compute @workgroup_size(32)
@@ -56,28 +39,32 @@ fn matmul_image_sg(
         let k4 = 4u * kk;
         let a0 = textureLoad(ta, vec2<u32>(kk, r0));
         let a1 = textureLoad(ta, vec2<u32>(kk, r0 + 1u));
-        // Texel (k4 + e, q0 + j) is in lane 4 (e % 2) + j of lo (e < 2) or hi.
         let lo = textureLoad(tb, vec2<u32>(bq, k4 + bk));
         let hi = textureLoad(tb, vec2<u32>(bq, k4 + 2u + bk));
-        acc = block2x16_fma(
-            acc, a0.x, a1.x,
-            subgroupBroadcast(lo, 0u), subgroupBroadcast(lo, 1u),
-            subgroupBroadcast(lo, 2u), subgroupBroadcast(lo, 3u),
-        );
-        acc = block2x16_fma(
-            acc, a0.y, a1.y,
-            subgroupBroadcast(lo, 4u), subgroupBroadcast(lo, 5u),
-            subgroupBroadcast(lo, 6u), subgroupBroadcast(lo, 7u),
-        );
-        acc = block2x16_fma(
-            acc, a0.z, a1.z,
-            subgroupBroadcast(hi, 0u), subgroupBroadcast(hi, 1u),
-            subgroupBroadcast(hi, 2u), subgroupBroadcast(hi, 3u),
-        );
-        acc = block2x16_fma(
-            acc, a0.w, a1.w,
-            subgroupBroadcast(hi, 4u), subgroupBroadcast(hi, 5u),
-            subgroupBroadcast(hi, 6u), subgroupBroadcast(hi, 7u),
+        // op(B)[k4 + e], texel column q0 + j (b{e}{j}) is lane 4 (e % 2) + j of lo (e < 2)
+        // or hi.
+        let b00 = subgroupBroadcast(lo, 0u);
+        let b01 = subgroupBroadcast(lo, 1u);
+        let b02 = subgroupBroadcast(lo, 2u);
+        let b03 = subgroupBroadcast(lo, 3u);
+        let b10 = subgroupBroadcast(lo, 4u);
+        let b11 = subgroupBroadcast(lo, 5u);
+        let b12 = subgroupBroadcast(lo, 6u);
+        let b13 = subgroupBroadcast(lo, 7u);
+        let b20 = subgroupBroadcast(hi, 0u);
+        let b21 = subgroupBroadcast(hi, 1u);
+        let b22 = subgroupBroadcast(hi, 2u);
+        let b23 = subgroupBroadcast(hi, 3u);
+        let b30 = subgroupBroadcast(hi, 4u);
+        let b31 = subgroupBroadcast(hi, 5u);
+        let b32 = subgroupBroadcast(hi, 6u);
+        let b33 = subgroupBroadcast(hi, 7u);
+        // Accumulator by accumulator (fma4 in matmul.wgsl).
+        acc = Block2x16(
+            fma4(acc.c00, a0, b00, b10, b20, b30), fma4(acc.c01, a0, b01, b11, b21, b31),
+            fma4(acc.c02, a0, b02, b12, b22, b32), fma4(acc.c03, a0, b03, b13, b23, b33),
+            fma4(acc.c10, a1, b00, b10, b20, b30), fma4(acc.c11, a1, b01, b11, b21, b31),
+            fma4(acc.c12, a1, b02, b12, b22, b32), fma4(acc.c13, a1, b03, b13, b23, b33),
         );
     }
     var rows = array<array<vec4<f32>, 4>, 2>(

@@ -13,7 +13,7 @@ pub(crate) struct Params {
     _pad: [u32; 3],
 }
 
-/// A recorded FMA probe: `threads` invocations of `iters` rounds of 64 flops.
+/// A recorded FMA probe: `threads` invocations of `iters` rounds of 256 flops.
 #[derive(Debug)]
 pub struct PeakProbe {
     dispatch: Dispatch,
@@ -45,6 +45,6 @@ pub fn probe(gpu: &Gpu, threads: usize, iters: u32) -> Result<PeakProbe> {
     Ok(PeakProbe {
         dispatch,
         _out: out,
-        flops: wgs as f64 * 64.0 * iters as f64 * 64.0,
+        flops: wgs as f64 * 64.0 * iters as f64 * 256.0,
     })
 }
