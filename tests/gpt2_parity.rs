@@ -9,7 +9,7 @@ use common::{gpu, random};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::cross_entropy::IGNORE;
 use lora_wgpu::lora::{peft, LoraConfig, LoraEntry, LoraLayout};
-use lora_wgpu::model::{Gpt2, TrainGraph};
+use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -249,6 +249,41 @@ fn backward_stops_below_the_first_adapted_layer() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn blocks_below_the_first_adapter_keep_no_activations() {
+    // The backward never reaches them, so they share one set of buffers: with adapters on the
+    // last layer only, the training graph allocates the same at any depth below it.
+    let g = gpu();
+    let f = fixture();
+    let base = Gpt2::load(g, &fixture_dir().join("model")).unwrap().config;
+    let (lora, _, _) = peft::load(&fixture_dir().join("adapter"), &base).unwrap();
+    let allocated = |n_layer: usize, names: &[&str], layer: usize| {
+        let config = Gpt2Config {
+            n_layer,
+            ..base.clone()
+        };
+        let model = Gpt2::upload(g, &config, &weights::random(&config, 3)).unwrap();
+        let lora = LoraConfig {
+            target_modules: names.iter().map(|n| n.to_string()).collect(),
+            layers_to_transform: Some(vec![layer]),
+            ..lora.clone()
+        };
+        let opt = AdamW::default();
+        let graph = TrainGraph::new(g, &model, &lora, None, 0, f.b, f.t, &opt).unwrap();
+        graph.allocated_bytes()
+    };
+    for names in [&["c_attn"][..], &["mlp.c_proj"], &["c_fc", "c_proj"]] {
+        let (shallow, deep) = (allocated(2, names, 1), allocated(5, names, 4));
+        assert_eq!(shallow, deep, "{names:?} on the last layer, 2 vs 5 layers");
+        // Where the backward goes down to layer 0 every block keeps its own.
+        let (shallow, deep) = (allocated(2, names, 0), allocated(5, names, 0));
+        assert!(
+            deep > shallow,
+            "{names:?} on layer 0: {deep} B at 5 layers, {shallow} at 2"
+        );
     }
 }
 

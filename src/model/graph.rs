@@ -537,29 +537,35 @@ impl TrainGraph {
             .min()
             .unwrap_or(usize::MAX);
         let needs_dx = |layer: usize, l: Linear| first < pos(layer, l);
+        // The backward never reaches a block wholly below the first adapted linear layer, so,
+        // as in evaluation, those blocks keep nothing: they share one set of activation
+        // buffers, and their residuals alternate between two.
+        let reached = |block: usize| train && block >= first / 4;
 
         // Activations.
         let tokens = bl.zeros("tokens", &[bt])?;
         let targets = bl.zeros("targets", &[bt])?;
         let dloss = bl.zeros("dloss", &[1])?;
-        // Training keeps each layer's residual input; evaluation alternates two buffers.
+        // Residual l is block l's input (the last one ln_f's): that of a block the backward
+        // reaches stays for it; otherwise residual l + 2 reuses its buffer.
         let mut res: Vec<Tensor> = Vec::new();
         for l in 0..=cfg.n_layer {
             res.push(match res.get(l.wrapping_sub(2)) {
-                Some(r) if !train => r.clone(),
+                Some(r) if !reached(l - 2) => r.clone(),
                 _ => bl.zeros(&format!("residual {l}"), &[bt, c])?,
             });
         }
         // Only what a gradient needs is kept per layer: a LayerNorm output only when the
         // linear layer it feeds has an adapter (the LoRA A gradient reads it), else it lives
         // in a shared scratch; GELU's output never (recomputed from c_fc's in the backward).
-        // Evaluation keeps nothing: every layer uses the first layer's buffers.
+        // Blocks that keep nothing (all of them in evaluation) share the first such block's.
         let ln_scratch = bl.zeros("scratch ln out (B·T, C)", &[bt, c])?;
         let gelu_out = bl.zeros("scratch gelu out (B·T, 4C)", &[bt, 4 * c])?;
         let mut acts: Vec<BlockActs> = Vec::new();
+        let mut shared: Option<BlockActs> = None;
         for l in 0..cfg.n_layer {
-            if let (false, Some(first)) = (train, acts.first()) {
-                acts.push(first.clone());
+            if let (false, Some(s)) = (reached(l), &shared) {
+                acts.push(s.clone());
                 continue;
             }
             let keep = |l: usize, linear: Linear| find(l, linear).filter(|_| train);
@@ -583,6 +589,9 @@ impl TrainGraph {
                 rstd2: z("ln_2.rstd", &[bt])?,
                 fc: z("mlp.c_fc out", &[bt, 4 * c])?,
             });
+            if !reached(l) {
+                shared = acts.last().cloned();
+            }
         }
         let lnf = bl.zeros("ln_f", &[bt, c])?;
         let meanf = bl.zeros("ln_f.mean", &[bt])?;
