@@ -9,8 +9,8 @@
 // texels of op(B) per k step, 12 loads for 32 vector FMAs. Here the lanes of a subgroup own 8
 // different pairs of rows and the same 16 columns, so the 16 texels of op(B) a k step needs are
 // the same for every lane: two loads fetch them (lane l: row k4 + l / 4 (+ 2), texel column
-// q0 + l % 4) and subgroupBroadcast hands each to every lane, 4 loads for 32 vector FMAs. Each accumulator
-// takes its four FMAs of a k step in a row (fma4 in matmul.wgsl).
+// q0 + l % 4) and subgroupBroadcast hands each to every lane, 4 loads for 32 vector FMAs.
+// Each accumulator takes its four FMAs of a k step in a row (fma4 in matmul.wgsl).
 // Each thread keeps a 2 x 16 block of C. Workgroup: 4 subgroups side by side over columns,
 // a 16 x 64 block of C. Dispatch (Mp / 16, Np / 64): row blocks vary fastest, so consecutive
 // workgroups reuse one 64-column panel of op(B) from cache. The same padding as matmul_image.
