@@ -47,15 +47,26 @@
 //! subgroups are 8 wide.
 //!
 //! Later still (2026-11-29): `sgbk_*_k{u}` unroll the k loop u texels per iteration (slower:
-//! 14-15 against 19 GFLOP/s); `sgbk_*_diag_nobcast` drops the broadcasts (wrong results) and ran
-//! 2-3x faster in the same runs, so the broadcasts are now the largest cost (Mesa 22 emits each
-//! scalar `read_invocation` as a loop over the lanes, `emit_read_invocation`), yet fewer
-//! broadcasts per FMA (more rows per thread: r4c2, r8c2) did not help. `*accmajor*` issue each
-//! accumulator's four FMAs of a k step in a row instead of k step by k step (same operations,
-//! same order per accumulator): sgb r2c4 1.05-1.33x faster in four alternating runs, img r4c2
-//! 1.0-1.18x; both library image kernels now do this (`fma4` in matmul.wgsl). The FMA peak
-//! probe behind the percentages was rewritten the same day: one FMA per chain per loop
-//! iteration read 48-59 GFLOP/s, four per iteration 88-110 (`shaders/peak.wgsl`).
+//! 14-15 against 19 GFLOP/s); `sgbk_*_diag_nobcast` drops the broadcasts (wrong results; it
+//! also collapses op(B) to 2 live values) and ran 2-3x faster in the same runs. `*accmajor*`
+//! issue each accumulator's four FMAs of a k step in a row instead of k step by k step (same
+//! operations, same order per accumulator): sgb r2c4 1.05-1.33x faster in four alternating runs,
+//! img r4c2 1.0-1.18x; both library image kernels now do this (`fma4` in matmul.wgsl).
+//! `*colmajor*` order the accumulators column by column (both rows of a column group back to
+//! back, so each broadcast op(B) value dies sooner): r2c4 no faster, r4c2 and r4c4 1.0-1.2x over
+//! r2c4 accmajor in four alternating runs, within the noise; not adopted.
+//!
+//! The JIT code of sgbk r2c4 accmajor (gdb attached to the running harness, disassembling where
+//! perf found the samples): one k step is about 870 instructions: 128 `vmulps` + 128 `vaddps`
+//! (llvmpipe emits `fma` as multiply + add: no FMA instructions at all), ~230 stack spills and
+//! reloads plus ~70 instructions with stack operands (8 vec4 accumulators and 16 broadcast vec4s
+//! are 96 ymm values against 16 registers), ~150 for the four texel gathers and their bounds
+//! checks, 96 shuffles for the 64 scalar broadcasts (LLVM folds `emit_read_invocation`'s lane
+//! loop away for a constant lane) and 32 `vblendvps` writing the accumulators under the loop's
+//! execution mask. So the kernel is bound by register pressure and gathers, not by the
+//! broadcasts as such. The FMA peak probe behind the percentages was rewritten the same day:
+//! one FMA per chain per loop iteration read 48-59 GFLOP/s, four per iteration 88-110
+//! (`shaders/peak.wgsl`).
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -194,9 +205,14 @@ fn write_fmas(s: &mut String, r: u32, c: u32, e: usize) {
 
 /// A whole k step's FMAs accumulator by accumulator (each `acc{i}_{j}` takes its four FMAs in
 /// a row) instead of k step by k step: the same operations in the same order per accumulator.
-fn write_fmas_acc_major(s: &mut String, r: u32, c: u32) {
-    for i in 0..r {
-        for j in 0..c {
+fn write_fmas_acc_major(s: &mut String, r: u32, c: u32, cols_outer: bool) {
+    let order: Vec<(u32, u32)> = if cols_outer {
+        (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).collect()
+    } else {
+        (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).collect()
+    };
+    {
+        for (i, j) in order {
             let _ = writeln!(
                 s,
                 "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
@@ -356,7 +372,7 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
         }
     }
     if acc_major {
-        write_fmas_acc_major(&mut s, r, c);
+        write_fmas_acc_major(&mut s, r, c, false);
     }
     s += "  }\n";
     write_stores(&mut s, r, c, "g.x", " * qs");
@@ -628,12 +644,12 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
                     let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
                 }
             }
-            if diag != 2 {
+            if diag < 2 {
                 write_fmas(&mut s, r, c, e as usize);
             }
         }
-        if diag == 2 {
-            write_fmas_acc_major(&mut s, r, c);
+        if diag >= 2 {
+            write_fmas_acc_major(&mut s, r, c, diag == 3);
         }
         s += "   }\n";
     }
@@ -1187,6 +1203,9 @@ fn main() {
             (2u32, 4u32, 4u32, 2u32, 0u32),
             (2, 4, 4, 4, 0),
             (2, 4, 4, 1, 2),
+            (2, 4, 4, 1, 3),
+            (4, 2, 4, 1, 3),
+            (4, 4, 4, 1, 3),
             (4, 2, 4, 1, 2),
             (4, 4, 4, 1, 2),
             (8, 2, 8, 1, 2),
@@ -1195,7 +1214,7 @@ fn main() {
         ] {
             let name = format!(
                 "sgbk_img_r{r}c{c}_wg8x{wy}_k{u}{}_u",
-                ["", "_diag_nobcast", "_accmajor"][diag as usize]
+                ["", "_diag_nobcast", "_accmajor", "_colmajor"][diag as usize]
             );
             variants.push((
                 name,
