@@ -7,7 +7,8 @@
 // loop costs work per iteration (its registers live in memory, written under the execution
 // mask): with one step per chain a round this probe read 48-59 GFLOP/s on the 2-core dev
 // machine, with 4 steps 110 in the same run (8 steps: 90). The matmul kernels do 4 steps per
-// accumulator per iteration too (one texel of k).
+// accumulator per iteration too (one texel of k), and llvmpipe compiles their `fma` the same way
+// as this one's: a multiply and an add (no FMA instruction in its JIT code).
 
 struct Params {
     iters: u32,
