@@ -54,7 +54,9 @@
 //! img r4c2 1.0-1.18x; both library image kernels now do this (`fma4` in matmul.wgsl).
 //! `*colmajor*` order the accumulators column by column (both rows of a column group back to
 //! back, so each broadcast op(B) value dies sooner): r2c4 no faster, r4c2 and r4c4 1.0-1.2x over
-//! r2c4 accmajor in four alternating runs, within the noise; not adopted.
+//! r2c4 accmajor in four alternating runs, within the noise; not adopted. `*halves*` broadcast
+//! and use op(B) half a k step at a time (fewer live values): 1.1-1.5x over accmajor in four
+//! runs on a loaded machine, 0.8-1.35x in four quieter ones; not adopted either.
 //!
 //! The JIT code of sgbk r2c4 accmajor (gdb attached to the running harness, disassembling where
 //! perf found the samples): one k step is about 870 instructions: 128 `vmulps` + 128 `vaddps`
@@ -217,6 +219,22 @@ fn write_fmas_acc_major(s: &mut String, r: u32, c: u32, cols_outer: bool) {
                 s,
                 "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
                  fma(vec4<f32>(a{i}.y), b1_{j}, fma(vec4<f32>(a{i}.x), b0_{j}, acc{i}_{j}))));"
+            );
+        }
+    }
+}
+
+/// Half a k step accumulator by accumulator: k offsets 2h and 2h + 1 of every accumulator, so
+/// only the op(B) values of those two offsets need to be live (`_halves`).
+fn write_fmas_half(s: &mut String, r: u32, c: u32, h: u32) {
+    let (e0, e1) = (2 * h, 2 * h + 1);
+    let (x0, x1) = (["x", "z"][h as usize], ["y", "w"][h as usize]);
+    for i in 0..r {
+        for j in 0..c {
+            let _ = writeln!(
+                s,
+                "    acc{i}_{j} = fma(vec4<f32>(a{i}.{x1}), b{e1}_{j}, \
+                 fma(vec4<f32>(a{i}.{x0}), b{e0}_{j}, acc{i}_{j}));"
             );
         }
     }
@@ -636,6 +654,9 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
             let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
         }
         for e in 0..4 {
+            if diag == 4 && e == 2 {
+                write_fmas_half(&mut s, r, c, 0);
+            }
             for j in 0..c {
                 let l = e * c + j;
                 if diag == 1 {
@@ -648,8 +669,11 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
                 write_fmas(&mut s, r, c, e as usize);
             }
         }
-        if diag >= 2 {
+        if diag == 2 || diag == 3 {
             write_fmas_acc_major(&mut s, r, c, diag == 3);
+        }
+        if diag == 4 {
+            write_fmas_half(&mut s, r, c, 1);
         }
         s += "   }\n";
     }
@@ -1204,6 +1228,8 @@ fn main() {
             (2, 4, 4, 4, 0),
             (2, 4, 4, 1, 2),
             (2, 4, 4, 1, 3),
+            (2, 4, 4, 1, 4),
+            (4, 2, 4, 1, 4),
             (4, 2, 4, 1, 3),
             (4, 4, 4, 1, 3),
             (4, 2, 4, 1, 2),
@@ -1214,7 +1240,7 @@ fn main() {
         ] {
             let name = format!(
                 "sgbk_img_r{r}c{c}_wg8x{wy}_k{u}{}_u",
-                ["", "_diag_nobcast", "_accmajor", "_colmajor"][diag as usize]
+                ["", "_diag_nobcast", "_accmajor", "_colmajor", "_halves"][diag as usize]
             );
             variants.push((
                 name,
