@@ -213,14 +213,12 @@ fn write_fmas_acc_major(s: &mut String, r: u32, c: u32, cols_outer: bool) {
     } else {
         (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).collect()
     };
-    {
-        for (i, j) in order {
-            let _ = writeln!(
-                s,
-                "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
-                 fma(vec4<f32>(a{i}.y), b1_{j}, fma(vec4<f32>(a{i}.x), b0_{j}, acc{i}_{j}))));"
-            );
-        }
+    for (i, j) in order {
+        let _ = writeln!(
+            s,
+            "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
+             fma(vec4<f32>(a{i}.y), b1_{j}, fma(vec4<f32>(a{i}.x), b0_{j}, acc{i}_{j}))));"
+        );
     }
 }
 
@@ -613,13 +611,41 @@ fn prep_bcast(
     }
 }
 
+/// How a `gen_sgb` kernel's k step broadcasts op(B) and orders its FMAs.
+#[derive(Clone, Copy, PartialEq)]
+enum SgbBody {
+    /// All broadcasts, then the FMAs k step by k step.
+    KMajor,
+    /// Cost probe, wrong results: no broadcasts (each lane uses its own gathered texels).
+    NoBroadcast,
+    /// Each accumulator's four FMAs in a row, row by row (`write_fmas_acc_major`).
+    AccMajor,
+    /// The same, column group by column group.
+    ColMajor,
+    /// Broadcasts and FMAs half a k step at a time (`write_fmas_half`).
+    Halves,
+}
+
+impl SgbBody {
+    /// Variant name suffix.
+    fn tag(self) -> &'static str {
+        match self {
+            SgbBody::KMajor => "",
+            SgbBody::NoBroadcast => "_diag_nobcast",
+            SgbBody::AccMajor => "_accmajor",
+            SgbBody::ColMajor => "_colmajor",
+            SgbBody::Halves => "_halves",
+        }
+    }
+}
+
 /// Shared-B design: the 8 lanes of a SIMD vector (one llvmpipe subgroup) own 8 different row
 /// blocks of `r` rows and the same `c` vec4 column groups, so the 4·c texels of op(B) a k step
 /// needs are the same for every lane: lane l gathers texel l (one gather per 8 texels) and
 /// `subgroupBroadcast` hands each to every lane; A stays one gather per row. Per k step:
 /// r + 4c/8 gathers instead of r + 4c. Dispatch: x walks row blocks (8 per workgroup), y column
 /// blocks (`wy` per workgroup).
-fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
+fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, body: SgbBody) -> String {
     assert!((4 * c).is_multiple_of(8));
     let mut s = String::new();
     s +=
@@ -654,26 +680,27 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
             let _ = writeln!(s, "    let a{i} = la(r0 + {i}u, kk);");
         }
         for e in 0..4 {
-            if diag == 4 && e == 2 {
+            if body == SgbBody::Halves && e == 2 {
                 write_fmas_half(&mut s, r, c, 0);
             }
             for j in 0..c {
                 let l = e * c + j;
-                if diag == 1 {
+                if body == SgbBody::NoBroadcast {
                     let _ = writeln!(s, "    let b{e}_{j} = bm{};", l / 8);
                 } else {
                     let _ = writeln!(s, "    let b{e}_{j} = {op}(bm{}, {}u);", l / 8, l % 8);
                 }
             }
-            if diag < 2 {
+            if matches!(body, SgbBody::KMajor | SgbBody::NoBroadcast) {
                 write_fmas(&mut s, r, c, e as usize);
             }
         }
-        if diag == 2 || diag == 3 {
-            write_fmas_acc_major(&mut s, r, c, diag == 3);
-        }
-        if diag == 4 {
-            write_fmas_half(&mut s, r, c, 1);
+        match body {
+            SgbBody::AccMajor | SgbBody::ColMajor => {
+                write_fmas_acc_major(&mut s, r, c, body == SgbBody::ColMajor)
+            }
+            SgbBody::Halves => write_fmas_half(&mut s, r, c, 1),
+            SgbBody::KMajor | SgbBody::NoBroadcast => {}
         }
         s += "   }\n";
     }
@@ -686,13 +713,13 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, diag: u32) -> String {
 fn prep_sgb(
     ctx: &Ctx,
     ops: &Ops,
-    (r, c, wy, u, diag): (u32, u32, u32, u32, u32),
+    (r, c, wy, u, body): (u32, u32, u32, u32, SgbBody),
     trusted: bool,
     op: &'static str,
 ) -> Prepared {
     let (m, n) = (ops.m, ops.n);
     assert!(n % (4 * c * wy) == 0 && m % (r * 8) == 0);
-    let code = gen_sgb(r, c, wy, op, u, diag);
+    let code = gen_sgb(r, c, wy, op, u, body);
     prepare(
         ctx,
         ops,
@@ -1214,38 +1241,37 @@ fn main() {
                     );
                     variants.push((
                         name,
-                        Box::new(move |ctx, ops| prep_sgb(ctx, ops, (r, c, wy, 1, 0), trusted, op)),
+                        Box::new(move |ctx, ops| {
+                            prep_sgb(ctx, ops, (r, c, wy, 1, SgbBody::KMajor), trusted, op)
+                        }),
                     ));
                 }
             }
         }
     }
     if sg {
-        // (rows, column groups, subgroups per workgroup, k texels per loop iteration, diag:
-        // 0 plain, 1 no broadcasts (wrong results), 2 accumulator-major FMAs)
-        for &(r, c, wy, u, diag) in &[
-            (2u32, 4u32, 4u32, 2u32, 0u32),
-            (2, 4, 4, 4, 0),
-            (2, 4, 4, 1, 2),
-            (2, 4, 4, 1, 3),
-            (2, 4, 4, 1, 4),
-            (4, 2, 4, 1, 4),
-            (4, 2, 4, 1, 3),
-            (4, 4, 4, 1, 3),
-            (4, 2, 4, 1, 2),
-            (4, 4, 4, 1, 2),
-            (8, 2, 8, 1, 2),
-            (2, 8, 4, 1, 2),
-            (2, 4, 4, 1, 1),
+        // (rows, column groups, subgroups per workgroup, k texels per loop iteration, body)
+        use SgbBody::{AccMajor, ColMajor, Halves, KMajor, NoBroadcast};
+        for &(r, c, wy, u, body) in &[
+            (2u32, 4u32, 4u32, 2u32, KMajor),
+            (2, 4, 4, 4, KMajor),
+            (2, 4, 4, 1, AccMajor),
+            (2, 4, 4, 1, ColMajor),
+            (2, 4, 4, 1, Halves),
+            (4, 2, 4, 1, Halves),
+            (4, 2, 4, 1, ColMajor),
+            (4, 4, 4, 1, ColMajor),
+            (4, 2, 4, 1, AccMajor),
+            (4, 4, 4, 1, AccMajor),
+            (8, 2, 8, 1, AccMajor),
+            (2, 8, 4, 1, AccMajor),
+            (2, 4, 4, 1, NoBroadcast),
         ] {
-            let name = format!(
-                "sgbk_img_r{r}c{c}_wg8x{wy}_k{u}{}_u",
-                ["", "_diag_nobcast", "_accmajor", "_colmajor", "_halves"][diag as usize]
-            );
+            let name = format!("sgbk_img_r{r}c{c}_wg8x{wy}_k{u}{}_u", body.tag());
             variants.push((
                 name,
                 Box::new(move |ctx, ops| {
-                    prep_sgb(ctx, ops, (r, c, wy, u, diag), true, "subgroupBroadcast")
+                    prep_sgb(ctx, ops, (r, c, wy, u, body), true, "subgroupBroadcast")
                 }),
             ));
         }
