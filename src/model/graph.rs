@@ -370,9 +370,8 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// dinp = dout · Wᵀ (+ the LoRA path's dx), and the LoRA gradients (accumulated).
-    /// Backward of a linear layer: its LoRA gradients (if adapted) and, when `dinp` is given,
-    /// the gradient at its input (base and LoRA paths).
+    /// Backward of a linear layer: its LoRA gradients (if adapted, accumulated) and, when
+    /// `dinp` is given, the gradient at its input, dinp = dout · Wᵀ (+ the LoRA path's dx).
     fn linear_backward(
         &mut self,
         rec: &mut Recording,
