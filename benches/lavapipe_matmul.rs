@@ -192,49 +192,24 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEn
     wgpu::BindGroupEntry { binding, resource }
 }
 
-/// One k step's FMAs of an `r` x `c`-group register block: `acc{i}_{j} += a{i}.comp · b{e}_{j}`.
-fn write_fmas(s: &mut String, r: u32, c: u32, e: usize) {
-    let comp = ["x", "y", "z", "w"][e];
-    for i in 0..r {
-        for j in 0..c {
-            let _ = writeln!(
-                s,
-                "    acc{i}_{j} = fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, acc{i}_{j});"
-            );
-        }
-    }
-}
-
-/// A whole k step's FMAs accumulator by accumulator (each `acc{i}_{j}` takes its four FMAs in
-/// a row) instead of k step by k step: the same operations in the same order per accumulator.
-fn write_fmas_acc_major(s: &mut String, r: u32, c: u32, cols_outer: bool) {
+/// FMAs of an `r` x `c`-group register block at the k offsets `es` of one k step (a subset of
+/// 0..4), each accumulator's in a row, nested in k order:
+/// `acc{i}_{j} = fma(a{i}.<e1>, b{e1}_{j}, fma(a{i}.<e0>, b{e0}_{j}, acc{i}_{j}))`. Accumulators
+/// row by row, or column group by column group (`cols_outer`). One offset at a time is the k
+/// step by k step order; all four, accumulator-major (`accmajor`, `colmajor`); two, `halves`.
+fn write_fmas(s: &mut String, r: u32, c: u32, es: std::ops::Range<usize>, cols_outer: bool) {
     let order: Vec<(u32, u32)> = if cols_outer {
         (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).collect()
     } else {
         (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).collect()
     };
     for (i, j) in order {
-        let _ = writeln!(
-            s,
-            "    acc{i}_{j} = fma(vec4<f32>(a{i}.w), b3_{j}, fma(vec4<f32>(a{i}.z), b2_{j}, \
-             fma(vec4<f32>(a{i}.y), b1_{j}, fma(vec4<f32>(a{i}.x), b0_{j}, acc{i}_{j}))));"
-        );
-    }
-}
-
-/// Half a k step accumulator by accumulator: k offsets 2h and 2h + 1 of every accumulator, so
-/// only the op(B) values of those two offsets need to be live (`_halves`).
-fn write_fmas_half(s: &mut String, r: u32, c: u32, h: u32) {
-    let (e0, e1) = (2 * h, 2 * h + 1);
-    let (x0, x1) = (["x", "z"][h as usize], ["y", "w"][h as usize]);
-    for i in 0..r {
-        for j in 0..c {
-            let _ = writeln!(
-                s,
-                "    acc{i}_{j} = fma(vec4<f32>(a{i}.{x1}), b{e1}_{j}, \
-                 fma(vec4<f32>(a{i}.{x0}), b{e0}_{j}, acc{i}_{j}));"
-            );
+        let mut expr = format!("acc{i}_{j}");
+        for e in es.clone() {
+            let comp = ["x", "y", "z", "w"][e];
+            expr = format!("fma(vec4<f32>(a{i}.{comp}), b{e}_{j}, {expr})");
         }
+        let _ = writeln!(s, "    acc{i}_{j} = {expr};");
     }
 }
 
@@ -292,7 +267,7 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
     // mode bit 16: rows vary fastest over the dispatch (workgroup_id.x walks row blocks, .y column
     // blocks), so consecutive workgroups reuse one B panel from cache
     let rows_fast = mode & 16 != 0;
-    // mode bit 32: the FMAs accumulator by accumulator (`write_fmas_acc_major`)
+    // mode bit 32: the FMAs accumulator by accumulator (`write_fmas` over 0..4)
     let acc_major = mode & 32 != 0;
     let mode = mode & !48;
     // mode 8: A through subgroups: lane i of each 8-lane SIMD vector loads row r0 + i, and
@@ -384,11 +359,11 @@ fn gen_gather(src: Src, r: u32, c: u32, wx: u32, wy: u32, mode: u32) -> String {
             }
         }
         if !acc_major {
-            write_fmas(&mut s, r, c, e);
+            write_fmas(&mut s, r, c, e..e + 1, false);
         }
     }
     if acc_major {
-        write_fmas_acc_major(&mut s, r, c, false);
+        write_fmas(&mut s, r, c, 0..4, false);
     }
     s += "  }\n";
     write_stores(&mut s, r, c, "g.x", " * qs");
@@ -618,11 +593,11 @@ enum SgbBody {
     KMajor,
     /// Cost probe, wrong results: no broadcasts (each lane uses its own gathered texels).
     NoBroadcast,
-    /// Each accumulator's four FMAs in a row, row by row (`write_fmas_acc_major`).
+    /// Each accumulator's four FMAs in a row, row by row.
     AccMajor,
     /// The same, column group by column group.
     ColMajor,
-    /// Broadcasts and FMAs half a k step at a time (`write_fmas_half`).
+    /// Broadcasts and FMAs half a k step at a time.
     Halves,
 }
 
@@ -681,7 +656,7 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, body: SgbBody) -> String {
         }
         for e in 0..4 {
             if body == SgbBody::Halves && e == 2 {
-                write_fmas_half(&mut s, r, c, 0);
+                write_fmas(&mut s, r, c, 0..2, false);
             }
             for j in 0..c {
                 let l = e * c + j;
@@ -692,14 +667,14 @@ fn gen_sgb(r: u32, c: u32, wy: u32, op: &str, u: u32, body: SgbBody) -> String {
                 }
             }
             if matches!(body, SgbBody::KMajor | SgbBody::NoBroadcast) {
-                write_fmas(&mut s, r, c, e as usize);
+                write_fmas(&mut s, r, c, e as usize..e as usize + 1, false);
             }
         }
         match body {
             SgbBody::AccMajor | SgbBody::ColMajor => {
-                write_fmas_acc_major(&mut s, r, c, body == SgbBody::ColMajor)
+                write_fmas(&mut s, r, c, 0..4, body == SgbBody::ColMajor)
             }
-            SgbBody::Halves => write_fmas_half(&mut s, r, c, 1),
+            SgbBody::Halves => write_fmas(&mut s, r, c, 2..4, false),
             SgbBody::KMajor | SgbBody::NoBroadcast => {}
         }
         s += "   }\n";
