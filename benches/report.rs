@@ -658,9 +658,8 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         let targets: Vec<u32> = (0..b * t)
             .map(|i| ((i * 7919 + 1) % cfg.vocab_size) as u32)
             .collect();
-        graph.set_batch(g, &tokens, &targets)?;
         for s in 0..args.warmup {
-            graph.step(g, s as u64 + 1, 1e-4)?;
+            graph.step(g, &tokens, &targets, s as u64 + 1, 1e-4)?;
         }
         g.sync()?;
         let mut times = Vec::new();
@@ -674,7 +673,7 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
             }
             let start = Instant::now();
             let step = (args.warmup + s) as u64 + 1;
-            graph.step(g, step, 1e-4)?;
+            graph.step(g, &tokens, &targets, step, 1e-4)?;
             loss = graph.step_loss(g, step)?;
             times.push(start.elapsed().as_secs_f64());
         }

@@ -52,7 +52,6 @@ fn main() -> lora_wgpu::Result<()> {
     let targets: Vec<u32> = (0..b * t)
         .map(|i| ((i * 7919 + 1) % cfg.vocab_size) as u32)
         .collect();
-    graph.set_batch(&gpu, &tokens, &targets)?;
     eprintln!(
         "GPT-2 {shape}: B={b} T={t} LoRA r={r} on c_attn,c_proj ({} trainable), {graph:?}",
         graph.layout().num_parameters()
@@ -60,14 +59,14 @@ fn main() -> lora_wgpu::Result<()> {
 
     // Warm-up: first-touch costs paid (pipelines were compiled when the graph was built).
     for s in 0..warmup {
-        graph.step(&gpu, s as u64 + 1, 1e-4)?;
+        graph.step(&gpu, &tokens, &targets, s as u64 + 1, 1e-4)?;
     }
     gpu.sync()?;
     let mut times = Vec::new();
     for s in 0..steps {
         let start = Instant::now();
         let step = (warmup + s) as u64 + 1;
-        graph.step(&gpu, step, 1e-4)?;
+        graph.step(&gpu, &tokens, &targets, step, 1e-4)?;
         let loss = graph.step_loss(&gpu, step)?;
         let dt = start.elapsed().as_secs_f64();
         eprintln!("step {}: {:.2} s, loss {loss:.4}", s + 1, dt);

@@ -90,8 +90,7 @@ fn main() -> Result<()> {
         &AdamW::default(),
     )?;
     let batch = &data.eval_batches(2)?[0];
-    graph.set_batch(&gpu, &batch.inputs, &batch.targets)?;
-    graph.forward(&gpu)?;
+    graph.forward(&gpu, &batch.inputs, &batch.targets)?;
     let loss = graph.loss(&gpu)?;
     let targets: Vec<i64> = batch
         .targets

@@ -32,7 +32,7 @@ use crate::gpu::Gpu;
 use crate::kernels::adamw::AdamW;
 use crate::lora::{peft, LoraConfig};
 use crate::model::weights::{self, F32View};
-use crate::model::{Model, OptimizerState, StepStats, TrainGraph};
+use crate::model::{MicroBatch, Model, OptimizerState, StepStats, TrainGraph};
 
 /// Learning-rate schedule after warmup (Hugging Face's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -641,10 +641,15 @@ impl<'a> Trainer<'a> {
             .map(|_| self.sampler.next_batch(&self.train))
             .collect::<Result<Vec<_>>>()?;
         let counted: usize = batches.iter().map(|b| b.predicted).sum();
-        for (i, b) in batches.iter().enumerate() {
-            self.graph
-                .set_micro_batch(self.gpu, &b.inputs, &b.targets, Some(counted))?;
-            self.graph.micro_step(self.gpu, step, i, micros, lr)?;
+        for (index, b) in batches.iter().enumerate() {
+            let micro = MicroBatch {
+                inputs: &b.inputs,
+                targets: &b.targets,
+                index,
+                count: micros,
+                step_targets: counted,
+            };
+            self.graph.micro_step(self.gpu, &micro, step, lr)?;
         }
         Ok(())
     }
@@ -804,8 +809,7 @@ impl<'a> Trainer<'a> {
 pub fn mean_loss(gpu: &Gpu, graph: &mut TrainGraph, data: &Dataset, b: usize) -> Result<f32> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for batch in data.eval_batches(b)? {
-        graph.set_batch(gpu, &batch.inputs, &batch.targets)?;
-        graph.forward(gpu)?;
+        graph.forward(gpu, &batch.inputs, &batch.targets)?;
         let (s, c) = graph.loss_sum(gpu)?;
         sum += s;
         count += c;

@@ -128,8 +128,7 @@ fn graph_logits(m: &Gpt2, ad: &Adapter, init: &[f32], tokens: &[u32]) -> Vec<f32
     let g = gpu();
     let t = tokens.len();
     let mut graph = TrainGraph::new(g, m, &ad.0, Some(init), 0, 1, t, &AdamW::default()).unwrap();
-    graph.set_batch(g, tokens, tokens).unwrap();
-    graph.forward(g).unwrap();
+    graph.forward(g, tokens, tokens).unwrap();
     graph.logits(g, m).unwrap()
 }
 

@@ -73,8 +73,7 @@ fn setup(opt: &AdamW) -> (Gpt2, TrainGraph, Fixture) {
     let f = fixture();
     let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
     let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
-    let mut graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, opt).unwrap();
-    graph.set_batch(g, &f.inputs, &f.targets).unwrap();
+    let graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, opt).unwrap();
     (model, graph, f)
 }
 
@@ -108,8 +107,8 @@ fn check_forward(graph: &TrainGraph, model: &Gpt2, f: &Fixture) {
 #[test]
 fn logits_and_loss_match_pytorch() {
     let g = gpu();
-    let (model, graph, f) = setup(&AdamW::default());
-    graph.forward(g).unwrap();
+    let (model, mut graph, f) = setup(&AdamW::default());
+    graph.forward(g, &f.inputs, &f.targets).unwrap();
     check_forward(&graph, &model, &f);
 }
 
@@ -119,22 +118,24 @@ fn evaluation_graph_matches_pytorch_in_less_memory() {
     let (model, train, f) = setup(&AdamW::default());
     let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
     let mut eval = TrainGraph::new_eval(g, &model, &cfg, Some(&init), f.b, f.t).unwrap();
-    eval.set_batch(g, &f.inputs, &f.targets).unwrap();
-    eval.forward(g).unwrap();
+    eval.forward(g, &f.inputs, &f.targets).unwrap();
     check_forward(&eval, &model, &f);
     // One set of activations for all layers, no gradient scratch.
     let (e, t) = (eval.allocated_bytes(), train.allocated_bytes());
     assert!(e < t, "evaluation graph {e} B vs training graph {t} B");
-    let err = eval.step(g, 1, 1e-3).unwrap_err().to_string();
+    let err = eval
+        .step(g, &f.inputs, &f.targets, 1, 1e-3)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("TrainGraph::new"), "{err}");
-    assert!(eval.gradients(g).is_err());
+    assert!(eval.gradients(g, &f.inputs, &f.targets).is_err());
 }
 
 #[test]
 fn lora_gradients_match_pytorch() {
     let g = gpu();
-    let (_, graph, f) = setup(&AdamW::default());
-    graph.gradients(g).unwrap();
+    let (_, mut graph, f) = setup(&AdamW::default());
+    graph.gradients(g, &f.inputs, &f.targets).unwrap();
     let grads = g.download(&graph.grads).unwrap();
     let layout = graph.layout();
     let want = f.json["grads"].as_object().unwrap();
@@ -228,8 +229,7 @@ fn backward_stops_below_the_first_adapted_layer() {
             let opt = AdamW::default();
             let mut graph = TrainGraph::new(g, &model, lora, Some(params), 0, f.b, f.t, &opt);
             let graph = graph.as_mut().unwrap();
-            graph.set_batch(g, &f.inputs, &f.targets).unwrap();
-            graph.gradients(g).unwrap();
+            graph.gradients(g, &f.inputs, &f.targets).unwrap();
             g.download(&graph.grads).unwrap()
         };
         let (g1, g2) = (grads(&one, &p1), grads(&both, &p2));
@@ -295,7 +295,7 @@ fn ten_adamw_steps_match_pytorch() {
     let want = floats(&f.json["losses"]);
     // All ten steps are submitted without waiting; the losses come back through the ring.
     for step in 1..=want.len() as u64 {
-        graph.step(g, step, opt.lr).unwrap();
+        graph.step(g, &f.inputs, &f.targets, step, opt.lr).unwrap();
     }
     for (i, w) in want.iter().enumerate() {
         let loss = graph.step_loss(g, i as u64 + 1).unwrap();
@@ -331,7 +331,7 @@ fn cooperative_matrix_training_tracks_pytorch_within_1e2() {
     let (_, mut graph, f) = setup(&opt);
     let want = floats(&f.json["losses"]);
     for step in 1..=want.len() as u64 {
-        graph.step(g, step, opt.lr).unwrap();
+        graph.step(g, &f.inputs, &f.targets, step, opt.lr).unwrap();
         let loss = graph.step_loss(g, step).unwrap();
         let w = want[step as usize - 1];
         assert!(
@@ -363,10 +363,9 @@ fn f16_frozen_weights_train_within_1e2_of_f32() {
     let losses = |storage| -> Vec<f32> {
         let model = Gpt2::upload_with(g, &config, &host, storage).unwrap();
         let mut graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, &opt).unwrap();
-        graph.set_batch(g, &f.inputs, &f.targets).unwrap();
         (1..=10)
             .map(|s| {
-                graph.step(g, s, opt.lr).unwrap();
+                graph.step(g, &f.inputs, &f.targets, s, opt.lr).unwrap();
                 graph.step_loss(g, s).unwrap()
             })
             .collect()
@@ -388,10 +387,9 @@ fn lora_dropout_is_applied_and_reproducible() {
     let first_losses = |cfg: &lora_wgpu::lora::LoraConfig| -> Vec<f32> {
         let mut graph =
             TrainGraph::new(g, &model, cfg, Some(&init), 42, f.b, f.t, &AdamW::default()).unwrap();
-        graph.set_batch(g, &f.inputs, &f.targets).unwrap();
         (1..=2)
             .map(|s| {
-                graph.step(g, s, 1e-3).unwrap();
+                graph.step(g, &f.inputs, &f.targets, s, 1e-3).unwrap();
                 graph.step_loss(g, s).unwrap()
             })
             .collect()

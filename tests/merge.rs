@@ -184,8 +184,7 @@ fn merged_model_logits_equal_base_plus_adapter_on_the_gpu() {
     // Unmerged: base weights + the adapter's LoRA path.
     let base_model = Gpt2::upload(g, &cfg, &w0).unwrap();
     let mut unmerged = TrainGraph::new(g, &base_model, &a.0, Some(&a.2), 0, b, t, &opt).unwrap();
-    unmerged.set_batch(g, &inputs, &targets).unwrap();
-    unmerged.forward(g).unwrap();
+    unmerged.forward(g, &inputs, &targets).unwrap();
     let want = unmerged.logits(g, &base_model).unwrap();
 
     // Merged: the adapter folded into the weights; the graph's own LoRA has B = 0 (PEFT's
@@ -194,14 +193,12 @@ fn merged_model_logits_equal_base_plus_adapter_on_the_gpu() {
     merge_into(&mut w, &cfg, (&a.0, &a.1, &a.2), 1.0).unwrap();
     let merged_model = Gpt2::upload(g, &cfg, &w).unwrap();
     let mut merged = TrainGraph::new(g, &merged_model, &a.0, None, 0, b, t, &opt).unwrap();
-    merged.set_batch(g, &inputs, &targets).unwrap();
-    merged.forward(g).unwrap();
+    merged.forward(g, &inputs, &targets).unwrap();
     let got = merged.logits(g, &merged_model).unwrap();
 
     // And the base alone differs, so the comparison can fail.
     let mut plain = TrainGraph::new(g, &base_model, &a.0, None, 0, b, t, &opt).unwrap();
-    plain.set_batch(g, &inputs, &targets).unwrap();
-    plain.forward(g).unwrap();
+    plain.forward(g, &inputs, &targets).unwrap();
     let base_logits = plain.logits(g, &base_model).unwrap();
     let diff = |x: &[f32], y: &[f32]| {
         x.iter()

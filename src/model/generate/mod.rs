@@ -37,194 +37,24 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-use super::graph::Dense;
+use super::block::{self, Act, BlockDef, BlockRecorder, Dense, Place};
+use super::gpt2::Block;
 use super::{Gpt2, Gpt2Config};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MatmulVariant, Recording, Tensor};
 use crate::kernels::decode::{self, DecodeShape};
 use crate::kernels::dropout::Dropout;
+use crate::kernels::layernorm;
 use crate::kernels::lora::{self as lk, LoraShape, LoraVariant, MAX_RANK};
 use crate::kernels::matmul::{matmul, MatmulOp};
-use crate::kernels::{elementwise, layernorm};
 use crate::lora::{Linear, LoraConfig, LoraLayout};
 
 /// GPT-2's end-of-text token, `<|endoftext|>` (also its beginning-of-text token).
 pub const GPT2_EOT: u32 = crate::tokenizer::EOT;
 
-/// How the next token is chosen from the logits.
-///
-/// Greedy when `temperature` is 0; otherwise the logits are divided by the temperature, cut
-/// to the `top_k` most likely tokens (0: no cut), then to the smallest set of most likely
-/// tokens whose probability reaches `top_p` (1: no cut), and a token is drawn from what is
-/// left with a random generator seeded by `seed` (the same seed gives the same tokens).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SamplingConfig {
-    /// Softmax temperature, ≥ 0; 0 means greedy (argmax, lowest id on ties).
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (ties broken by lower id); 0 turns the cut off.
-    pub top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens until their probability reaches `top_p`,
-    /// in (0, 1]; 1 turns the cut off.
-    pub top_p: f32,
-    /// Seed of the random generator (`StdRng::seed_from_u64`).
-    pub seed: u64,
-}
+mod sampling;
 
-impl Default for SamplingConfig {
-    /// Hugging Face's sampling defaults: temperature 1, top-k 50, top-p 1; seed 0.
-    fn default() -> Self {
-        SamplingConfig {
-            temperature: 1.0,
-            top_k: 50,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-}
-
-impl SamplingConfig {
-    /// Greedy decoding: always the most likely token.
-    pub fn greedy() -> Self {
-        SamplingConfig {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-
-    /// Whether this configuration picks the argmax.
-    pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
-    }
-
-    /// Check that the values are possible: temperature finite and ≥ 0, top_p in (0, 1].
-    pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::invalid(
-                "temperature",
-                self.temperature,
-                "must be a finite number >= 0 (0 = greedy)",
-            ));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid(
-                "top_p",
-                self.top_p,
-                "must be in (0, 1] (1 = no nucleus cut)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn check_logits(logits: &[f32]) -> Result<()> {
-    if logits.is_empty() {
-        return Err(Error::invalid("logits", "[]", "need at least one value"));
-    }
-    if let Some(i) = logits.iter().position(|v| v.is_nan()) {
-        return Err(Error::invalid(
-            "logits",
-            format!("NaN at token {i}"),
-            "must be numbers; the model produced NaN",
-        ));
-    }
-    Ok(())
-}
-
-/// The most likely token: the largest logit, the lowest id among equal ones.
-pub fn argmax(logits: &[f32]) -> Result<u32> {
-    check_logits(logits)?;
-    let mut best = 0usize;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    Ok(best as u32)
-}
-
-/// The tokens sampling may pick and their probabilities after temperature, top-k and top-p,
-/// most likely first (ties: lower id first), renormalised to sum to 1. Greedy (temperature 0)
-/// gives the argmax alone with probability 1.
-pub fn candidates(logits: &[f32], cfg: &SamplingConfig) -> Result<Vec<(u32, f32)>> {
-    cfg.validate()?;
-    check_logits(logits)?;
-    if cfg.is_greedy() {
-        return Ok(vec![(argmax(logits)?, 1.0)]);
-    }
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut c: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v))
-        .collect();
-    if cfg.top_k > 0 && cfg.top_k < c.len() {
-        c.select_nth_unstable_by(cfg.top_k - 1, order);
-        c.truncate(cfg.top_k);
-    }
-    c.sort_unstable_by(order);
-    // Softmax of logit / temperature, in f64 so that tiny probabilities still add up.
-    let t = cfg.temperature as f64;
-    let max = c[0].1 as f64 / t;
-    let weights: Vec<f64> = c.iter().map(|&(_, v)| (v as f64 / t - max).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut keep = weights.len();
-    if cfg.top_p < 1.0 {
-        let mut cum = 0.0;
-        for (i, w) in weights.iter().enumerate() {
-            cum += w / total;
-            if cum >= cfg.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    let kept: f64 = weights[..keep].iter().sum();
-    Ok(c[..keep]
-        .iter()
-        .zip(&weights)
-        .map(|(&(id, _), &w)| (id, (w / kept) as f32))
-        .collect())
-}
-
-/// Draws tokens from logits according to a [`SamplingConfig`], with its own seeded generator.
-#[derive(Debug)]
-pub struct Sampler {
-    cfg: SamplingConfig,
-    rng: StdRng,
-}
-
-impl Sampler {
-    /// A sampler whose generator starts from `cfg.seed`.
-    pub fn new(cfg: &SamplingConfig) -> Result<Self> {
-        cfg.validate()?;
-        Ok(Sampler {
-            cfg: cfg.clone(),
-            rng: StdRng::seed_from_u64(cfg.seed),
-        })
-    }
-
-    /// The next token for these logits (one per vocabulary entry).
-    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
-        if self.cfg.is_greedy() {
-            return argmax(logits);
-        }
-        let c = candidates(logits, &self.cfg)?;
-        let total: f64 = c.iter().map(|&(_, p)| p as f64).sum();
-        let mut x = self.rng.random::<f64>() * total;
-        for &(id, p) in &c {
-            x -= p as f64;
-            if x < 0.0 {
-                return Ok(id);
-            }
-        }
-        Ok(c[c.len() - 1].0)
-    }
-}
+pub use sampling::{argmax, candidates, Sampler, SamplingConfig};
 
 /// One adapter to apply, with the multiplier on its own alpha / r scale (llama.cpp's
 /// `--lora-scaled`): what [`peft::load`](crate::lora::peft::load) returns, borrowed.
@@ -289,43 +119,6 @@ pub enum StopReason {
     Callback,
 }
 
-struct Lin {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Lin {
-    fn of(d: &Dense) -> Self {
-        Lin {
-            w: d.w.clone(),
-            b: d.b.clone(),
-        }
-    }
-}
-
-/// One block's shared weights and its KV cache.
-struct Layer {
-    ln_1: Lin,
-    c_attn: Lin,
-    attn_c_proj: Lin,
-    ln_2: Lin,
-    c_fc: Lin,
-    mlp_c_proj: Lin,
-    k_cache: Tensor,
-    v_cache: Tensor,
-}
-
-impl Layer {
-    fn linear(&self, which: Linear) -> &Lin {
-        match which {
-            Linear::CAttn => &self.c_attn,
-            Linear::AttnCProj => &self.attn_c_proj,
-            Linear::CFc => &self.c_fc,
-            Linear::MlpCProj => &self.mlp_c_proj,
-        }
-    }
-}
-
 /// An adapter's tensors on the GPU.
 struct GpuAdapter {
     /// Bytes of its flat A and B buffer.
@@ -341,16 +134,13 @@ struct GpuAdapter {
 struct Acts {
     tokens: Tensor,
     pos: Tensor,
+    /// The residual stream: block l reads `res[l % 2]` and writes the other.
     res: [Tensor; 2],
-    xmid: Tensor,
-    ln: Tensor,
+    /// Every other activation of a block, in scratch buffers by (width, index) that every
+    /// block shares (see [`BlockDef::places`]).
+    scratch: BTreeMap<(usize, usize), Tensor>,
     mean: Tensor,
     rstd: Tensor,
-    qkv: Tensor,
-    atty: Tensor,
-    tmp: Tensor,
-    fc: Tensor,
-    gelu: Tensor,
     att: Tensor,
     u: Tensor,
     last: Tensor,
@@ -368,8 +158,14 @@ pub struct Generator {
     ctx: usize,
     wte: Vec<Tensor>,
     wpe: Tensor,
-    ln_f: Lin,
-    layers: Vec<Layer>,
+    ln_f: Dense,
+    /// The model's blocks (weights shared, not copied) and their definition.
+    blocks: Vec<Block>,
+    def: BlockDef,
+    /// Where each activation of a block lives (every block alike).
+    places: Vec<Place>,
+    /// Per block: its K and V caches, (ctx, C) each.
+    caches: Vec<(Tensor, Tensor)>,
     acts: Acts,
     adapters: Vec<GpuAdapter>,
     /// Recorded passes by row count: 1 (decode) and the last prefill length.
@@ -419,18 +215,26 @@ impl Generator {
             allocated += t.bytes();
             Ok(t)
         };
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for (l, b) in model.blocks.iter().enumerate() {
-            layers.push(Layer {
-                ln_1: Lin::of(&b.ln_1),
-                c_attn: Lin::of(&b.c_attn),
-                attn_c_proj: Lin::of(&b.attn_c_proj),
-                ln_2: Lin::of(&b.ln_2),
-                c_fc: Lin::of(&b.c_fc),
-                mlp_c_proj: Lin::of(&b.mlp_c_proj),
-                k_cache: zeros(&format!("h.{l}.k_cache"), &[ctx, c])?,
-                v_cache: zeros(&format!("h.{l}.v_cache"), &[ctx, c])?,
-            });
+        let mut caches = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            caches.push((
+                zeros(&format!("h.{l}.k_cache"), &[ctx, c])?,
+                zeros(&format!("h.{l}.v_cache"), &[ctx, c])?,
+            ));
+        }
+        let def = model.block.clone();
+        let places = def.places(&vec![false; def.acts.len()]);
+        let mut scratch = BTreeMap::new();
+        for place in &places {
+            if let Place::Scratch { width, index } = *place {
+                if let std::collections::btree_map::Entry::Vacant(e) = scratch.entry((width, index))
+                {
+                    e.insert(zeros(
+                        &format!("scratch {index} (rows, {width})"),
+                        &[ctx, width],
+                    )?);
+                }
+            }
         }
         // Each shard's logits start at an aligned offset so that they can be views.
         let align = (crate::gpu::VIEW_ALIGN / 4) as usize;
@@ -458,15 +262,9 @@ impl Generator {
                 zeros("residual a", &[ctx, c])?,
                 zeros("residual b", &[ctx, c])?,
             ],
-            xmid: zeros("residual mid", &[ctx, c])?,
-            ln: zeros("ln out", &[ctx, c])?,
+            scratch,
             mean: zeros("ln mean", &[ctx])?,
             rstd: zeros("ln rstd", &[ctx])?,
-            qkv: zeros("qkv", &[ctx, 3 * c])?,
-            atty: zeros("attn_y", &[ctx, c])?,
-            tmp: zeros("scratch (rows, C)", &[ctx, c])?,
-            fc: zeros("mlp.c_fc out", &[ctx, 4 * c])?,
-            gelu: zeros("mlp.gelu out", &[ctx, 4 * c])?,
             att: zeros("attention probabilities", &[ctx, nh, ctx])?,
             u: zeros("lora u", &[ctx, MAX_RANK])?,
             last: zeros("last position", &[1, c])?,
@@ -481,8 +279,11 @@ impl Generator {
             ctx,
             wte: model.wte.clone(),
             wpe: model.wpe.clone(),
-            ln_f: Lin::of(&model.ln_f),
-            layers,
+            ln_f: model.ln_f.clone(),
+            blocks: model.blocks.clone(),
+            def,
+            places,
+            caches,
             acts,
             adapters: Vec::new(),
             recordings: BTreeMap::new(),
@@ -745,93 +546,32 @@ impl Generator {
         }
     }
 
-    /// out = inp · W + b (+ every adapter's low-rank term), for n rows.
-    fn linear(
-        &self,
-        gpu: &Gpu,
-        rec: &mut Recording,
-        out: &Tensor,
-        inp: &Tensor,
-        layer: usize,
-        which: Linear,
-        n: usize,
-    ) -> Result<()> {
-        let lin = self.layers[layer].linear(which);
-        let (d_in, d_out) = (lin.w.shape()[0], lin.w.shape()[1]);
-        if n <= decode::GEMV_MAX_ROWS && d_in.is_multiple_of(4) && d_out.is_multiple_of(4) {
-            rec.push(decode::gemv_cols(
-                gpu,
-                out,
-                inp,
-                &lin.w,
-                Some(&lin.b),
-                n,
-                d_in,
-                d_out,
-            )?);
-        } else {
-            rec.push(matmul(
-                gpu,
-                self.mm,
-                out,
-                inp,
-                &lin.w,
-                Some(&lin.b),
-                &MatmulOp::new(n, d_out, d_in).frozen_b(),
-            )?);
-        }
-        for ad in &self.adapters {
-            for (_, _, a, b) in ad.modules.iter().filter(|m| m.0 == layer && m.1 == which) {
-                let u = self.acts.u.view("lora u", 0, &[n, ad.r])?;
-                let s = LoraShape {
-                    m: n,
-                    k: d_in,
-                    n: d_out,
-                    r: ad.r,
-                };
-                rec.push(lk::forward(
-                    gpu,
-                    self.lv,
-                    out,
-                    &u,
-                    inp,
-                    a,
-                    b,
-                    &s,
-                    ad.scale,
-                    &Dropout::NONE,
-                )?);
-            }
-        }
-        Ok(())
-    }
-
     /// Record the forward pass of n new rows at the position in `acts.pos`, ending with the
     /// logits of the last row.
     fn record(&self, gpu: &Gpu, n: usize) -> Result<Recording> {
         let cfg = &self.config;
-        let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let a = &self.acts;
         let rows = |t: &Tensor, width: usize| t.view(t.name(), 0, &[n, width]);
         let tokens = a.tokens.view("tokens", 0, &[n])?;
         let res = [rows(&a.res[0], c)?, rows(&a.res[1], c)?];
-        let xmid = rows(&a.xmid, c)?;
-        let ln = rows(&a.ln, c)?;
-        let mean = a.mean.view("ln mean", 0, &[n])?;
-        let rstd = a.rstd.view("ln rstd", 0, &[n])?;
-        let qkv = rows(&a.qkv, 3 * c)?;
-        let atty = rows(&a.atty, c)?;
-        let tmp = rows(&a.tmp, c)?;
-        let fc = rows(&a.fc, 4 * c)?;
-        let gelu = rows(&a.gelu, 4 * c)?;
-        let att = a
-            .att
-            .view("attention probabilities", 0, &[n, nh, self.ctx])?;
-        let shape = DecodeShape {
+        let mut r = DecodeRecorder {
+            g: self,
+            gpu,
             n,
-            c,
-            nh,
-            ctx: self.ctx,
+            res: res.clone(),
+            acts: self
+                .places
+                .iter()
+                .map(|p| match *p {
+                    Place::Scratch { width, index } => {
+                        rows(&a.scratch[&(width, index)], width).map(Some)
+                    }
+                    _ => Ok(None),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            mean: a.mean.view("ln mean", 0, &[n])?,
+            rstd: a.rstd.view("ln rstd", 0, &[n])?,
         };
 
         let mut rec = Recording::new();
@@ -839,58 +579,11 @@ impl Generator {
         for d in decode::embedding(gpu, &res[0], &a.pos, &tokens, &wte, &self.wpe, c)? {
             rec.push(d);
         }
-        for (l, layer) in self.layers.iter().enumerate() {
-            let (x_in, x_out) = (&res[l % 2], &res[(l + 1) % 2]);
-            rec.push(layernorm::forward(
-                gpu,
-                &ln,
-                &mean,
-                &rstd,
-                x_in,
-                &layer.ln_1.w,
-                &layer.ln_1.b,
-                c,
-                eps,
-            )?);
-            self.linear(gpu, &mut rec, &qkv, &ln, l, Linear::CAttn, n)?;
-            rec.push(decode::kv_store(
-                gpu,
-                &layer.k_cache,
-                &layer.v_cache,
-                &a.pos,
-                &qkv,
-                &shape,
-            )?);
-            rec.push(decode::attention(
-                gpu,
-                &atty,
-                &att,
-                &a.pos,
-                &qkv,
-                &layer.k_cache,
-                &layer.v_cache,
-                &shape,
-            )?);
-            self.linear(gpu, &mut rec, &tmp, &atty, l, Linear::AttnCProj, n)?;
-            rec.push(elementwise::add(gpu, &xmid, x_in, &tmp)?);
-            rec.push(layernorm::forward(
-                gpu,
-                &ln,
-                &mean,
-                &rstd,
-                &xmid,
-                &layer.ln_2.w,
-                &layer.ln_2.b,
-                c,
-                eps,
-            )?);
-            self.linear(gpu, &mut rec, &fc, &ln, l, Linear::CFc, n)?;
-            rec.push(elementwise::gelu_forward(gpu, &gelu, &fc)?);
-            self.linear(gpu, &mut rec, &tmp, &gelu, l, Linear::MlpCProj, n)?;
-            rec.push(elementwise::add(gpu, x_out, &xmid, &tmp)?);
+        for (l, weights) in self.blocks.iter().enumerate() {
+            block::record_forward(gpu, &mut rec, &mut r, &self.def, weights, l, c, eps)?;
         }
         // The LM head on the last position only.
-        let last = &res[self.layers.len() % 2];
+        let last = &res[self.blocks.len() % 2];
         rec.push(decode::copy_row(gpu, &a.last, last, n - 1, c)?);
         rec.push(layernorm::forward(
             gpu,
@@ -919,5 +612,140 @@ impl Generator {
             }
         }
         Ok(rec)
+    }
+}
+
+/// Records blocks for n new rows: activations in the generator's scratch, attention over the
+/// KV cache, and every adapter's low-rank term on its linear layers.
+struct DecodeRecorder<'a> {
+    g: &'a Generator,
+    gpu: &'a Gpu,
+    n: usize,
+    /// The residual stream's two buffers, n rows each.
+    res: [Tensor; 2],
+    /// Views of n rows of each scratch activation.
+    acts: Vec<Option<Tensor>>,
+    mean: Tensor,
+    rstd: Tensor,
+}
+
+impl BlockRecorder for DecodeRecorder<'_> {
+    fn act(&self, layer: usize, act: Act) -> Tensor {
+        let def = &self.g.def;
+        if act == def.input {
+            self.res[layer % 2].clone()
+        } else if act == def.output {
+            self.res[(layer + 1) % 2].clone()
+        } else {
+            self.acts[act]
+                .clone()
+                .expect("every activation but the residual is scratch")
+        }
+    }
+
+    fn norm_stats(&self, _layer: usize, _op: usize) -> (Tensor, Tensor) {
+        (self.mean.clone(), self.rstd.clone())
+    }
+
+    /// out = inp · W + b (+ every adapter's low-rank term), for n rows.
+    fn linear(
+        &mut self,
+        rec: &mut Recording,
+        layer: usize,
+        site: Linear,
+        out: &Tensor,
+        inp: &Tensor,
+        w: &Dense,
+    ) -> Result<()> {
+        let (gpu, n) = (self.gpu, self.n);
+        let (d_in, d_out) = (w.w.shape()[0], w.w.shape()[1]);
+        if n <= decode::GEMV_MAX_ROWS && d_in.is_multiple_of(4) && d_out.is_multiple_of(4) {
+            rec.push(decode::gemv_cols(
+                gpu,
+                out,
+                inp,
+                &w.w,
+                Some(&w.b),
+                n,
+                d_in,
+                d_out,
+            )?);
+        } else {
+            rec.push(matmul(
+                gpu,
+                self.g.mm,
+                out,
+                inp,
+                &w.w,
+                Some(&w.b),
+                &MatmulOp::new(n, d_out, d_in).frozen_b(),
+            )?);
+        }
+        for ad in &self.g.adapters {
+            for (_, _, a, b) in ad.modules.iter().filter(|m| m.0 == layer && m.1 == site) {
+                let u = self.g.acts.u.view("lora u", 0, &[n, ad.r])?;
+                let s = LoraShape {
+                    m: n,
+                    k: d_in,
+                    n: d_out,
+                    r: ad.r,
+                };
+                rec.push(lk::forward(
+                    gpu,
+                    self.g.lv,
+                    out,
+                    &u,
+                    inp,
+                    a,
+                    b,
+                    &s,
+                    ad.scale,
+                    &Dropout::NONE,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        rec: &mut Recording,
+        layer: usize,
+        _op: usize,
+        out: &Tensor,
+        qkv: &Tensor,
+    ) -> Result<()> {
+        let (gpu, g) = (self.gpu, self.g);
+        let cfg = &g.config;
+        let shape = DecodeShape {
+            n: self.n,
+            c: cfg.n_embd,
+            nh: cfg.n_head,
+            ctx: g.ctx,
+        };
+        let att = g
+            .acts
+            .att
+            .view("attention probabilities", 0, &[self.n, cfg.n_head, g.ctx])?;
+        let (k_cache, v_cache) = &g.caches[layer];
+        rec.push(decode::kv_store(
+            gpu,
+            k_cache,
+            v_cache,
+            &g.acts.pos,
+            qkv,
+            &shape,
+        )?);
+        rec.push(decode::attention(
+            gpu,
+            out,
+            &att,
+            &g.acts.pos,
+            qkv,
+            k_cache,
+            v_cache,
+            &shape,
+        )?);
+        Ok(())
     }
 }

@@ -1,0 +1,326 @@
+//! A transformer block as data: the ops it applies, in order, over named activations.
+//!
+//! A model family writes its block once, as a [`BlockDef`]. The training graph records it
+//! forward (for training and evaluation) and walks it in reverse for the backward; the
+//! KV-cache generator records the same ops with a cache behind its attention. What differs
+//! between those places (where activations live, how a linear layer adds its LoRA terms, what
+//! attention attends to) is a [`BlockRecorder`]; the order of the ops and which weights they
+//! read is the definition's alone.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Recording, Tensor};
+use crate::kernels::{elementwise, layernorm};
+use crate::lora::Linear;
+
+/// An activation of a block: an index into [`BlockDef::acts`].
+pub(crate) type Act = usize;
+
+/// One activation: its name (for buffer labels) and its width per row.
+#[derive(Clone, Debug)]
+pub(crate) struct ActDef {
+    pub(crate) name: &'static str,
+    pub(crate) width: usize,
+}
+
+/// One op of a block. Activations are rows of the batch (or of the decoded positions).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Op {
+    /// out = LayerNorm(inp) with the block's norm weights `norm`.
+    LayerNorm { out: Act, inp: Act, norm: usize },
+    /// out = inp · W + b (+ the LoRA terms) for the linear layer `site`.
+    Linear { out: Act, inp: Act, site: Linear },
+    /// Causal multi-head self-attention of the fused q, k, v rows.
+    Attention { out: Act, qkv: Act },
+    /// out = gelu_new(inp).
+    Gelu { out: Act, inp: Act },
+    /// out = a + b (the residual connections).
+    Add { out: Act, a: Act, b: Act },
+}
+
+impl Op {
+    /// The activation the op writes.
+    pub(crate) fn out(&self) -> Act {
+        match *self {
+            Op::LayerNorm { out, .. }
+            | Op::Linear { out, .. }
+            | Op::Attention { out, .. }
+            | Op::Gelu { out, .. }
+            | Op::Add { out, .. } => out,
+        }
+    }
+
+    /// The activations the op reads.
+    pub(crate) fn inputs(&self) -> Vec<Act> {
+        match *self {
+            Op::LayerNorm { inp, .. } | Op::Linear { inp, .. } | Op::Gelu { inp, .. } => {
+                vec![inp]
+            }
+            Op::Attention { qkv, .. } => vec![qkv],
+            Op::Add { a, b, .. } => vec![a, b],
+        }
+    }
+}
+
+/// A block: its activations and its ops in forward order. `input` is the residual stream
+/// coming in, `output` the one going out; every other activation is written by exactly one op.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockDef {
+    pub(crate) acts: Vec<ActDef>,
+    pub(crate) input: Act,
+    pub(crate) output: Act,
+    pub(crate) ops: Vec<Op>,
+}
+
+/// Where an activation of a block lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// The residual stream in or out (the model's residual buffers).
+    Residual,
+    /// A buffer of this block's own: the backward reads it.
+    Own,
+    /// Scratch buffer `index` among those of this width, shared by every layer and reused
+    /// within the block once its previous value is dead.
+    Scratch { width: usize, index: usize },
+}
+
+impl BlockDef {
+    /// The index of the op that writes `act`.
+    pub(crate) fn producer(&self, act: Act) -> Option<usize> {
+        self.ops.iter().position(|op| op.out() == act)
+    }
+
+    /// The index of the op that applies linear layer `site`.
+    pub(crate) fn linear_op(&self, site: Linear) -> Option<usize> {
+        self.ops
+            .iter()
+            .position(|op| matches!(op, Op::Linear { site: s, .. } if *s == site))
+    }
+
+    /// Whether the backward recomputes `act` (an elementwise op's output, cheap to redo from
+    /// its kept input) rather than keeping it from the forward.
+    pub(crate) fn recomputed(&self, act: Act) -> bool {
+        self.producer(act)
+            .is_some_and(|i| matches!(self.ops[i], Op::Gelu { .. }))
+    }
+
+    /// Which activations a backward through this block reads from the forward, given which of
+    /// its linear layers are adapted: a LayerNorm's input, attention's q, k, v and output, an
+    /// elementwise op's input, and an adapted linear layer's input (its LoRA A gradient reads
+    /// it) unless that is recomputed. The residual stream in and out is not counted here.
+    pub(crate) fn saved(&self, adapted: impl Fn(Linear) -> bool) -> Vec<bool> {
+        let mut saved = vec![false; self.acts.len()];
+        for op in &self.ops {
+            match *op {
+                Op::LayerNorm { inp, .. } | Op::Gelu { inp, .. } => saved[inp] = true,
+                Op::Attention { out, qkv } => {
+                    saved[out] = true;
+                    saved[qkv] = true;
+                }
+                Op::Linear { inp, site, .. } if adapted(site) && !self.recomputed(inp) => {
+                    saved[inp] = true
+                }
+                Op::Linear { .. } | Op::Add { .. } => {}
+            }
+        }
+        saved[self.input] = false;
+        saved[self.output] = false;
+        saved
+    }
+
+    /// Where each activation lives when those marked in `own` get buffers of their own: the
+    /// rest share scratch buffers of their width (see [`share_scratch`]).
+    pub(crate) fn places(&self, own: &[bool]) -> Vec<Place> {
+        let steps: Vec<(Vec<Act>, Vec<Act>)> = self
+            .ops
+            .iter()
+            .map(|op| (vec![op.out()], op.inputs()))
+            .collect();
+        let residual = |a: Act| a == self.input || a == self.output;
+        let eligible: Vec<bool> = (0..self.acts.len())
+            .map(|a| !own[a] && !residual(a))
+            .collect();
+        let scratch = share_scratch(&steps, &self.widths(), &eligible);
+        (0..self.acts.len())
+            .map(|a| match scratch[a] {
+                _ if residual(a) => Place::Residual,
+                Some((width, index)) => Place::Scratch { width, index },
+                None => Place::Own,
+            })
+            .collect()
+    }
+
+    /// Every activation's width.
+    pub(crate) fn widths(&self) -> Vec<usize> {
+        self.acts.iter().map(|a| a.width).collect()
+    }
+
+    /// The activation whose gradient buffer `act` shares: the two inputs of an `Add` pass the
+    /// gradient of its output through unchanged, so the residual stream's activations all share
+    /// the output's.
+    pub(crate) fn grad_root(&self, act: Act) -> Act {
+        let mut act = act;
+        loop {
+            let next = self.ops.iter().find_map(|op| match *op {
+                Op::Add { out, a, b } if a == act || b == act => Some(out),
+                _ => None,
+            });
+            match next {
+                Some(out) if out != act => act = out,
+                _ => return act,
+            }
+        }
+    }
+}
+
+/// Scratch buffers for values that steps write and read: `steps[i]` is (written, read) at step
+/// i. Each `eligible` value gets `(width, index)`, the index-th buffer of its width, from its
+/// first write until its last use; a buffer is reused only after its value's last use and
+/// never within one step. Values written twice (accumulated) keep the buffer of their first
+/// write.
+pub(crate) fn share_scratch(
+    steps: &[(Vec<Act>, Vec<Act>)],
+    widths: &[usize],
+    eligible: &[bool],
+) -> Vec<Option<(usize, usize)>> {
+    let mut last_use = vec![0; widths.len()];
+    for (i, (writes, reads)) in steps.iter().enumerate() {
+        for &a in writes.iter().chain(reads) {
+            last_use[a] = i;
+        }
+    }
+    let mut slot: Vec<Option<(usize, usize)>> = vec![None; widths.len()];
+    // Per width, per buffer: the last step that uses its current value.
+    let mut busy_until: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, (writes, _)) in steps.iter().enumerate() {
+        for &a in writes {
+            if !eligible[a] || slot[a].is_some() {
+                continue;
+            }
+            let width = widths[a];
+            let list = busy_until.entry(width).or_default();
+            let index = match (0..list.len()).find(|&k| list[k] < i) {
+                Some(k) => k,
+                None => {
+                    list.push(0);
+                    list.len() - 1
+                }
+            };
+            list[index] = last_use[a];
+            slot[a] = Some((width, index));
+        }
+    }
+    slot
+}
+
+/// A frozen weight and its bias: a linear layer (`w` is `[in, out]`) or a LayerNorm (`w` is
+/// `[C]`).
+#[derive(Clone, Debug)]
+pub(crate) struct Dense {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
+}
+
+/// The weights one block's ops read.
+pub(crate) trait BlockWeights {
+    /// The weights of norm `i` (the `norm` of [`Op::LayerNorm`]).
+    fn norm(&self, i: usize) -> &Dense;
+    /// The weights of a linear layer.
+    fn linear(&self, site: Linear) -> &Dense;
+}
+
+/// What differs between the places a block is recorded.
+pub(crate) trait BlockRecorder {
+    /// The tensor that holds `act` of block `layer` (cheap clones of shared buffers).
+    fn act(&self, layer: usize, act: Act) -> Tensor;
+    /// The (mean, rstd) rows that LayerNorm op `op` of block `layer` writes.
+    fn norm_stats(&self, layer: usize, op: usize) -> (Tensor, Tensor);
+    /// out = inp · W + b, plus whatever LoRA terms apply to `site` of block `layer`.
+    fn linear(
+        &mut self,
+        rec: &mut Recording,
+        layer: usize,
+        site: Linear,
+        out: &Tensor,
+        inp: &Tensor,
+        w: &Dense,
+    ) -> Result<()>;
+    /// Causal self-attention op `op` of block `layer`: out from the fused q, k, v rows.
+    fn attention(
+        &mut self,
+        rec: &mut Recording,
+        layer: usize,
+        op: usize,
+        out: &Tensor,
+        qkv: &Tensor,
+    ) -> Result<()>;
+}
+
+/// Record the forward of block `layer`: every op of `def`, in order, reading `weights`.
+/// `c` is the model's width and `eps` its LayerNorm epsilon.
+pub(crate) fn record_forward(
+    gpu: &Gpu,
+    rec: &mut Recording,
+    r: &mut impl BlockRecorder,
+    def: &BlockDef,
+    weights: &impl BlockWeights,
+    layer: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    for i in 0..def.ops.len() {
+        record_op(gpu, rec, r, def, weights, layer, i, c, eps)?;
+    }
+    Ok(())
+}
+
+/// Record op `i` of block `layer` (see [`record_forward`]).
+pub(crate) fn record_op(
+    gpu: &Gpu,
+    rec: &mut Recording,
+    r: &mut impl BlockRecorder,
+    def: &BlockDef,
+    weights: &impl BlockWeights,
+    layer: usize,
+    i: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    {
+        match def.ops[i] {
+            Op::LayerNorm { out, inp, norm } => {
+                let (mean, rstd) = r.norm_stats(layer, i);
+                let w = weights.norm(norm);
+                rec.push(layernorm::forward(
+                    gpu,
+                    &r.act(layer, out),
+                    &mean,
+                    &rstd,
+                    &r.act(layer, inp),
+                    &w.w,
+                    &w.b,
+                    c,
+                    eps,
+                )?);
+            }
+            Op::Linear { out, inp, site } => {
+                let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+                r.linear(rec, layer, site, &out, &inp, weights.linear(site))?;
+            }
+            Op::Attention { out, qkv } => {
+                let (out, qkv) = (r.act(layer, out), r.act(layer, qkv));
+                r.attention(rec, layer, i, &out, &qkv)?;
+            }
+            Op::Gelu { out, inp } => {
+                let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+                rec.push(elementwise::gelu_forward(gpu, &out, &inp)?);
+            }
+            Op::Add { out, a, b } => {
+                let (out, a, b) = (r.act(layer, out), r.act(layer, a), r.act(layer, b));
+                rec.push(elementwise::add(gpu, &out, &a, &b)?);
+            }
+        }
+    }
+    Ok(())
+}

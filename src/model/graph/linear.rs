@@ -1,0 +1,173 @@
+//! Recording the training graph's linear layers: the frozen product and, where a LoRA adapter
+//! sits, its low-rank terms (forward) and gradients (backward).
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::gpu::{Dispatch, Gpu, MatmulVariant, Recording, Tensor};
+use crate::kernels::dropout::Dropout;
+use crate::kernels::lora::{self as lk, LoraGrads, LoraShape, LoraVariant};
+use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::lora::{Linear, LoraEntry};
+use crate::model::block::Dense;
+
+/// One adapted module: its parameter and gradient views and its saved u = x·Aᵀ.
+pub(super) struct Adapted {
+    pub(super) index: usize,
+    pub(super) entry: LoraEntry,
+    pub(super) a: Tensor,
+    pub(super) b: Tensor,
+    pub(super) da: Tensor,
+    pub(super) db: Tensor,
+    pub(super) u: Tensor,
+    pub(super) dropout: Dropout,
+}
+
+/// The adapter on linear layer `site` of block `layer`, if any.
+pub(super) fn adapter(adapted: &[Adapted], layer: usize, site: Linear) -> Option<&Adapted> {
+    adapted
+        .iter()
+        .find(|a| a.entry.layer == layer && a.entry.linear == site)
+}
+
+/// Allocates the graph's buffers (counting their bytes) and records its linear layers.
+pub(super) struct Builder<'a> {
+    pub(super) gpu: &'a Gpu,
+    pub(super) mm: MatmulVariant,
+    lv: LoraVariant,
+    pub(super) allocated: u64,
+    /// LoRA dispatches whose dropout mask moves every step, with their module index.
+    pub(super) reseed: Vec<(usize, lk::Reseed)>,
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(gpu: &'a Gpu) -> Self {
+        Builder {
+            gpu,
+            mm: gpu.default_matmul(),
+            lv: LoraVariant::for_gpu(gpu),
+            allocated: 0,
+            reseed: Vec::new(),
+        }
+    }
+
+    /// A zero-filled tensor, counted in the graph's memory.
+    pub(super) fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.gpu.zeros(name, shape)?;
+        self.allocated += t.bytes();
+        Ok(t)
+    }
+
+    /// Append a dispatch of a LoRA module; with dropout on, keep a handle to move the mask of
+    /// those that read it every step.
+    fn push_lora(
+        &mut self,
+        rec: &mut Recording,
+        d: Dispatch,
+        l: &Adapted,
+        s: LoraShape,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        if l.dropout.p > 0.0 && lk::reads_dropout_mask(d.kernel()) {
+            let d = Arc::new(d);
+            rec.push_shared(d.clone());
+            self.reseed
+                .extend(lk::Reseed::new(d, s, scale, l.dropout, accumulate).map(|r| (l.index, r)));
+        } else {
+            rec.push(d);
+        }
+    }
+
+    /// out = inp · W + b, then out += scale · lora(inp) when the module is adapted (with the
+    /// module's dropout when `train`, without it otherwise). inp: (m, in), out: (m, out).
+    pub(super) fn linear(
+        &mut self,
+        rec: &mut Recording,
+        out: &Tensor,
+        inp: &Tensor,
+        d: &Dense,
+        lora: Option<&Adapted>,
+        m: usize,
+        scale: f32,
+        train: bool,
+    ) -> Result<()> {
+        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        rec.push(matmul(
+            self.gpu,
+            self.mm,
+            out,
+            inp,
+            &d.w,
+            Some(&d.b),
+            &MatmulOp::new(m, d_out, d_in).frozen_b(),
+        )?);
+        if let Some(l) = lora {
+            let s = LoraShape {
+                m,
+                k: d_in,
+                n: d_out,
+                r: l.a.shape()[0],
+            };
+            let dropout = if train { l.dropout } else { Dropout::NONE };
+            let d = lk::forward(
+                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout,
+            )?;
+            if train {
+                self.push_lora(rec, d, l, s, scale, false);
+            } else {
+                rec.push(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward of a linear layer: its LoRA gradients (if adapted, accumulated) and, when
+    /// `dinp` is given, the gradient at its input, dinp = dout · Wᵀ (+ the LoRA path's dx).
+    pub(super) fn linear_backward(
+        &mut self,
+        rec: &mut Recording,
+        dinp: Option<&Tensor>,
+        du: &Tensor,
+        dout: &Tensor,
+        inp: &Tensor,
+        d: &Dense,
+        lora: Option<&Adapted>,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        if let Some(dinp) = dinp {
+            rec.push(matmul(
+                self.gpu,
+                self.mm,
+                dinp,
+                dout,
+                &d.w,
+                None,
+                &MatmulOp::new(m, d_in, d_out).trans_b().frozen_b(),
+            )?);
+        }
+        if let Some(l) = lora {
+            let s = LoraShape {
+                m,
+                k: d_in,
+                n: d_out,
+                r: l.a.shape()[0],
+            };
+            let g = LoraGrads {
+                dx: dinp,
+                da: &l.da,
+                db: &l.db,
+                du,
+            };
+            let ds = lk::backward_with(
+                self.gpu, self.lv, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
+            )?;
+            for d in ds {
+                self.push_lora(rec, d, l, s, scale, true);
+            }
+        }
+        Ok(())
+    }
+}
