@@ -2,19 +2,16 @@
 //! training graph and generation.
 //!
 //! A model family is its config, its weights ([`Gpt2`]: names as Hugging Face writes them) and
-//! its block definition ([`block`]); the training graph and the KV-cache generator record any
+//! its block definition (`model::block`); the training graph and the KV-cache generator record any
 //! block definition, so a block is written once.
 
 pub(crate) mod block;
-mod config;
 pub mod generate;
-mod gpt2;
+pub mod gpt2;
 pub mod graph;
 pub mod source;
-pub mod weights;
 
-pub use config::Gpt2Config;
 pub use generate::{Generator, SamplingConfig, ScaledAdapter, StopReason};
-pub use gpt2::{Gpt2, WeightStorage};
+pub use gpt2::{weights, Gpt2, Gpt2Config, WeightStorage};
 pub use graph::{MicroBatch, OptimizerState, StepStats, TrainGraph};
 pub use source::{Model, ModelSource};

@@ -39,15 +39,7 @@ pub(super) fn record(
     // Gradient buffers: the residual stream's, and scratch by liveness over the reversed ops.
     let residual = def.grad_root(def.output);
     let dres = r.bl.zeros("d residual", &[bt, c])?;
-    let steps: Vec<(Vec<Act>, Vec<Act>)> = def
-        .ops
-        .iter()
-        .rev()
-        .map(|op| {
-            let writes = op.inputs().into_iter().map(|a| def.grad_root(a)).collect();
-            (writes, vec![def.grad_root(op.out())])
-        })
-        .collect();
+    let steps = def.grad_steps();
     let eligible: Vec<bool> = (0..def.acts.len()).map(|a| a != residual).collect();
     let slots = share_scratch(&steps, &def.widths(), &eligible);
     let mut pool: BTreeMap<(usize, usize), Tensor> = BTreeMap::new();

@@ -3,7 +3,7 @@
 //! per step.
 //!
 //! Forward and backward are explicit op sequences in llm.c's style, read from the model's
-//! block definition ([`crate::model::block`]): the forward records its ops in order, the
+//! block definition (`model::block`): the forward records its ops in order, the
 //! backward in reverse. Frozen weights get no gradient: only the LoRA A and B, which live in
 //! one flat buffer laid out like their gradients and AdamW moments.
 //!

@@ -1,16 +1,19 @@
-//! GPT-2's frozen weights on the GPU and its block, as the ops it records.
+//! GPT-2: its config, its weights (host and GPU) and its block, as the ops it records.
 //!
 //! Weights follow the checkpoint's names (`h.{i}.attn.c_attn`, ...); linear weights are stored
 //! as GPT-2's Conv1D stores them, `[in, out]` (y = x·W + b).
 
 use std::path::Path;
 
+pub mod config;
+pub mod weights;
+
 use super::block::{Act, ActDef, BlockDef, BlockWeights, Dense, Op};
-use super::weights::{self, HostWeights};
-use super::Gpt2Config;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::lora::Linear;
+pub use config::Gpt2Config;
+use weights::HostWeights;
 
 /// Most vocabulary rows per wte shard (and per logits chunk of the fused classifier).
 const MAX_SHARD_ROWS: usize = 4096;
