@@ -1,252 +1,29 @@
 //! The training loop: learning-rate schedule, gradient accumulation, evaluation, the best and
 //! final adapters, checkpoints and exact resume.
 //!
-//! A run writes into one output directory:
-//!
-//! ```text
-//! out/adapter_config.json, adapter_model.safetensors   final adapter (PEFT format)
-//! out/best/                                             adapter with the lowest val loss
-//! out/checkpoints/step-000100/                          adapter + optimizer.safetensors
-//!                                                       + trainer_state.json
-//! out/checkpoints/latest                                name of the newest complete checkpoint
-//! out/trainer_state.json, metrics.jsonl, loss_curve.svg
-//! ```
-//!
-//! Every file is written to a temporary sibling, fsynced and renamed; a checkpoint directory is
-//! assembled under a temporary name and renamed whole, and `latest` moves only after that. A
-//! run killed at any moment therefore resumes from its newest complete checkpoint.
+//! A run writes into one output directory, a [`RunDir`], which owns its layout and files; a
+//! run killed at any moment resumes from its newest complete [`Checkpoint`].
 //!
 //! Resuming restores the LoRA parameters, AdamW's moments, the step, the data order position and
 //! the best val loss; dropout masks are a function of (seed, step), so 10 steps + resume + 10
 //! steps reproduce 20 uninterrupted steps bit for bit on the same device.
 
-use std::io::Write;
+mod config;
+mod run_dir;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use config::{learning_rate, Duration, Schedule, TrainConfig};
+pub use run_dir::{Checkpoint, ExistingRun, RunDir};
+
 use crate::data::{Dataset, Sampler, SamplerState};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::adamw::AdamW;
 use crate::lora::{peft, LoraConfig};
-use crate::model::weights::{self, F32View};
 use crate::model::{Model, OptimizerState, StepStats, TrainGraph};
-
-/// Learning-rate schedule after warmup (Hugging Face's names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Linear decay to 0 at the last step.
-    #[default]
-    Linear,
-    /// Half a cosine from the peak to 0 at the last step.
-    Cosine,
-    /// The peak rate throughout.
-    Constant,
-}
-
-impl std::str::FromStr for Schedule {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "linear" => Ok(Schedule::Linear),
-            "cosine" => Ok(Schedule::Cosine),
-            "constant" | "constant_with_warmup" => Ok(Schedule::Constant),
-            other => Err(Error::invalid(
-                "lr scheduler",
-                other,
-                "expected linear, cosine or constant",
-            )),
-        }
-    }
-}
-
-/// How long to train.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Duration {
-    /// Whole passes over the training blocks.
-    Epochs(u64),
-    /// Optimizer steps.
-    Steps(u64),
-}
-
-/// Everything that defines a training run, with Hugging Face's defaults where it has them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// LoRA rank, alpha, dropout, targets, layers, rsLoRA.
-    #[serde(skip, default)]
-    pub lora: LoraConfig,
-    /// Peak learning rate.
-    pub lr: f32,
-    /// AdamW's decoupled weight decay.
-    pub weight_decay: f32,
-    /// Warmup steps (wins over `warmup_ratio` when set).
-    pub warmup_steps: Option<u64>,
-    /// Warmup as a fraction of the total steps.
-    pub warmup_ratio: f32,
-    /// Schedule after warmup.
-    pub schedule: Schedule,
-    /// Training length.
-    pub duration: Duration,
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    /// Global gradient-norm clip (0 = off).
-    pub max_grad_norm: f32,
-    /// Tokens per sequence.
-    pub block_size: usize,
-    /// Seed of the LoRA init, the data order and the dropout masks.
-    pub seed: u64,
-    /// Log every this many steps.
-    pub log_every: u64,
-    /// Evaluate every this many steps (0: only at epoch ends and at the end).
-    pub eval_every: u64,
-    /// Checkpoint every this many steps (0: only at the end).
-    pub save_every: u64,
-    /// Checkpoints kept (oldest deleted first; 0 keeps all).
-    pub save_total_limit: usize,
-    /// Stop after this many non-finite steps in a row (each one is skipped).
-    pub max_bad_steps: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            lora: LoraConfig::default(),
-            lr: 2e-4,
-            weight_decay: 0.0,
-            warmup_steps: None,
-            warmup_ratio: 0.0,
-            schedule: Schedule::Linear,
-            duration: Duration::Epochs(1),
-            batch_size: 4,
-            grad_accum: 1,
-            max_grad_norm: 1.0,
-            block_size: 128,
-            seed: 42,
-            log_every: 10,
-            eval_every: 0,
-            save_every: 0,
-            save_total_limit: 2,
-            max_bad_steps: 5,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Check every hyperparameter, naming the bad one and its valid range.
-    pub fn validate(&self, model: &crate::model::Gpt2Config) -> Result<()> {
-        self.lora.validate(model)?;
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid("learning rate", self.lr, "must be > 0"));
-        }
-        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(Error::invalid(
-                "weight decay",
-                self.weight_decay,
-                "must be >= 0",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return Err(Error::invalid(
-                "warmup ratio",
-                self.warmup_ratio,
-                "must be in [0, 1)",
-            ));
-        }
-        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
-            return Err(Error::invalid(
-                "max grad norm",
-                self.max_grad_norm,
-                "must be >= 0 (0 turns clipping off)",
-            ));
-        }
-        for (name, v) in [
-            ("batch size", self.batch_size as u64),
-            ("gradient accumulation steps", self.grad_accum as u64),
-            ("log every", self.log_every),
-            ("max bad steps", self.max_bad_steps),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(name, v, "must be at least 1"));
-            }
-        }
-        match self.duration {
-            Duration::Epochs(0) => return Err(Error::invalid("epochs", 0, "must be at least 1")),
-            Duration::Steps(0) => return Err(Error::invalid("max steps", 0, "must be at least 1")),
-            _ => {}
-        }
-        if self.block_size < 2 || self.block_size > model.n_positions {
-            return Err(Error::invalid(
-                "block size",
-                self.block_size,
-                format!(
-                    "must be in 2..={} (the model's n_positions)",
-                    model.n_positions
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn adamw(&self) -> AdamW {
-        AdamW {
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: self.max_grad_norm,
-            ..AdamW::default()
-        }
-    }
-
-    /// The settings a resumed run must share with the original, as `name=value` pairs.
-    fn fingerprint(&self) -> Vec<(String, String)> {
-        let l = &self.lora;
-        [
-            ("rank", l.r.to_string()),
-            ("alpha", l.alpha.to_string()),
-            ("dropout", l.dropout.to_string()),
-            ("targets", l.target_modules.join(",")),
-            ("layers", format!("{:?}", l.layers_to_transform)),
-            ("rslora", l.use_rslora.to_string()),
-            ("batch-size", self.batch_size.to_string()),
-            ("grad-accum", self.grad_accum.to_string()),
-            ("block-size", self.block_size.to_string()),
-            ("seed", self.seed.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-/// The learning rate of optimizer step `step` (1-based) out of `total`, Hugging Face's way:
-/// step s uses the schedule's value at s − 1, so warmup starts from 0.
-pub fn learning_rate(cfg: &TrainConfig, step: u64, total: u64) -> f32 {
-    let warmup = warmup_steps(cfg, total);
-    let s = step.saturating_sub(1);
-    if s < warmup {
-        return cfg.lr * s as f32 / warmup.max(1) as f32;
-    }
-    let progress = (s - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
-    let factor = match cfg.schedule {
-        Schedule::Constant => 1.0,
-        Schedule::Linear => (1.0 - progress).max(0.0),
-        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-    };
-    cfg.lr * factor as f32
-}
-
-fn warmup_steps(cfg: &TrainConfig, total: u64) -> u64 {
-    // Hugging Face computes ceil(total * ratio) in f64 from the decimal the user typed; going
-    // through the f32's shortest decimal gives the same f64 (0.1f32 as f64 is 0.10000000149,
-    // which made ceil(100 * 0.1) = 11).
-    let ratio: f64 = cfg.warmup_ratio.to_string().parse().unwrap_or(0.0);
-    cfg.warmup_steps
-        .unwrap_or_else(|| (ratio * total as f64).ceil() as u64)
-}
 
 /// Something the trainer reports while it runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -366,7 +143,7 @@ pub struct Trainer<'a> {
     train: Dataset,
     valid: Option<Dataset>,
     sampler: Sampler,
-    out: Option<PathBuf>,
+    out: Option<RunDir>,
     callback: Option<Callback<'a>>,
     step: u64,
     total: u64,
@@ -437,7 +214,7 @@ impl<'a> Trainer<'a> {
 
     /// Write adapters, checkpoints and metrics into `dir` (created if needed).
     pub fn with_output(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.out = Some(dir.into());
+        self.out = Some(RunDir::new(dir));
         self
     }
 
@@ -472,8 +249,9 @@ impl<'a> Trainer<'a> {
     /// Continue from a checkpoint directory (`out/checkpoints/step-N`), or from an output
     /// directory's newest complete checkpoint. Its settings must match this trainer's.
     pub fn resume(&mut self, path: &Path) -> Result<u64> {
-        let dir = find_checkpoint(path)?;
-        let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
+        let checkpoint = Checkpoint::find(path)?;
+        let dir = checkpoint.dir().to_path_buf();
+        let state = checkpoint.trainer_state()?;
         let ours = self.cfg.fingerprint();
         let diffs: Vec<String> = ours
             .iter()
@@ -491,14 +269,14 @@ impl<'a> Trainer<'a> {
                 ),
             });
         }
-        let (_, layout, params) = peft::load(&dir, &self.model.config)?;
+        let (_, layout, params) = checkpoint.adapter(&self.model.config)?;
         if layout != *self.graph.layout() {
             return Err(Error::Checkpoint {
                 path: dir,
                 detail: "the adapter's layout differs from this run's LoRA settings".into(),
             });
         }
-        let moments = read_moments(&dir.join("optimizer.safetensors"), params.len())?;
+        let moments = checkpoint.moments(params.len())?;
         self.graph.write_state(
             self.gpu,
             &OptimizerState {
@@ -521,7 +299,7 @@ impl<'a> Trainer<'a> {
         self.best = state.best_step.zip(state.best_metric);
         self.bad_steps = state.bad_steps;
         if let Some(out) = &self.out {
-            truncate_metrics(&out.join("metrics.jsonl"), self.step)?;
+            out.truncate_metrics(self.step)?;
         }
         Ok(self.step)
     }
@@ -536,10 +314,7 @@ impl<'a> Trainer<'a> {
     /// trainer_state.json and the loss curve. Returns the last logged record.
     pub fn run(&mut self) -> Result<Option<LogRecord>> {
         if let Some(out) = &self.out {
-            create_dir(out)?;
-            for dir in [out.clone(), out.join("best"), out.join("checkpoints")] {
-                remove_leftovers(&dir);
-            }
+            out.open()?;
         }
         let trainable = self.graph.layout().num_parameters();
         self.emit(Event::Start {
@@ -574,8 +349,8 @@ impl<'a> Trainer<'a> {
                     let best = self.best.is_none_or(|(_, b)| loss < b);
                     if best {
                         self.best = Some((step, loss));
-                        if let Some(out) = self.out.clone() {
-                            self.save_adapter(&out.join("best"))?;
+                        if let Some(best) = self.out.as_ref().map(RunDir::best) {
+                            self.save_adapter(&best)?;
                         }
                     }
                     self.emit(Event::Eval {
@@ -586,7 +361,7 @@ impl<'a> Trainer<'a> {
                     });
                 }
                 if let Some(out) = &self.out {
-                    append_metrics(&out.join("metrics.jsonl"), &rec)?;
+                    out.append_metrics(&rec)?;
                 }
                 self.emit(Event::Log(rec.clone()));
                 last = Some(rec);
@@ -599,10 +374,9 @@ impl<'a> Trainer<'a> {
         if self.step < self.total {
             return Ok(last);
         }
-        if let Some(out) = self.out.clone() {
-            self.save_adapter(&out)?;
-            write_json(&out.join("trainer_state.json"), &self.state())?;
-            crate::plot::write_loss_curve(&out.join("metrics.jsonl"), &out.join("loss_curve.svg"))?;
+        if let Some(out) = &self.out {
+            self.save_adapter(out.root())?;
+            out.finish(&self.state())?;
         }
         Ok(last)
     }
@@ -734,67 +508,24 @@ impl<'a> Trainer<'a> {
         )
     }
 
-    /// Write a checkpoint of the current step, then point `latest` at it.
+    /// Write a checkpoint of the current step into the run directory (which points `latest` at
+    /// it and prunes the oldest).
     fn checkpoint(&mut self) -> Result<()> {
-        let out = self.out.clone().expect("checkpoints need an output dir");
-        let root = out.join("checkpoints");
-        create_dir(&root)?;
-        let name = format!("step-{:06}", self.step);
-        let tmp = root.join(format!(".tmp-{name}"));
-        let done = root.join(&name);
-        remove_leftovers(&root);
-        create_dir(&tmp)?;
-        let state = self.graph.read_state(self.gpu)?;
-        peft::save(
-            &tmp,
-            &self.cfg.lora,
-            self.graph.layout(),
-            &state.params,
-            Some(&self.model.source.to_string()),
+        let Some(out) = &self.out else {
+            return Ok(());
+        };
+        let optimizer = self.graph.read_state(self.gpu)?;
+        let base_model = self.model.source.to_string();
+        let done = out.save_checkpoint(
+            (&self.cfg.lora, self.graph.layout(), Some(&base_model)),
+            &optimizer,
+            &self.state(),
+            self.cfg.save_total_limit,
         )?;
-        write_moments(&tmp.join("optimizer.safetensors"), &state.m, &state.v)?;
-        write_json(&tmp.join("trainer_state.json"), &self.state())?;
-        // An older checkpoint of the same step (a run resumed from before it) is moved aside
-        // whole, never deleted in place: a kill at any point leaves every `step-N` complete.
-        let trash = root.join(format!(".trash-{name}"));
-        if done.exists() {
-            std::fs::rename(&done, &trash).map_err(|source| Error::Io {
-                path: done.clone(),
-                source,
-            })?;
-        }
-        std::fs::rename(&tmp, &done).map_err(|source| Error::Io {
-            path: done.clone(),
-            source,
-        })?;
-        peft::sync_dir(&root);
-        let _ = std::fs::remove_dir_all(&trash);
-        peft::write_atomic(&root.join("latest"), name.as_bytes())?;
-        self.prune(&root, &name)?;
         self.emit(Event::Saved {
             step: self.step,
             path: done,
         });
-        Ok(())
-    }
-
-    /// Delete the oldest checkpoints beyond `save_total_limit` (never the newest).
-    fn prune(&self, root: &Path, newest: &str) -> Result<()> {
-        if self.cfg.save_total_limit == 0 {
-            return Ok(());
-        }
-        let mut all = list_checkpoints(root)?;
-        all.sort();
-        let excess = all.len().saturating_sub(self.cfg.save_total_limit);
-        for (_, name) in all.into_iter().take(excess) {
-            if name != newest {
-                // Rename first so that a kill mid-delete leaves no half-deleted `step-N`.
-                let trash = root.join(format!(".trash-{name}"));
-                if std::fs::rename(root.join(&name), &trash).is_ok() {
-                    let _ = std::fs::remove_dir_all(trash);
-                }
-            }
-        }
         Ok(())
     }
 }
@@ -820,175 +551,30 @@ pub fn mean_loss(gpu: &Gpu, graph: &mut TrainGraph, data: &Dataset, b: usize) ->
     Ok((sum / count as f64) as f32)
 }
 
-/// Files every complete checkpoint directory holds.
-const CHECKPOINT_FILES: [&str; 4] = [
-    "trainer_state.json",
-    "optimizer.safetensors",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-];
-
-fn is_complete_checkpoint(dir: &Path) -> bool {
-    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
-}
-
-/// Remove what a killed run may have left in `dir` (an output, `best/` or `checkpoints/`
-/// directory): checkpoints being assembled (`.tmp-step-N/`), being deleted (`.trash-step-N/`)
-/// and temporary files of atomic writes (`.NAME.tmp-PID`).
-fn remove_leftovers(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') {
-            continue;
+/// Mean next-token loss of `model` on every block of `data`, `batch_size` blocks per forward
+/// pass: with the PEFT adapter in the directory `adapter`, or the base model alone (LoRA's B is
+/// zero at init) when there is none. Perplexity is its `exp`.
+pub fn evaluate_model(
+    gpu: &Gpu,
+    model: &Model,
+    adapter: Option<&Path>,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<f32> {
+    let (lora, params) = match adapter {
+        Some(dir) => {
+            let (cfg, _, params) = peft::load(dir, &model.config)?;
+            (cfg, Some(params))
         }
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && (name.starts_with(".tmp-step-") || name.starts_with(".trash-step-")) {
-            let _ = std::fs::remove_dir_all(e.path());
-        } else if !is_dir
-            && name
-                .rsplit_once(".tmp-")
-                .is_some_and(|(_, pid)| pid.bytes().all(|b| b.is_ascii_digit()))
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// The checkpoint directory `path` names: a checkpoint itself, or an output dir / checkpoints
-/// dir whose `latest` (or else newest complete `step-N`) is used.
-pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
-    if is_complete_checkpoint(path) {
-        return Ok(path.to_path_buf());
-    }
-    let root = if path.join("checkpoints").is_dir() {
-        path.join("checkpoints")
-    } else {
-        path.to_path_buf()
+        None => (LoraConfig::default(), None),
     };
-    if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
-        let dir = root.join(name.trim());
-        if is_complete_checkpoint(&dir) {
-            return Ok(dir);
-        }
-    }
-    let mut all = list_checkpoints(&root).unwrap_or_default();
-    all.sort();
-    all.pop()
-        .map(|(_, n)| root.join(n))
-        .ok_or_else(|| Error::Checkpoint {
-            path: path.to_path_buf(),
-            detail:
-                "no checkpoint here (expected out/checkpoints/step-N with trainer_state.json); \
-                 train with --save-every to write some"
-                    .into(),
-        })
-}
-
-/// Complete checkpoints (`step-N` directories) under `root`, with their step.
-fn list_checkpoints(root: &Path) -> Result<Vec<(u64, String)>> {
-    let rd = std::fs::read_dir(root).map_err(|source| Error::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
-    Ok(rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            is_complete_checkpoint(&e.path()).then_some((step, name))
-        })
-        .collect())
-}
-
-fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
-    peft::write_atomic(path, text.as_bytes())
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
-}
-
-fn write_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
-    let views = [("m", m), ("v", v)].map(|(k, data)| {
-        let shape = vec![data.len()];
-        (k, F32View { shape, data })
-    });
-    let data = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    peft::write_atomic(path, &data)
-}
-
-fn read_moments(path: &Path, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let bad = |detail: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let get = |k: &str| -> Result<Vec<f32>> {
-        let t = st.tensor(k).map_err(|e| bad(format!("tensor {k}: {e}")))?;
-        if t.dtype() != safetensors::Dtype::F32 || t.shape() != [n] {
-            return Err(bad(format!(
-                "tensor {k} is {:?} {:?}, expected F32 [{n}]",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        weights::to_f32(path, k, t.dtype(), t.data())
-    };
-    Ok((get("m")?, get("v")?))
-}
-
-fn append_metrics(path: &Path, rec: &LogRecord) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    let line = serde_json::to_string(rec).expect("plain data serialises");
-    writeln!(f, "{line}").map_err(io)
-}
-
-/// Drop metrics.jsonl lines after `step` (a resumed run writes them again), atomically.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<LogRecord>(l)
-                .map(|r| r.step <= step)
-                .unwrap_or(false)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    peft::write_atomic(path, kept.as_bytes())
+    let mut graph = TrainGraph::new_eval(
+        gpu,
+        &model.gpt2,
+        &lora,
+        params.as_deref(),
+        batch_size,
+        data.block_size(),
+    )?;
+    mean_loss(gpu, &mut graph, data, batch_size)
 }
