@@ -435,14 +435,15 @@ fn generate_cmd(
     device: &DeviceArgs,
 ) -> Result<()> {
     sampling.validate()?;
+    let adapters = adapters
+        .iter()
+        .map(|a| Ok(parse_adapter_spec(a)?))
+        .collect::<Result<Vec<_>>>()?;
     let gpu = device.gpu()?;
     let model = device.load_model(&gpu, model)?;
     let loaded = adapters
         .iter()
-        .map(|a| {
-            let (dir, scale) = parse_adapter_spec(a)?;
-            Ok((peft::load(&dir, &model.config)?, scale))
-        })
+        .map(|(dir, scale)| Ok((peft::load(dir, &model.config)?, *scale)))
         .collect::<Result<Vec<_>>>()?;
     let scaled: Vec<_> = loaded
         .iter()
