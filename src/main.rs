@@ -7,13 +7,13 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use cli::args::{Cli, Command, DeviceArgs, LoraArgs, TrainArgs};
+use cli::args::{Cli, Command, Demo, DeviceArgs, LoraArgs, TrainArgs};
 use cli::output::{bytes, human, Progress};
 use lora_wgpu::data::{self, Dataset};
 use lora_wgpu::gpu::list_adapters;
 use lora_wgpu::lora::{parse_adapter_spec, peft, ParamTable};
 use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter};
-use lora_wgpu::train::{self, Checkpoint, Duration, ExistingRun, RunDir, TrainConfig, Trainer};
+use lora_wgpu::train::{self, Checkpoint, Trainer};
 use lora_wgpu::{merge, Gpu};
 
 fn main() -> std::process::ExitCode {
@@ -119,80 +119,25 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-/// Settings of the built-in demo (no --model and no --data): small enough to finish in about
-/// three minutes on two CPU cores with lavapipe.
-struct Demo;
-
-impl Demo {
-    const BLOCK: usize = 32;
-    const BATCH: usize = 4;
-    const STEPS: u64 = 20;
-    const LR: f32 = 1e-2;
-    const EVAL_EVERY: u64 = 5;
-    const LOG_EVERY: u64 = 2;
-    const VAL_SPLIT: f64 = 0.005;
-}
-
 fn train_cmd(a: &TrainArgs) -> Result<()> {
-    let demo = a.model.is_none() && a.data.is_none();
+    let demo = a.is_demo();
     if a.model.is_none() != a.data.is_none() {
         bail!(
             "pass both --model and --data (or neither, for the built-in demo: the tiny model \
              on the bundled corpus)"
         );
     }
-    let run_dir = match &a.out {
-        Some(o) => RunDir::new(o),
-        None => RunDir::timestamped(),
-    };
+    let run_dir = a.run_dir();
     let out = run_dir.root();
-    let existing = if a.resume.is_some() {
-        ExistingRun::Resume
-    } else if a.overwrite {
-        ExistingRun::Overwrite
-    } else {
-        ExistingRun::Refuse
-    };
+    let existing = a.existing_run();
     run_dir.check(existing)?;
     let gpu = a.device.gpu()?;
     let model = a
         .device
         .load_model(&gpu, a.model.as_deref().unwrap_or("tiny"))?;
     let cfg_model = &model.config;
-    let block = a.block_size.unwrap_or(if demo {
-        Demo::BLOCK
-    } else {
-        1024.min(cfg_model.n_positions)
-    });
-    let cfg = TrainConfig {
-        lora: a.lora.config(),
-        lr: a.lr.unwrap_or(if demo { Demo::LR } else { 2e-4 }),
-        weight_decay: a.weight_decay,
-        warmup_steps: a.warmup_steps,
-        warmup_ratio: a.warmup_ratio,
-        schedule: a.lr_scheduler.parse()?,
-        duration: match (a.max_steps, a.epochs) {
-            (Some(s), _) => Duration::Steps(s),
-            (None, Some(e)) => Duration::Epochs(e),
-            (None, None) if demo => Duration::Steps(Demo::STEPS),
-            (None, None) => Duration::Epochs(1),
-        },
-        batch_size: a.batch_size.unwrap_or(if demo { Demo::BATCH } else { 4 }),
-        grad_accum: a.grad_accum,
-        max_grad_norm: a.max_grad_norm,
-        block_size: block,
-        seed: a.seed,
-        log_every: a
-            .log_every
-            .unwrap_or(if demo { Demo::LOG_EVERY } else { 10 }),
-        eval_every: a
-            .eval_every
-            .unwrap_or(if demo { Demo::EVAL_EVERY } else { 0 }),
-        save_every: a.save_every,
-        save_total_limit: a.save_total_limit,
-        max_bad_steps: a.max_bad_steps,
-    };
-    cfg.validate(cfg_model)?;
+    let cfg = a.train_config(cfg_model)?;
+    let block = cfg.block_size;
 
     // Data.
     let tok = &model.tokenizer;

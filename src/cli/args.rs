@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lora_wgpu::gpu::GpuOptions;
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{Model, WeightStorage};
+use lora_wgpu::model::{Gpt2Config, Model, WeightStorage};
+use lora_wgpu::train::{Duration, ExistingRun, RunDir, TrainConfig};
 use lora_wgpu::Gpu;
 
 /// LoRA fine-tuning of GPT-2 on any GPU through wgpu.
@@ -323,4 +324,86 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+}
+
+/// Settings of the built-in demo (no --model and no --data): small enough to finish in about
+/// three minutes on two CPU cores with lavapipe.
+pub struct Demo;
+
+impl Demo {
+    pub const BLOCK: usize = 32;
+    pub const BATCH: usize = 4;
+    pub const STEPS: u64 = 20;
+    pub const LR: f32 = 1e-2;
+    pub const EVAL_EVERY: u64 = 5;
+    pub const LOG_EVERY: u64 = 2;
+    pub const VAL_SPLIT: f64 = 0.005;
+}
+
+impl TrainArgs {
+    /// The built-in demo: neither --model nor --data.
+    pub fn is_demo(&self) -> bool {
+        self.model.is_none() && self.data.is_none()
+    }
+
+    /// --out, or a new `runs/run-<time>`.
+    pub fn run_dir(&self) -> RunDir {
+        match &self.out {
+            Some(o) => RunDir::new(o),
+            None => RunDir::timestamped(),
+        }
+    }
+
+    /// What --resume and --overwrite say to do with a run already in --out.
+    pub fn existing_run(&self) -> ExistingRun {
+        if self.resume.is_some() {
+            ExistingRun::Resume
+        } else if self.overwrite {
+            ExistingRun::Overwrite
+        } else {
+            ExistingRun::Refuse
+        }
+    }
+
+    /// The run's settings for `model` (the demo's where the demo runs), checked.
+    pub fn train_config(&self, model: &Gpt2Config) -> Result<TrainConfig> {
+        let demo = self.is_demo();
+        let block = self.block_size.unwrap_or(if demo {
+            Demo::BLOCK
+        } else {
+            1024.min(model.n_positions)
+        });
+        let cfg = TrainConfig {
+            lora: self.lora.config(),
+            lr: self.lr.unwrap_or(if demo { Demo::LR } else { 2e-4 }),
+            weight_decay: self.weight_decay,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            schedule: self.lr_scheduler.parse()?,
+            duration: match (self.max_steps, self.epochs) {
+                (Some(s), _) => Duration::Steps(s),
+                (None, Some(e)) => Duration::Epochs(e),
+                (None, None) if demo => Duration::Steps(Demo::STEPS),
+                (None, None) => Duration::Epochs(1),
+            },
+            batch_size: self
+                .batch_size
+                .unwrap_or(if demo { Demo::BATCH } else { 4 }),
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            block_size: block,
+            seed: self.seed,
+            log_every: self
+                .log_every
+                .unwrap_or(if demo { Demo::LOG_EVERY } else { 10 }),
+            eval_every: self
+                .eval_every
+                .unwrap_or(if demo { Demo::EVAL_EVERY } else { 0 }),
+            save_every: self.save_every,
+            save_total_limit: self.save_total_limit,
+            max_bad_steps: self.max_bad_steps,
+        };
+        cfg.validate(model)?;
+        Ok(cfg)
+    }
 }

@@ -212,7 +212,8 @@ impl<'a> Trainer<'a> {
         self
     }
 
-    /// Write adapters, checkpoints and metrics into `dir` (created if needed).
+    /// Write adapters, checkpoints and metrics into `dir` (created if needed), laid out as
+    /// [`RunDir`] describes.
     pub fn with_output(mut self, dir: impl Into<PathBuf>) -> Self {
         self.out = Some(RunDir::new(dir));
         self

@@ -1,19 +1,5 @@
-//! The output directory of a training run: its layout, the checks on it before a run starts,
-//! and every file the trainer writes into it or reads back from it.
-//!
-//! ```text
-//! out/adapter_config.json, adapter_model.safetensors   final adapter (PEFT format)
-//! out/best/                                             adapter with the lowest val loss
-//! out/checkpoints/step-000100/                          adapter + optimizer.safetensors
-//!                                                       + trainer_state.json
-//! out/checkpoints/latest                                name of the newest complete checkpoint
-//! out/trainer_state.json, metrics.jsonl, loss_curve.svg
-//! ```
-//!
-//! Every file is written to a temporary sibling, fsynced and renamed ([`crate::fsio`]); a
-//! checkpoint directory is assembled under a temporary name (`.tmp-step-N`) and renamed whole,
-//! and `latest` moves only after that. A run killed at any moment therefore resumes from its
-//! newest complete checkpoint, and the next run removes what the killed one left.
+//! The output directory of a training run ([`RunDir`]): its layout, the checks on it before a
+//! run starts, and every file the trainer writes into it or reads back from it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,8 +37,22 @@ pub enum ExistingRun {
     Overwrite,
 }
 
-/// A run's output directory (`--out`): where each of its files lives, and the checks made on it
-/// before a run starts.
+/// A run's output directory (`--out`): where each of its files lives, the checks made on it
+/// before a run starts, and the writes the trainer makes into it.
+///
+/// ```text
+/// out/adapter_config.json, adapter_model.safetensors   final adapter (PEFT format)
+/// out/best/                                             adapter with the lowest val loss
+/// out/checkpoints/step-000100/                          adapter + optimizer.safetensors
+///                                                       + trainer_state.json
+/// out/checkpoints/latest                                name of the newest complete checkpoint
+/// out/trainer_state.json, metrics.jsonl, loss_curve.svg
+/// ```
+///
+/// Every file is written to a temporary sibling, fsynced and renamed; a checkpoint directory is
+/// assembled under a temporary name (`.tmp-step-N`) and renamed whole, and `latest` moves only
+/// after that. A run killed at any moment therefore resumes from its newest complete
+/// [`Checkpoint`], and the next run removes what the killed one left.
 ///
 /// ```
 /// use lora_wgpu::train::RunDir;
