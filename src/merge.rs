@@ -150,7 +150,7 @@ pub fn merge_dirs(
             "give at least one PEFT adapter directory to merge",
         ));
     }
-    check_out_dir(out, overwrite)?;
+    check_merge_out(out, overwrite)?;
     if let Ok(o) = out.canonicalize() {
         for input in std::iter::once(base).chain(adapters.iter().map(|(p, _)| p.as_path())) {
             if input.canonicalize().is_ok_and(|i| i == o) {
@@ -249,8 +249,10 @@ pub fn hf_config_json(cfg: &Gpt2Config) -> serde_json::Value {
     })
 }
 
-/// Errors unless `out` is absent, an empty directory, or a directory and `overwrite`.
-fn check_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+/// The rule for a merged model's directory, stricter than a training run's
+/// ([`RunDir::check`](crate::train::RunDir::check)): errors unless `out` is absent, an empty
+/// directory, or a directory and `overwrite`.
+fn check_merge_out(out: &Path, overwrite: bool) -> Result<()> {
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(out, e)),
@@ -364,6 +366,6 @@ pub fn save_hf_dir(
             format!("tensors GPT-2 does not have: {}", extra.join(", ")),
         ));
     }
-    check_out_dir(out, overwrite)?;
+    check_merge_out(out, overwrite)?;
     fsio::replace_dir(out, |tmp| write_files(tmp, cfg, weights, tokenizer))
 }
