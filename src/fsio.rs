@@ -3,8 +3,8 @@
 //! temporary sibling name and renamed into place whole ([`replace_dir`]). A crash at any moment
 //! leaves either the old file (directory) or the new one, never half of either.
 //!
-//! Temporary names start with `.` and end in `.tmp-<digits>`, which is how
-//! [`RunDir`](crate::train::RunDir) recognises a killed run's leftovers.
+//! [`write_atomic`]'s temporary files are named `.NAME.tmp-PID`, which is how
+//! [`RunDir`](crate::train::RunDir) recognises the ones a killed run left.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
