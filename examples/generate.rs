@@ -13,8 +13,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lora_wgpu::lora::peft;
-use lora_wgpu::model::generate::{parse_adapter_arg, Generator, SamplingConfig, ScaledAdapter};
+use lora_wgpu::lora::{parse_adapter_spec, peft};
+use lora_wgpu::model::generate::{Generator, SamplingConfig, ScaledAdapter};
 use lora_wgpu::model::Model;
 use lora_wgpu::{Gpu, GpuOptions};
 
@@ -28,7 +28,7 @@ fn main() -> Result<()> {
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "--adapter" => adapters.push(parse_adapter_arg(&value("--adapter")?)?),
+            "--adapter" => adapters.push(parse_adapter_spec(&value("--adapter")?)?),
             "--prompt" => prompt = Some(value("--prompt")?),
             "--max-new-tokens" => {
                 max_new = value("--max-new-tokens")?

@@ -130,6 +130,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A run's output directory cannot be used as asked (it is a file, holds another run, or
+    /// cannot be created or written).
+    #[error("{detail}")]
+    OutputDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong, naming the directory, and what to do.
+        detail: String,
+        /// The OS error behind it, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
     /// A problem reading or writing a file.
     #[error("{path}: {source}")]
     Io {

@@ -30,6 +30,7 @@
 pub mod cpu;
 pub mod data;
 pub mod error;
+mod fsio;
 pub mod gpu;
 pub mod kernels;
 pub mod lora;

@@ -25,10 +25,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lora::peft::{self, sync_dir};
+use crate::fsio::{self, io_err, write_synced};
+use crate::lora::peft;
 use crate::lora::{LoraConfig, LoraLayout};
 use crate::model::weights::{self, HostWeights};
-use crate::model::Gpt2Config;
+use crate::model::{Gpt2Config, ModelSource};
 use crate::tokenizer::{Tokenizer, EOT};
 
 /// Add `scale · lora_scale · (B A)ᵀ` of every module the adapter targets to its Conv1D weight
@@ -122,7 +123,7 @@ pub fn merge_into(
     Ok(layout.entries.len())
 }
 
-/// What [`merge_dirs`] did.
+/// What [`merge_dirs`] or [`merge_model`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergeSummary {
     /// The base model's shape.
@@ -149,7 +150,7 @@ pub fn merge_dirs(
             "give at least one PEFT adapter directory to merge",
         ));
     }
-    check_out_dir(out, overwrite)?;
+    check_merge_out(out, overwrite)?;
     if let Ok(o) = out.canonicalize() {
         for input in std::iter::once(base).chain(adapters.iter().map(|(p, _)| p.as_path())) {
             if input.canonicalize().is_ok_and(|i| i == o) {
@@ -163,12 +164,47 @@ pub fn merge_dirs(
     let cfg = Gpt2Config::from_file(&base.join("config.json"))?;
     let mut w = weights::load(&base.join("model.safetensors"), &cfg)?;
     let tok = Tokenizer::for_model_dir(base)?;
+    let modules = merge_adapters(&mut w, &cfg, adapters)?;
+    save_hf_dir(out, &cfg, &w, &tok, overwrite)?;
+    Ok(MergeSummary {
+        config: cfg,
+        adapters: adapters.len(),
+        modules,
+    })
+}
+
+/// Merge each PEFT adapter directory of `adapters` (loaded with [`peft::load`] for `cfg`) into
+/// `weights` with its scale, in order ([`merge_into`]). Returns the modules changed, counted once
+/// per adapter. An adapter that fails to load or merge leaves the ones before it merged.
+pub fn merge_adapters(
+    weights: &mut HostWeights,
+    cfg: &Gpt2Config,
+    adapters: &[(PathBuf, f32)],
+) -> Result<usize> {
     let mut modules = 0;
     for (dir, scale) in adapters {
-        let (lora, layout, params) = peft::load(dir, &cfg)?;
-        modules += merge_into(&mut w, &cfg, (&lora, &layout, &params), *scale)?;
+        let (lora, layout, params) = peft::load(dir, cfg)?;
+        modules += merge_into(weights, cfg, (&lora, &layout, &params), *scale)?;
     }
-    save_hf_dir(out, &cfg, &w, &tok, overwrite)?;
+    Ok(modules)
+}
+
+/// Merge `adapters` into the model `source` names and write a Hugging Face GPT-2 directory to
+/// `out`: a local directory goes through [`merge_dirs`]; built-in or random weights are merged
+/// in memory ([`merge_adapters`]) and written with the source's tokenizer ([`save_hf_dir`]).
+pub fn merge_model(
+    source: &ModelSource,
+    adapters: &[(PathBuf, f32)],
+    out: &Path,
+    overwrite: bool,
+) -> Result<MergeSummary> {
+    if let Some(dir) = source.local_dir()? {
+        return merge_dirs(&dir, adapters, out, overwrite);
+    }
+    let cfg = source.config()?;
+    let mut w = source.host_weights(&cfg)?;
+    let modules = merge_adapters(&mut w, &cfg, adapters)?;
+    save_hf_dir(out, &cfg, &w, &source.tokenizer()?, overwrite)?;
     Ok(MergeSummary {
         config: cfg,
         adapters: adapters.len(),
@@ -213,15 +249,10 @@ pub fn hf_config_json(cfg: &Gpt2Config) -> serde_json::Value {
     })
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Errors unless `out` is absent, an empty directory, or a directory and `overwrite`.
-fn check_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+/// The rule for a merged model's directory, stricter than a training run's
+/// ([`RunDir::check`](crate::train::RunDir::check)): errors unless `out` is absent, an empty
+/// directory, or a directory and `overwrite`.
+fn check_merge_out(out: &Path, overwrite: bool) -> Result<()> {
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(out, e)),
@@ -241,14 +272,6 @@ fn check_out_dir(out: &Path, overwrite: bool) -> Result<()> {
             }
         }
     }
-}
-
-/// Write `bytes` to `path` (a new file) and flush it to disk.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
-    f.write_all(bytes).map_err(|e| io_err(path, e))?;
-    f.sync_all().map_err(|e| io_err(path, e))
 }
 
 /// Write the files of a Hugging Face GPT-2 directory into `dir` (which exists and is empty).
@@ -273,9 +296,7 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
         path: st.clone(),
         detail: format!("writing safetensors: {e}"),
     })?;
-    std::fs::File::open(&st)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(&st, e))?;
+    fsio::sync_file(&st)?;
 
     write_synced(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
     if tokenizer.token_to_id("<|endoftext|>").is_some() {
@@ -293,7 +314,6 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
             .map_err(|e| Error::shape("save_hf_dir", e.to_string()))?;
         write_synced(&dir.join("tokenizer_config.json"), text.as_bytes())?;
     }
-    sync_dir(dir);
     Ok(())
 }
 
@@ -346,56 +366,6 @@ pub fn save_hf_dir(
             format!("tensors GPT-2 does not have: {}", extra.join(", ")),
         ));
     }
-    check_out_dir(out, overwrite)?;
-
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Format {
-            path: out.to_path_buf(),
-            detail: "the output path has no directory name: give e.g. ./merged".into(),
-        })?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let tmp = parent.join(format!(".{name}.tmp-{unique}"));
-    std::fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
-    if let Err(e) = write_files(&tmp, cfg, weights, tokenizer) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-
-    let result = if out.exists() {
-        // Empty, or non-empty with overwrite (checked above): move it aside, move the new one
-        // in, then delete the old one.
-        let old = parent.join(format!(".{name}.old-{unique}"));
-        std::fs::rename(out, &old)
-            .map_err(|e| io_err(out, e))
-            .and_then(|()| match std::fs::rename(&tmp, out) {
-                Ok(()) => {
-                    let _ = std::fs::remove_dir_all(&old);
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = std::fs::rename(&old, out);
-                    Err(io_err(out, e))
-                }
-            })
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))
-    };
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    sync_dir(&parent);
-    result
+    check_merge_out(out, overwrite)?;
+    fsio::replace_dir(out, |tmp| write_files(tmp, cfg, weights, tokenizer))
 }

@@ -25,7 +25,7 @@ pub fn write_loss_curve(metrics: &Path, svg: &Path) -> Result<()> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     if let Some(doc) = loss_curve_svg(&records) {
-        crate::lora::peft::write_atomic(svg, doc.as_bytes())?;
+        crate::fsio::write_atomic(svg, doc.as_bytes())?;
     }
     Ok(())
 }

@@ -454,6 +454,55 @@ fn bad_adapters_are_clear_errors() {
     );
 }
 
+/// `--adapter DIR:SCALE` whose scale is not a number says so, for generate and merge (it once
+/// reported `DIR:abc/adapter_config.json: No such file or directory`); a directory whose name
+/// contains ':' still loads without a scale.
+#[test]
+fn an_adapter_scale_that_is_not_a_number_is_named() {
+    let s = Scratch::new();
+    let out = s.path("merged");
+    let bad = format!("{}:abc", s.s("adapter"));
+    let expect = ["`abc` is not a number", "DIR:SCALE", "0.5"];
+    fails(
+        &[
+            "generate",
+            "--model",
+            &s.s("model"),
+            "--adapter",
+            &bad,
+            "--prompt",
+            "w1",
+        ],
+        &expect,
+        &[],
+    );
+    fails(
+        &[
+            "merge",
+            "--model",
+            &s.s("model"),
+            "--adapter",
+            &bad,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &expect,
+        &[&out],
+    );
+    copy_dir(&s.path("adapter"), &s.path("adapter:v2"));
+    let (code, stdout, stderr) = run(&[
+        "merge",
+        "--model",
+        &s.s("model"),
+        "--adapter",
+        &s.s("adapter:v2"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("merged 1 adapter(s)"), "{stdout}");
+}
+
 /// LoRA and training hyperparameters outside their ranges. LoRA values are checked by `info`
 /// (no GPU); the others by `train`, which must not create --out.
 #[test]

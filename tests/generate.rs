@@ -11,8 +11,7 @@ use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::decode::{self, DecodeShape};
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
 use lora_wgpu::model::generate::{
-    argmax, candidates, parse_adapter_arg, Generator, Sampler, SamplingConfig, ScaledAdapter,
-    StopReason,
+    argmax, candidates, Generator, Sampler, SamplingConfig, ScaledAdapter, StopReason,
 };
 use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
 use lora_wgpu::Error;
@@ -629,19 +628,6 @@ fn sampling_frequencies_follow_the_probabilities() {
     let da: Vec<u32> = (0..50).map(|_| a.sample(&logits).unwrap()).collect();
     let db: Vec<u32> = (0..50).map(|_| b.sample(&logits).unwrap()).collect();
     assert_eq!(da, db);
-}
-
-#[test]
-fn adapter_arguments_parse() {
-    let p = |s| parse_adapter_arg(s).unwrap();
-    assert_eq!(p("runs/a"), ("runs/a".into(), 1.0));
-    assert_eq!(p("runs/a:0.5"), ("runs/a".into(), 0.5));
-    assert_eq!(p("runs/a:-1"), ("runs/a".into(), -1.0));
-    assert_eq!(p("C:\\runs\\a"), ("C:\\runs\\a".into(), 1.0));
-    assert_eq!(p("C:\\runs\\a:2"), ("C:\\runs\\a".into(), 2.0));
-    assert!(parse_adapter_arg("").is_err());
-    assert!(parse_adapter_arg(":0.5").is_err());
-    assert!(parse_adapter_arg("a:inf").is_err());
 }
 
 /// Decode speed on GPT-2 124M's shape (random weights): `cargo test --release --test generate

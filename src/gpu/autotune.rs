@@ -105,7 +105,7 @@ impl Autotune {
             let _ = std::fs::create_dir_all(dir);
         }
         let text = serde_json::to_string_pretty(&all).expect("JSON values serialise");
-        let _ = crate::lora::peft::write_atomic(file, text.as_bytes());
+        let _ = crate::fsio::write_atomic(file, text.as_bytes());
     }
 }
 

@@ -1,6 +1,11 @@
 //! LoRA configuration, PEFT's target matching, the flat parameter layout, and PEFT adapter I/O.
 
+mod params;
 pub mod peft;
+
+use std::path::{Path, PathBuf};
+
+pub use params::{ModuleParams, ParamTable};
 
 use crate::error::{Error, Result};
 use crate::gpu::VIEW_ALIGN;
@@ -236,5 +241,88 @@ impl LoraLayout {
             }
         }
         flat
+    }
+}
+
+/// Parse an adapter argument, `DIR` or `DIR:SCALE` (the CLI's `--adapter`), into the PEFT adapter
+/// directory and its scale (1 without one).
+///
+/// The string is split at its last `:`. When the part after it is a number, that is the scale.
+/// When it is not, the whole string is the directory if it names an existing one (a directory
+/// name may contain `:`) or starts with a drive letter (`C:\runs\a`, `C:runs`); otherwise it
+/// is an error saying the scale is not a number. The directory must not be empty and the scale
+/// must be finite.
+///
+/// ```
+/// use lora_wgpu::lora::parse_adapter_spec;
+///
+/// assert_eq!(parse_adapter_spec("runs/a:0.5").unwrap(), ("runs/a".into(), 0.5));
+/// assert_eq!(parse_adapter_spec("runs/a").unwrap(), ("runs/a".into(), 1.0));
+/// assert!(parse_adapter_spec("runs/a:abc").is_err());
+/// ```
+pub fn parse_adapter_spec(arg: &str) -> Result<(PathBuf, f32)> {
+    let (dir, scale) = match arg.rsplit_once(':') {
+        None => (arg, 1.0),
+        Some((dir, s)) => match s.parse::<f32>() {
+            Ok(v) => (dir, v),
+            Err(_) if is_drive_letter(dir) || Path::new(arg).is_dir() => (arg, 1.0),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "adapter",
+                    arg,
+                    format!(
+                        "the scale `{s}` is not a number (and no directory {arg} exists); \
+                         expected DIR or DIR:SCALE with SCALE a number like 0.5"
+                    ),
+                ))
+            }
+        },
+    };
+    if dir.is_empty() {
+        return Err(Error::invalid(
+            "adapter",
+            arg,
+            "expected DIR or DIR:SCALE (a PEFT adapter directory, optionally with a scale)",
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(Error::invalid("adapter scale", scale, "must be finite"));
+    }
+    Ok((PathBuf::from(dir), scale))
+}
+
+/// Whether `prefix` (what precedes a path's only `:`) is a Windows drive letter.
+fn is_drive_letter(prefix: &str) -> bool {
+    prefix.len() == 1 && prefix.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_specs() {
+        let p = |s| parse_adapter_spec(s).unwrap();
+        assert_eq!(p("runs/a"), ("runs/a".into(), 1.0));
+        assert_eq!(p("runs/a:0.5"), ("runs/a".into(), 0.5));
+        assert_eq!(p("runs/a:-1"), ("runs/a".into(), -1.0));
+        assert_eq!(p("C:\\runs\\a"), ("C:\\runs\\a".into(), 1.0));
+        assert_eq!(p("C:\\runs\\a:2"), ("C:\\runs\\a".into(), 2.0));
+        assert_eq!(p("C:runs"), ("C:runs".into(), 1.0));
+        assert!(parse_adapter_spec("").is_err());
+        assert!(parse_adapter_spec(":0.5").is_err());
+        assert!(parse_adapter_spec("a:inf").is_err());
+        let e = parse_adapter_spec("out:abc").unwrap_err().to_string();
+        assert!(
+            e.contains("`abc` is not a number") && e.contains("DIR:SCALE"),
+            "{e}"
+        );
+        assert!(parse_adapter_spec("C:\\runs\\a:abc").is_err());
+        // An existing directory whose name has a ':' in it.
+        let dir = std::env::temp_dir().join(format!("lora-wgpu-a:b-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = dir.to_str().unwrap();
+        assert_eq!(p(s), (dir.clone(), 1.0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{LoraConfig, LoraEntry, LoraLayout};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::model::weights::F32View;
 
 /// The fields of `adapter_config.json` this crate reads.
@@ -186,41 +187,6 @@ pub fn load(
     })?;
     let flat = read_weights(&dir.join("adapter_model.safetensors"), &layout)?;
     Ok((cfg, layout, flat))
-}
-
-/// Write `bytes` to `path` atomically: a temporary sibling, fsynced, then renamed over it, so a
-/// crash leaves either the old file or the new one, never half of either.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            // Make the rename itself durable.
-            sync_dir(dir);
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
-/// Flush a directory's entries (a rename into it) to disk; best effort, since not every platform
-/// can open a directory.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Save an adapter in PEFT's format: `dir/adapter_config.json` and

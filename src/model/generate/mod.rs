@@ -35,7 +35,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use super::block::{BlockDef, Dense, Place};
 use super::gpt2::Block;
@@ -77,30 +76,6 @@ impl<'a> ScaledAdapter<'a> {
             scale,
         }
     }
-}
-
-/// Split a command-line adapter argument `DIR[:SCALE]` into the directory and the scale
-/// (1 when absent). Only a suffix that parses as a number is taken as the scale, so paths that
-/// contain ':' still work.
-pub fn parse_adapter_arg(arg: &str) -> Result<(PathBuf, f32)> {
-    let (dir, scale) = match arg.rsplit_once(':') {
-        Some((dir, s)) => match s.parse::<f32>() {
-            Ok(v) => (dir, v),
-            Err(_) => (arg, 1.0),
-        },
-        None => (arg, 1.0),
-    };
-    if dir.is_empty() {
-        return Err(Error::invalid(
-            "adapter",
-            arg,
-            "expected DIR or DIR:SCALE (a PEFT adapter directory, optionally with a scale)",
-        ));
-    }
-    if !scale.is_finite() {
-        return Err(Error::invalid("adapter scale", scale, "must be finite"));
-    }
-    Ok((PathBuf::from(dir), scale))
 }
 
 /// Why [`Generator::generate`] stopped.
