@@ -1,74 +1,17 @@
-//! Prototype harness: matmul kernels for llvmpipe/lavapipe (Mesa 22.3), side by side.
+//! Research harness: candidate matmul kernels for llvmpipe/lavapipe (Mesa 22.3), side by side.
 //!
 //! `cargo bench --bench lavapipe_matmul [-- FILTER...]` times candidate C = A·B kernels at
 //! 512x768x3072 and 512x768x768 (M x K x N), checks each against a CPU matmul (max abs error)
 //! and prints the median and best GFLOP/s of `RUNS` (default 5) runs; `DUMP_WGSL=1` prints the
-//! generated shaders of the register-blocked kernels. A research harness, not library code.
+//! generated shaders of the register-blocked kernels. Not library code: the library keeps only
+//! the winners (`matmul_image`, `matmul_image_sg`).
+//!
 //! Variant names: `{sto,tex,img}_r{R}c{C}_wg{X}x{Y}[_u]`: operands from storage buffers,
-//! sampled rgba32float textures (`textureLoad`, texel fetch) or read-only rgba32float storage
-//! textures (image loads); each invocation owns R rows x C vec4 column groups; `_u` = trusted
-//! module without naga runtime checks; `rf` = row blocks vary fastest over the dispatch;
-//! `sg_a` = A shared through `subgroupBroadcast`; `sgb` / `sgs` = lanes own different rows and
-//! share op(B) through `subgroupBroadcast` / `subgroupShuffle`; `bcastB*` = B from uniform-buffer windows
-//! read at constant offsets (K unrolled; only on request, compiles slowly); `diag_*` = cost
-//! probes with wrong results on purpose.
-//!
-//! What decides speed (Mesa 22.x gallivm, `lp_bld_nir_soa.c` / `lp_bld_nir.c`):
-//! * SSBO and shared-memory loads (`emit_load_mem`) take a fast path (one scalar load +
-//!   broadcast) only when `nir_src_is_always_uniform` holds for index and offset (constants,
-//!   push constants, ALU on those; no divergence analysis, so loop phis, ids and UBO values are
-//!   not uniform) and no exec mask is active (`invocation_0_must_be_active`: not inside any
-//!   if/loop). Otherwise: a loop over the 8 SIMD lanes, per component, with an exec-mask branch
-//!   and a bounds-check branch per scalar. Storage stores always take the per-lane loop.
-//! * UBO loads (`emit_load_ubo`): scalar + broadcast under the same conditions, else a
-//!   branch-free 8-scalar gather (`build_gather`).
-//! * Texel fetch (`lp_build_fetch_texel`) and image loads (`lp_build_img_op_soa`) both end in
-//!   `lp_build_fetch_rgba_soa`: vector offsets, one 16-byte load per lane for rgba32float and an
-//!   AoS->SoA transpose, no per-lane branches. Image loads skip the mip-level handling and
-//!   measured about twice as cheap as texel fetch here.
-//! * Lanes (`lp_state_cs.c`): 8 consecutive `local_invocation_id.x` share a 256-bit vector; each
-//!   (x-chunk of 8, y, z) is one coroutine; x sizes not a multiple of 8 waste lanes.
-//!
-//! Measured on the 2-core dev machine (other jobs running, so ±30% between runs): storage
-//! operands ~1-2 GFLOP/s (the library's current kernel 1.8), sampled textures 10-17, image
-//! loads 15-30 (img_r4c2_wg8x8 23-26, img_r8c2_wg8x8 17-30), loop with no loads ~48.
-//! The library adopted img_r4c2_wg8x8 as `MatmulVariant::Image` (matmul.wgsl's
-//! `matmul_image`, with packing kernels and the usual epilogue); `lib_register` here is the
-//! register kernel it replaced on CPU adapters.
-//!
-//! Later (2026-11-29): in img_r4c2 the 8 lanes share rows, so each lane gathers its own 8 op(B)
-//! texels per k step and the 4 op(A) texels are the same for all (`diag_bonly` 18-23, `diag_aonly`
-//! 31-35, `diag_noload` 40-46 in one run). Turning it around (`sgb`: lanes own different rows,
-//! the op(B) texels a k step needs are fetched once per subgroup, lane l one texel, and
-//! broadcast) ran 1.3-1.6x faster in the same runs: sgb_img_r2c4_wg8x4 18.5-27, img_r4c2 11.5-16
-//! (machine noise ±20% between runs). `subgroupShuffle` with constant lanes is no faster than
-//! `subgroupBroadcast`; sharing A instead (`sg_a_rf`) reaches about the same 19-20. The library
-//! adopted sgb r2c4 (workgroup 8x4, row blocks fastest) as `matmul_image_sg.wgsl` where
-//! subgroups are 8 wide.
-//!
-//! Later still (2026-11-29): `sgbk_*_k{u}` unroll the k loop u texels per iteration (slower:
-//! 14-15 against 19 GFLOP/s); `sgbk_*_diag_nobcast` drops the broadcasts (wrong results; it
-//! also collapses op(B) to 2 live values) and ran 2-3x faster in the same runs. `*accmajor*`
-//! issue each accumulator's four FMAs of a k step in a row instead of k step by k step (same
-//! operations, same order per accumulator): sgb r2c4 1.05-1.33x faster in four alternating runs,
-//! img r4c2 1.0-1.18x; both library image kernels now do this (`fma4` in matmul.wgsl).
-//! `*colmajor*` order the accumulators column by column (both rows of a column group back to
-//! back, so each broadcast op(B) value dies sooner): r2c4 no faster, r4c2 and r4c4 1.0-1.2x over
-//! r2c4 accmajor in four alternating runs, within the noise; not adopted. `*halves*` broadcast
-//! and use op(B) half a k step at a time (fewer live values): 1.1-1.5x over accmajor in four
-//! runs on a loaded machine, 0.8-1.35x in four quieter ones; not adopted either.
-//!
-//! The JIT code of sgbk r2c4 accmajor (gdb attached to the running harness, disassembling where
-//! perf found the samples): one k step is about 870 instructions: 128 `vmulps` + 128 `vaddps`
-//! (llvmpipe emits `fma` as multiply + add: no FMA instructions at all), ~230 stack spills and
-//! reloads plus ~70 instructions with stack operands (8 vec4 accumulators and 16 broadcast vec4s
-//! are 96 ymm values against 16 registers), ~150 for the four texel gathers and their bounds
-//! checks, 96 shuffles for the 64 scalar broadcasts (LLVM folds `emit_read_invocation`'s lane
-//! loop away for a constant lane) and 32 `vblendvps` writing the accumulators under the loop's
-//! execution mask. So the kernel is bound by register pressure and gathers, not by the
-//! broadcasts as such. The FMA peak probe behind the percentages was rewritten the same day:
-//! one FMA per chain per loop iteration read 48-59 GFLOP/s, four per iteration 88-110
-//! (`shaders/peak.wgsl`).
+//! sampled textures or storage textures (image loads); R rows x C vec4 column groups per
+//! invocation; `_u` = no naga runtime checks. `sgb` / `sgs` / `sg_a` share operands through
+//! subgroups, `accmajor` / `colmajor` / `halves` are FMA orders, `diag_*` are cost probes with
+//! wrong results on purpose. What each means, what was measured and why the library adopted what
+//! it did: docs/lavapipe-research.md.
 
 use std::fmt::Write as _;
 use std::time::Instant;

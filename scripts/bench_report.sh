@@ -11,6 +11,7 @@
 # --quick: small kernel shapes and, unless given, the tiny model at B=2 T=32 (a few minutes on
 # lavapipe). The full default (GPT-2 124M, B=4, T=128) takes many minutes on lavapipe.
 # Needs python3 with torch, transformers and peft. JSON goes to $OUT (default target/bench-report).
+# Recorded runs (the output and JSON quoted in docs/benchmarks.md) are kept in docs/benchmarks/cpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=""

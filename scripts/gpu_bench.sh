@@ -9,7 +9,8 @@
 # kernels and the first ones, `before`), the real-driver tests, and
 # PyTorch + PEFT fp32 on the same shapes, then prints them side by side. Logs and JSON go to $OUT
 # (eight files: gpu_bench.log, report.json, report_f16.json, report_coop.json, tests.txt,
-# peft_T128.json, peft_T1024.json, summary.txt).
+# peft_T128.json, peft_T1024.json, summary.txt). Recorded runs (the figures docs/benchmarks.md
+# quotes) are kept in docs/benchmarks/h200/.
 # Rehearsal on a machine without a GPU (lavapipe, PyTorch on the CPU, small shapes):
 #   OUT=/tmp/out REPORT_ARGS="--quick" SEQS=32 PEFT_DEVICE=cpu \
 #     PEFT_ARGS="--shape tiny --batch 2 --rank 8 --steps 2 --warmup 1" bash .gpu/gpu_bench.sh
