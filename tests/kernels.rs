@@ -48,7 +48,7 @@ fn dropout_matches_cpu_bit_for_bit_and_keeps_1_minus_p() {
             .unwrap();
         let got = g.download(&out).unwrap();
         let mut want = vec![0.0; n];
-        cpu::dropout(&mut want, &x, &d);
+        cpu::dropout::forward(&mut want, &x, &d);
         assert_eq!(got, want, "GPU and CPU masks differ at p={p}");
         let kept = got.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         assert!(
@@ -120,7 +120,7 @@ fn lora_forward_matches_cpu() {
         let ty = g.upload("y", &y0, &[m, n]).unwrap();
         let tu = g.zeros("u", &[m, r]).unwrap();
         let (mut y, mut u) = (y0.clone(), vec![0.0; m * r]);
-        cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
+        cpu::lora::forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
         for variant in [
             LoraVariant::Workgroup,
             LoraVariant::Register,
@@ -169,7 +169,7 @@ fn lora_backward_matches_cpu() {
         let db0 = random(n * r, seed + 6);
         // u as the forward computes it
         let (mut y, mut u) = (vec![0.0; m * n], vec![0.0; m * r]);
-        cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
+        cpu::lora::forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
         for (variant, accumulate) in [
             (LoraVariant::Workgroup, false),
             (LoraVariant::Workgroup, true),
@@ -205,7 +205,7 @@ fn lora_backward_matches_cpu() {
             g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
             let (mut dx, mut da, mut db, mut du) =
                 (dx0.clone(), da0.clone(), db0.clone(), vec![0.0; m * r]);
-            cpu::lora_backward(
+            cpu::lora::backward(
                 Some(&mut dx),
                 &mut da,
                 &mut db,
@@ -331,7 +331,7 @@ fn sumsq_matches_cpu() {
         let out = g.zeros("out", &[1]).unwrap();
         let ds = reduce::sumsq(g, &out, &tx).unwrap();
         g.run(&[&ds[0], &ds[1]]).unwrap();
-        let want = cpu::sumsq(&x) as f32;
+        let want = cpu::reduce::sumsq(&x) as f32;
         assert_close(
             &g.download(&out).unwrap(),
             &[want],
@@ -376,12 +376,12 @@ fn adamw_ten_steps_match_cpu() {
             let norm_sq = g.download(&norm).unwrap()[0];
             assert_close(
                 &[norm_sq],
-                &[cpu::sumsq(&grad) as f32],
+                &[cpu::reduce::sumsq(&grad) as f32],
                 ATOL,
                 RTOL,
                 "grad norm²",
             );
-            cpu::adamw(&mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq);
+            cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq);
         }
         assert_close(
             &g.download(&tp).unwrap(),
@@ -421,7 +421,7 @@ fn merge_matches_cpu_and_unmerge_restores() {
             let back = merge::merge(g, &tw, &ta, &tb, &s, fan_in_fan_out, -scale).unwrap();
             g.run(&[&fwd]).unwrap();
             let mut want = w0.clone();
-            cpu::merge(&mut want, &a, &b, k, n, r, fan_in_fan_out, scale);
+            cpu::merge::merge(&mut want, &a, &b, k, n, r, fan_in_fan_out, scale);
             let what = format!("k={k} n={n} r={r} fan_in_fan_out={fan_in_fan_out}");
             assert_close(
                 &g.download(&tw).unwrap(),
@@ -505,7 +505,7 @@ fn adamw_skips_non_finite_gradients() {
         );
         assert_eq!(g.download(&tv).unwrap(), vec![0.5; n], "v changed by {bad}");
         let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
-        cpu::adamw(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
+        cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
         assert_eq!(p, p0, "CPU reference must skip too");
     }
 }

@@ -71,7 +71,7 @@ fn check_with(
     g.run(&[&d]).unwrap();
     let got = g.download(&tc).unwrap();
     let mut want = c0;
-    cpu::matmul(&mut want, &a, &b, with_bias.then_some(&bias[..]), &op);
+    cpu::matmul::matmul(&mut want, &a, &b, with_bias.then_some(&bias[..]), &op);
     assert_close(
         &got,
         &want,
@@ -99,7 +99,7 @@ fn frozen_b_is_packed_once_and_reused() {
         let d = matmul(g, MatmulVariant::Image, &tc, &ta, &tw, None, &op).unwrap();
         g.run(&[&d]).unwrap();
         let mut want = vec![0.0; m * cols];
-        cpu::matmul(&mut want, &a, &w, None, &op);
+        cpu::matmul::matmul(&mut want, &a, &w, None, &op);
         let what = format!("frozen B, trans_b={trans_b}, seed {seed}");
         assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, &what);
     }
@@ -350,7 +350,7 @@ fn autotune_runs_the_winner_and_caches_it_per_adapter() {
     let d = matmul(&g, MatmulVariant::Auto, &tc, &ta, &tb, None, &op).unwrap();
     g.run(&[&d]).unwrap();
     let mut want = vec![0.0; 37 * 29];
-    cpu::matmul(&mut want, &a, &b, None, &op);
+    cpu::matmul::matmul(&mut want, &a, &b, None, &op);
     assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, "autotuned");
 
     let tuned = g.tuned_matmuls();
@@ -420,7 +420,7 @@ fn cooperative_matrix_variant_matches_reference() {
     g.run(&[&matmul(g, v, &tc, &ta, &tw, None, &op).unwrap()])
         .unwrap();
     let mut want = vec![0.0; 96 * 80];
-    cpu::matmul(&mut want, &a, &w, None, &op);
+    cpu::matmul::matmul(&mut want, &a, &w, None, &op);
     assert_close(
         &g.download(&tc).unwrap(),
         &want,
