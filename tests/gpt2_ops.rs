@@ -7,7 +7,7 @@ use common::{assert_close, gpu, random, ATOL, RTOL};
 use lora_wgpu::cpu;
 use lora_wgpu::kernels::attention::{self, AttentionShape, AttentionVariant};
 use lora_wgpu::kernels::cross_entropy::{self as ce, CeState, IGNORE};
-use lora_wgpu::kernels::{elementwise, embedding, layernorm};
+use lora_wgpu::kernels::{elementwise, embedding, layernorm, Variants};
 
 #[test]
 fn embedding_over_vocab_shards() {
@@ -57,8 +57,12 @@ fn layernorm_forward_and_backward() {
             g.zeros("mean", &[n]).unwrap(),
             g.zeros("rstd", &[n]).unwrap(),
         );
-        let f = layernorm::forward_with(g, v, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
-        let bk = layernorm::backward_with(g, v, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
+        let gv = g.with_variants(Variants {
+            layernorm: v,
+            ..g.variants()
+        });
+        let f = layernorm::forward(&gv, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
+        let bk = layernorm::backward(&gv, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
         g.run(&[&f, &bk]).unwrap();
         let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
         cpu::layernorm::forward(&mut wo, &mut wm, &mut wr, &x, &w, &bias, c, 1e-5);
@@ -151,9 +155,12 @@ fn attention_forward_and_backward() {
         let lse = g.zeros("lse", &[b, nh, t]).unwrap();
         let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
         let dqkv = g.zeros("dqkv", &[b, t, 3 * c]).unwrap();
-        let f = attention::forward_with(g, v, &out, &lse, &tq, &s).unwrap();
-        let [r, cl] =
-            attention::backward_with(g, v, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
+        let gv = g.with_variants(Variants {
+            attention: v,
+            ..g.variants()
+        });
+        let f = attention::forward(&gv, &out, &lse, &tq, &s).unwrap();
+        let [r, cl] = attention::backward(&gv, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
         g.run(&[&f, &r, &cl]).unwrap();
         let (mut wo, mut wl, mut wd) = (
             vec![0.0; b * t * c],

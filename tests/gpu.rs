@@ -114,8 +114,7 @@ fn views_share_the_buffer_at_aligned_offsets() {
         .unwrap();
     let out = flat.view("out", 128, &[1, 3]).unwrap();
     let op = lora_wgpu::kernels::matmul::MatmulOp::new(1, 3, 3);
-    let d =
-        lora_wgpu::kernels::matmul::matmul(g, g.default_matmul(), &out, &x, &w, None, &op).unwrap();
+    let d = lora_wgpu::kernels::matmul::matmul(g, &out, &x, &w, None, &op).unwrap();
     g.run(&[&d]).unwrap();
     let all = g.download(&flat).unwrap();
     assert_eq!(&all[128..131], &[1., 1., 1.]);

@@ -9,7 +9,7 @@ use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
-use lora_wgpu::kernels::{merge, reduce};
+use lora_wgpu::kernels::{merge, reduce, Variants};
 
 #[test]
 fn philox_known_answers() {
@@ -127,7 +127,11 @@ fn lora_forward_matches_cpu() {
             LoraVariant::Parallel,
         ] {
             g.write(&ty, &y0).unwrap();
-            let fwd = lora::forward(g, variant, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
+            let gv = g.with_variants(Variants {
+                lora: variant,
+                ..g.variants()
+            });
+            let fwd = lora::forward(&gv, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
             let fwd = fwd.unwrap();
             g.run(&[&fwd]).unwrap();
             let what = format!("{variant:?} {:?} p={} ({:?})", c.s, c.d.p, fwd.kernel());
@@ -198,8 +202,12 @@ fn lora_backward_matches_cpu() {
                 db: &tdb,
                 du: &tdu,
             };
-            let ds = lora::backward_with(
-                g, variant, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
+            let gv = g.with_variants(Variants {
+                lora: variant,
+                ..g.variants()
+            });
+            let ds = lora::backward(
+                &gv, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
             )
             .unwrap();
             g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
@@ -275,20 +283,17 @@ fn fused_lora_equals_unfused_composition() {
     let tb = g.upload("b", &b, &[s.n, s.r]).unwrap();
     let fused_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let u = g.zeros("u", &[s.m, s.r]).unwrap();
-    let variant = LoraVariant::for_gpu(g);
-    let fused = lora::forward(g, variant, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap();
+    let fused = lora::forward(g, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap();
     g.run(&[&fused]).unwrap();
 
     let slow_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let xd = g.zeros("x dropped", &[s.m, s.k]).unwrap();
     let u2 = g.zeros("u", &[s.m, s.r]).unwrap();
-    let v = g.default_matmul();
     let mut rec = Recording::new();
     rec.push(dropout::forward(g, &xd, &tx, &d).unwrap());
     rec.push(
         matmul(
             g,
-            v,
             &u2,
             &xd,
             &ta,
@@ -300,7 +305,6 @@ fn fused_lora_equals_unfused_composition() {
     rec.push(
         matmul(
             g,
-            v,
             &slow_y,
             &u2,
             &tb,
@@ -458,8 +462,8 @@ fn recording_replays_in_order_with_clears() {
     let op = MatmulOp::new(2, 3, 3).accumulate();
     let mut rec = Recording::new();
     rec.clear(&y);
-    rec.push(matmul(g, g.default_matmul(), &y, &tx, &eye, None, &op).unwrap());
-    rec.push(matmul(g, g.default_matmul(), &y, &tx, &eye, None, &op).unwrap());
+    rec.push(matmul(g, &y, &tx, &eye, None, &op).unwrap());
+    rec.push(matmul(g, &y, &tx, &eye, None, &op).unwrap());
     rec.run(g).unwrap();
     rec.run(g).unwrap();
     let want: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();

@@ -43,10 +43,10 @@ use rand::{Rng, SeedableRng};
 use super::graph::Dense;
 use super::{Gpt2, Gpt2Config};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MatmulVariant, Recording, Tensor};
+use crate::gpu::{Gpu, Recording, Tensor};
 use crate::kernels::decode::{self, DecodeShape};
 use crate::kernels::dropout::Dropout;
-use crate::kernels::lora::{self as lk, LoraShape, LoraVariant, MAX_RANK};
+use crate::kernels::lora::{self as lk, LoraShape, MAX_RANK};
 use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::kernels::{elementwise, layernorm};
 use crate::lora::{Linear, LoraConfig, LoraLayout};
@@ -377,8 +377,6 @@ pub struct Generator {
     position: usize,
     eos: Option<u32>,
     stop: Option<StopReason>,
-    mm: MatmulVariant,
-    lv: LoraVariant,
     allocated: u64,
 }
 
@@ -489,8 +487,6 @@ impl Generator {
             position: 0,
             eos: (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT),
             stop: None,
-            mm: gpu.default_matmul(),
-            lv: LoraVariant::for_gpu(gpu),
             allocated,
         };
         let decode = g.record(gpu, 1)?;
@@ -772,7 +768,6 @@ impl Generator {
         } else {
             rec.push(matmul(
                 gpu,
-                self.mm,
                 out,
                 inp,
                 &lin.w,
@@ -791,7 +786,6 @@ impl Generator {
                 };
                 rec.push(lk::forward(
                     gpu,
-                    self.lv,
                     out,
                     &u,
                     inp,
@@ -909,7 +903,6 @@ impl Generator {
             } else {
                 rec.push(matmul(
                     gpu,
-                    self.mm,
                     out,
                     &a.lnf,
                     shard,

@@ -12,12 +12,12 @@ use super::Gpt2Config;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
-use crate::gpu::{Gpu, MatmulVariant, ReadbackRing, Recording, Tensor, VIEW_ALIGN};
+use crate::gpu::{Gpu, ReadbackRing, Recording, Tensor, VIEW_ALIGN};
 use crate::kernels::adamw::{self, AdamW, AdamWUpdate};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy::{self as ce, CeState, IGNORE};
 use crate::kernels::dropout::Dropout;
-use crate::kernels::lora::{self as lk, LoraGrads, LoraShape, LoraVariant};
+use crate::kernels::lora::{self as lk, LoraGrads, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::kernels::{elementwise, embedding, layernorm, reduce};
 use crate::lora::{Linear, LoraConfig, LoraEntry, LoraLayout};
@@ -292,8 +292,6 @@ pub struct TrainGraph {
 
 struct Builder<'a> {
     gpu: &'a Gpu,
-    mm: MatmulVariant,
-    lv: LoraVariant,
     allocated: u64,
     /// LoRA dispatches whose dropout mask moves every step, with their module index.
     reseed: Vec<(usize, lk::Reseed)>,
@@ -343,7 +341,6 @@ impl Builder<'_> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
         rec.push(matmul(
             self.gpu,
-            self.mm,
             out,
             inp,
             &d.w,
@@ -358,9 +355,7 @@ impl Builder<'_> {
                 r: l.a.shape()[0],
             };
             let dropout = if train { l.dropout } else { Dropout::NONE };
-            let d = lk::forward(
-                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout,
-            )?;
+            let d = lk::forward(self.gpu, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout)?;
             if train {
                 self.push_lora(rec, d, l, s, scale, false);
             } else {
@@ -388,7 +383,6 @@ impl Builder<'_> {
         if let Some(dinp) = dinp {
             rec.push(matmul(
                 self.gpu,
-                self.mm,
                 dinp,
                 dout,
                 &d.w,
@@ -410,8 +404,8 @@ impl Builder<'_> {
                 db: &l.db,
                 du,
             };
-            let ds = lk::backward_with(
-                self.gpu, self.lv, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
+            let ds = lk::backward(
+                self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
             )?;
             for d in ds {
                 self.push_lora(rec, d, l, s, scale, true);
@@ -490,8 +484,6 @@ impl TrainGraph {
         let r = lora.r;
         let mut bl = Builder {
             gpu,
-            mm: gpu.default_matmul(),
-            lv: LoraVariant::for_gpu(gpu),
             allocated: 0,
             reseed: Vec::new(),
         };
@@ -721,7 +713,6 @@ impl TrainGraph {
             for (i, ((v0, rows, lg), shard)) in shards.iter().zip(&model.wte).enumerate() {
                 fwd.push(matmul(
                     gpu,
-                    bl.mm,
                     lg,
                     &lnf,
                     shard,
@@ -760,7 +751,6 @@ impl TrainGraph {
                 if !store_logits {
                     bwd.push(matmul(
                         gpu,
-                        bl.mm,
                         lg,
                         &lnf,
                         shard,
@@ -771,7 +761,7 @@ impl TrainGraph {
                 bwd.push(ce::grad(gpu, lg, &st, &targets, &dloss, *v0)?);
                 let mut op = MatmulOp::new(bt, c, *rows).frozen_b();
                 op.accumulate = i > 0;
-                bwd.push(matmul(gpu, bl.mm, &dln, lg, shard, None, &op)?);
+                bwd.push(matmul(gpu, &dln, lg, shard, None, &op)?);
             }
             bwd.push(layernorm::backward(
                 gpu,
@@ -1138,7 +1128,6 @@ impl TrainGraph {
         for ((v0, rows, lg), shard) in self.shards.iter().zip(&model.wte) {
             let d = matmul(
                 gpu,
-                gpu.default_matmul(),
                 lg,
                 &self.lnf,
                 shard,
