@@ -10,7 +10,7 @@
 //! variants for it. That choice is kernel knowledge, so this module stores it as an opaque
 //! value: [`crate::kernels::Variants`] resolves it (from the device type, the features and
 //! [`GpuOptions::variants`]) in [`Gpu::new`], which is therefore defined in
-//! `kernels/variants.rs`; [`Gpu::open`] here makes the device alone.
+//! `kernels/variants.rs`; `Gpu::open` here makes the device alone.
 
 mod adapter;
 mod buffers;

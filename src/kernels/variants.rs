@@ -4,7 +4,7 @@
 //! from the `Gpu` it is given. Launchers never read the environment.
 //!
 //! `gpu/` may not know kernels, so it keeps this value as an opaque slot of the `Gpu` handle;
-//! [`Gpu::new`] is defined here because it opens the device ([`Gpu::open`], in `gpu/`) and
+//! [`Gpu::new`] is defined here because it opens the device (`Gpu::open`, in `gpu/`) and
 //! then resolves the variants, some of which depend on that device (its type, its features,
 //! whether it autotunes). To compare variants, make a handle to the same device with other
 //! ones: `gpu.with_variants(Variants { matmul: MatmulVariant::Image, ..gpu.variants() })`.
