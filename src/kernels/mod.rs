@@ -99,8 +99,9 @@ pub(crate) fn u32_of(name: &'static str, v: usize) -> Result<u32> {
 
 #[cfg(test)]
 mod tests {
-    //! Every shader parses and validates with naga; every kernel's binding table matches what
-    //! its entry point really uses; every kernel's `Params` size is its WGSL struct's.
+    //! Every shader parses and validates with naga; every kernel's binding tables (buffers and
+    //! storage textures) match what its entry point really uses; every kernel's `Params` size
+    //! is its WGSL struct's.
 
     use std::collections::{HashMap, HashSet};
 
@@ -172,6 +173,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("{} not found", kernel.name()));
             let uses = info.get_entry_point(ep);
             let mut used = Vec::new();
+            let mut used_textures = Vec::new();
             for (h, var) in module.global_variables.iter() {
                 let (Some(binding), false) = (&var.binding, uses[h].is_empty()) else {
                     continue;
@@ -188,6 +190,22 @@ mod tests {
                         };
                         used.push((binding.binding, want));
                     }
+                    naga::AddressSpace::Handle => {
+                        // Storage textures: `Read` is read-only, `ReadWrite` write-only.
+                        let naga::TypeInner::Image {
+                            class: naga::ImageClass::Storage { access, .. },
+                            ..
+                        } = module.types[var.ty].inner
+                        else {
+                            continue;
+                        };
+                        let want = if access.contains(naga::StorageAccess::STORE) {
+                            Access::ReadWrite
+                        } else {
+                            Access::Read
+                        };
+                        used_textures.push((binding.binding, want));
+                    }
                     _ => {}
                 }
             }
@@ -198,6 +216,15 @@ mod tests {
                 used,
                 table,
                 "{}: storage bindings used vs declared",
+                kernel.name()
+            );
+            let mut textures = kernel.textures.to_vec();
+            textures.sort_by_key(|b| b.0);
+            used_textures.sort_by_key(|b| b.0);
+            assert_eq!(
+                used_textures,
+                textures,
+                "{}: storage textures used vs declared",
                 kernel.name()
             );
         }
