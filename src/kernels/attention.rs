@@ -8,7 +8,7 @@ use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 use super::matmul::image::pack_rows;
 use super::{expect_len, groups, u32_of};
 
-/// Texture pool slots of the packed qkv and dout (see [`pack_rows`]; the matmul's own are
+/// Texture pool slots of the packed qkv and dout (see `pack_rows`; the matmul's own are
 /// [`A_SLOT`](super::matmul::image::A_SLOT) and [`B_SLOT`](super::matmul::image::B_SLOT)).
 const QKV_SLOT: u8 = 2;
 const DOUT_SLOT: u8 = 3;

@@ -1,6 +1,6 @@
 //! The image matmul ([`MatmulVariant::Image`](super::MatmulVariant::Image)): operands packed
 //! into storage textures, then multiplied with texture loads. Also packs other kernels' row-major
-//! inputs ([`pack_rows`], the image attention).
+//! inputs (`pack_rows`, the image attention).
 //!
 //! Packed textures come from the [`Gpu`]'s pool by slot: [`A_SLOT`] and [`B_SLOT`] here, other
 //! kernels' slots beside them (`attention`). A frozen B is packed once into a texture of its
@@ -18,7 +18,7 @@ pub const A_SLOT: u8 = 0;
 /// Pool slot of the packed op(B) (when B is not frozen).
 pub const B_SLOT: u8 = 1;
 
-/// Pack op(A) into an rgba32float storage texture (also [`pack_rows`]).
+/// Pack op(A) into an rgba32float storage texture (also `pack_rows`).
 pub const PACK_A: KernelDef =
     KernelDef::new(&SHADER, "matmul_pack_a", &[(1, R)], PARAMS).textures(&[(7, W)]);
 /// Pack op(B) into an rgba32float storage texture.
