@@ -51,8 +51,8 @@ pub struct GpuOptions {
 impl GpuOptions {
     /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `LORA_WGPU_NO_OPTIONAL_FEATURES`,
     /// `LORA_WGPU_COOPMAT`, `LORA_WGPU_AUTOTUNE` (`0`/`false`/`off`, `1`/`true`/`on`) and
-    /// the other `LORA_WGPU_<NAME>` variables as [`GpuOptions::variants`]. The only place this
-    /// crate's library reads its environment.
+    /// the other `LORA_WGPU_<NAME>` variables as [`GpuOptions::variants`]. The library reads
+    /// its `LORA_WGPU_*` variables here and nowhere else.
     pub fn from_env() -> Self {
         let flag = |name| {
             let v = std::env::var(name).unwrap_or_default();
