@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lora_wgpu::gpu::{Dispatch, Kernel, MatmulVariant};
+use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
-use lora_wgpu::kernels::matmul::{image_subgroups, matmul, MatmulOp};
-use lora_wgpu::kernels::{merge, reduce};
+use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant, VEC4};
+use lora_wgpu::kernels::{merge, reduce, Variants};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 
 /// (M, K, N) of GPT-2 124M's linear layers at B·T = 512.
@@ -60,11 +60,9 @@ fn time(g: &Gpu, ds: &[&Dispatch], iters: u64) -> Duration {
 
 fn variant_name(v: MatmulVariant, d: &Dispatch) -> String {
     match v {
-        MatmulVariant::Register if d.kernel() == Kernel::MatmulVec4 => "register8x8_vec4".into(),
+        MatmulVariant::Register if *d.kernel() == VEC4 => "register8x8_vec4".into(),
         MatmulVariant::Register => "register4x4".into(),
-        MatmulVariant::Image if d.kernel() == Kernel::MatmulImageSubgroup => {
-            "image2x16_subgroup".into()
-        }
+        MatmulVariant::Image if *d.kernel() == image::IMAGE_SG => "image2x16_subgroup".into(),
         MatmulVariant::Image => "image4x8".into(),
         MatmulVariant::Coop => "coop_f16".into(),
         MatmulVariant::Tiled { tm: 1, tn: 1 } => "textbook16x16".into(),
@@ -117,7 +115,7 @@ fn bench_matmul(c: &mut Criterion) {
         let mut variants: Vec<_> = if layer == "attn.c_proj" || !on_cpu {
             all.to_vec()
         } else {
-            vec![g.default_matmul()]
+            vec![g.variants().matmul]
         };
         // With LORA_WGPU_COOPMAT=1 on an adapter that offers cooperative matrices.
         if g.features().coop_matrix.is_some() && !variants.contains(&MatmulVariant::Coop) {
@@ -130,7 +128,11 @@ fn bench_matmul(c: &mut Criterion) {
             let bias = filled(dev, "bias", &[n]);
             let out = dev.zeros("y", &[m, n]).unwrap();
             for v in variants {
-                let d = matmul(dev, v, &out, &a, &w, Some(&bias), &op).unwrap();
+                let with_v = dev.with_variants(Variants {
+                    matmul: v,
+                    ..dev.variants()
+                });
+                let d = matmul(&with_v, &out, &a, &w, Some(&bias), &op).unwrap();
                 grp.bench_function(BenchmarkId::new(variant_name(v, &d), layer), |b| {
                     b.iter_custom(|it| time(dev, &[&d], it))
                 });
@@ -155,30 +157,16 @@ fn bench_lora(c: &mut Criterion) {
         let b = filled(&g, "lora_B", &[n, r]);
         let y = g.zeros("y", &[m, n]).unwrap();
         let u = g.zeros("u", &[m, r]).unwrap();
-        let fused = lora::forward(
-            &g,
-            lora::LoraVariant::for_gpu(&g),
-            &y,
-            &u,
-            &x,
-            &a,
-            &b,
-            &s,
-            2.0,
-            &d,
-        )
-        .unwrap();
+        let fused = lora::forward(&g, &y, &u, &x, &a, &b, &s, 2.0, &d).unwrap();
         grp.bench_function(BenchmarkId::new("fused", layer), |bch| {
             bch.iter_custom(|it| time(&g, &[&fused], it))
         });
         let xd = g.zeros("x dropped", &[m, k]).unwrap();
-        let v = g.default_matmul();
         let unfused = [
             dropout::forward(&g, &xd, &x, &d).unwrap(),
-            matmul(&g, v, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b()).unwrap(),
+            matmul(&g, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b()).unwrap(),
             matmul(
                 &g,
-                v,
                 &y,
                 &u,
                 &b,

@@ -952,8 +952,9 @@ fn read(ctx: &Ctx, b: &wgpu::Buffer) -> Vec<f32> {
 /// register kernel (the CPU-adapter choice before this probe) and the image kernel that came
 /// out of it (B frozen, as in training: packed once).
 fn lib_register(shapes: &[(u32, u32, u32)], opss: &[Ops], runs: usize) {
-    use lora_wgpu::gpu::{Gpu, GpuOptions, MatmulVariant};
-    use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+    use lora_wgpu::gpu::{Gpu, GpuOptions};
+    use lora_wgpu::kernels::matmul::{matmul, MatmulOp, MatmulVariant};
+    use lora_wgpu::kernels::Variants;
     let g = Gpu::new(&GpuOptions::from_env()).unwrap();
     for (name, variant) in [
         ("lib_register", MatmulVariant::Register),
@@ -967,7 +968,11 @@ fn lib_register(shapes: &[(u32, u32, u32)], opss: &[Ops], runs: usize) {
             let b = g.upload("b", &ops.b, &[k, n]).unwrap();
             let c = g.zeros("c", &[m, n]).unwrap();
             let op = MatmulOp::new(m, n, k).frozen_b();
-            let d = matmul(&g, variant, &c, &a, &b, None, &op).unwrap();
+            let gv = g.with_variants(Variants {
+                matmul: variant,
+                ..g.variants()
+            });
+            let d = matmul(&gv, &c, &a, &b, None, &op).unwrap();
             g.run(&[&d]).unwrap();
             g.sync().unwrap();
             let got = g.download(&c).unwrap();

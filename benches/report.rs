@@ -26,13 +26,13 @@
 
 use std::time::Instant;
 
-use lora_wgpu::gpu::{Dispatch, MatmulVariant};
+use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::attention::{self, AttentionShape, AttentionVariant};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
-use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
-use lora_wgpu::kernels::{elementwise, layernorm};
+use lora_wgpu::kernels::matmul::{matmul, MatmulOp, MatmulVariant};
+use lora_wgpu::kernels::{elementwise, layernorm, Variants};
 use lora_wgpu::lora::LoraConfig;
 use lora_wgpu::model::graph::keeps_logits;
 use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph, WeightStorage};
@@ -147,7 +147,15 @@ fn time(g: &Gpu, ds: &[&Dispatch], samples: usize, target_s: f64) -> lora_wgpu::
 }
 
 fn variant_name(v: MatmulVariant) -> String {
-    lora_wgpu::gpu::autotune::name(v)
+    lora_wgpu::kernels::matmul::autotune::name(v)
+}
+
+/// A handle to `g`'s device that records matmuls with `matmul`.
+fn with_matmul(g: &Gpu, matmul: MatmulVariant) -> Gpu {
+    g.with_variants(Variants {
+        matmul,
+        ..g.variants()
+    })
 }
 
 fn max_rel_diff(got: &[f32], want: &[f32]) -> f64 {
@@ -209,7 +217,7 @@ fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
         // A CPU adapter takes seconds per run of the workgroup-memory kernels at these sizes:
         // time its own variant at the M=512 shapes only.
         shapes.retain(|s| s.0 == 512);
-        variants = vec![g.default_matmul()];
+        variants = vec![g.variants().matmul];
     }
     let mut rows = Vec::new();
     for (m, k, n, label) in shapes {
@@ -223,7 +231,7 @@ fn matmuls(g: &Gpu, quick: bool, peak_gflops: f64) -> lora_wgpu::Result<Value> {
         let mut results = Vec::new();
         let mut best: Option<(String, f64)> = None;
         for &v in &variants {
-            let d = matmul(g, v, &out, &a, &w, Some(&bias), &op)?;
+            let d = matmul(&with_matmul(g, v), &out, &a, &w, Some(&bias), &op)?;
             let s = time(g, &[&d], if quick { 3 } else { 7 }, 0.03)?;
             let gflops = op.flops() / s / 1e9;
             g.run(&[&d])?;
@@ -280,24 +288,26 @@ fn lora_fwd(g: &Gpu, quick: bool) -> lora_wgpu::Result<Value> {
         let b = filled(g, "lora_B", &[n, r], 6);
         let y = g.zeros("y", &[m, n])?;
         let u = g.zeros("u", &[m, r])?;
-        let own = LoraVariant::for_gpu(g);
-        let fused = lora::forward(g, own, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
+        let own = g.variants().lora;
+        let fused = lora::forward(g, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
         let tf = time(g, &[&fused], 7, 0.02)?;
         // The first GPU kernel, for comparison with the adapter's own.
         let tw = if own == LoraVariant::Workgroup || g.info().device_type == wgpu::DeviceType::Cpu {
             tf
         } else {
-            let wg = lora::forward(g, LoraVariant::Workgroup, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
+            let first = g.with_variants(Variants {
+                lora: LoraVariant::Workgroup,
+                ..g.variants()
+            });
+            let wg = lora::forward(&first, &y, &u, &x, &a, &b, &s, 2.0, &d)?;
             time(g, &[&wg], 7, 0.02)?
         };
         let xd = g.zeros("x dropped", &[m, k])?;
-        let v = g.default_matmul();
         let unfused = [
             dropout::forward(g, &xd, &x, &d)?,
-            matmul(g, v, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b())?,
+            matmul(g, &u, &xd, &a, None, &MatmulOp::new(m, r, k).trans_b())?,
             matmul(
                 g,
-                v,
                 &y,
                 &u,
                 &b,
@@ -349,7 +359,11 @@ fn profile_kinds(
 ) -> lora_wgpu::Result<Vec<Kind>> {
     let (c, nh, l, v) = (cfg.n_embd, cfg.n_head, cfg.n_layer as f64, cfg.vocab_size);
     let bt = b * t;
-    let mm = g.default_matmul();
+    let g = &g.with_variants(Variants {
+        lora: lv,
+        attention: av,
+        ..g.variants()
+    });
     let shard = 4096.min(v);
     let shards = v as f64 / shard as f64;
     let x = |name: &str, n: usize, seed: usize| filled(g, name, &[bt, n], seed);
@@ -384,66 +398,31 @@ fn profile_kinds(
         "matmul fwd (4 per layer)",
         l,
         vec![
-            matmul(g, mm, &x_3c, &x_c, &w_attn, Some(&b_3c), &op(bt, 3 * c, c))?,
-            matmul(g, mm, &x_c2, &x_c, &w_proj, Some(&b_c), &op(bt, c, c))?,
-            matmul(g, mm, &x_4c, &x_c, &w_fc, Some(&b_4c), &op(bt, 4 * c, c))?,
-            matmul(g, mm, &x_c2, &x_4c, &w_mproj, Some(&b_c), &op(bt, c, 4 * c))?,
+            matmul(g, &x_3c, &x_c, &w_attn, Some(&b_3c), &op(bt, 3 * c, c))?,
+            matmul(g, &x_c2, &x_c, &w_proj, Some(&b_c), &op(bt, c, c))?,
+            matmul(g, &x_4c, &x_c, &w_fc, Some(&b_4c), &op(bt, 4 * c, c))?,
+            matmul(g, &x_c2, &x_4c, &w_mproj, Some(&b_c), &op(bt, c, 4 * c))?,
         ],
     );
     add(
         "matmul bwd dx (4 per layer)",
         l,
         vec![
-            matmul(
-                g,
-                mm,
-                &x_c2,
-                &x_3c,
-                &w_attn,
-                None,
-                &op(bt, c, 3 * c).trans_b(),
-            )?,
-            matmul(g, mm, &x_c2, &x_c, &w_proj, None, &op(bt, c, c).trans_b())?,
-            matmul(
-                g,
-                mm,
-                &x_c2,
-                &x_4c,
-                &w_fc,
-                None,
-                &op(bt, c, 4 * c).trans_b(),
-            )?,
-            matmul(
-                g,
-                mm,
-                &x_4c2,
-                &x_c,
-                &w_mproj,
-                None,
-                &op(bt, 4 * c, c).trans_b(),
-            )?,
+            matmul(g, &x_c2, &x_3c, &w_attn, None, &op(bt, c, 3 * c).trans_b())?,
+            matmul(g, &x_c2, &x_c, &w_proj, None, &op(bt, c, c).trans_b())?,
+            matmul(g, &x_c2, &x_4c, &w_fc, None, &op(bt, c, 4 * c).trans_b())?,
+            matmul(g, &x_4c2, &x_c, &w_mproj, None, &op(bt, 4 * c, c).trans_b())?,
         ],
     );
     // The graph recomputes the logits in backward unless it keeps them (small B·T·V).
     let keeps = keeps_logits(bt, v);
-    let lm_fwd = || {
-        matmul(
-            g,
-            mm,
-            &logits,
-            &x_c,
-            &wte,
-            None,
-            &op(bt, shard, c).trans_b(),
-        )
-    };
+    let lm_fwd = || matmul(g, &logits, &x_c, &wte, None, &op(bt, shard, c).trans_b());
     let mut lm_head = vec![lm_fwd()?];
     if !keeps {
         lm_head.push(lm_fwd()?);
     }
     lm_head.push(matmul(
         g,
-        mm,
         &x_c2,
         &logits,
         &wte,
@@ -472,14 +451,14 @@ fn profile_kinds(
         let bm = filled(g, "lora_B", &[n, r], 14);
         let da = g.zeros("dA", &[r, k])?;
         let db = g.zeros("dB", &[n, r])?;
-        lora_fwd.push(lora::forward(g, lv, y, &u, xin, &a, &bm, &s, 2.0, &nod)?);
+        lora_fwd.push(lora::forward(g, y, &u, xin, &a, &bm, &s, 2.0, &nod)?);
         let grads = LoraGrads {
             dx: Some(dx),
             da: &da,
             db: &db,
             du: &du,
         };
-        let bwd = lora::backward_with(g, lv, grads, dy, xin, &a, &bm, &u, &s, 2.0, &nod, true)?;
+        let bwd = lora::backward(g, grads, dy, xin, &a, &bm, &u, &s, 2.0, &nod, true)?;
         for (i, d) in bwd.into_iter().enumerate() {
             lora_bwd[i].push(d);
         }
@@ -495,12 +474,12 @@ fn profile_kinds(
     let qkv = x("qkv", 3 * c, 15);
     let dqkv = g.zeros("dqkv", &[bt, 3 * c])?;
     let atty = g.zeros("atty", &[bt, c])?;
-    let fwd = attention::forward_with(g, av, &atty, &lse, &qkv, &ashape)?;
+    let fwd = attention::forward(g, &atty, &lse, &qkv, &ashape)?;
     // A real output and log-sum-exp for the backward kernels to read.
     g.run(&[&fwd])?;
     add("attention fwd", l, vec![fwd]);
     let (dy, y) = (&x_c, &atty);
-    let [rows, cols] = attention::backward_with(g, av, &dqkv, &dstat, dy, &qkv, y, &lse, &ashape)?;
+    let [rows, cols] = attention::backward(g, &dqkv, &dstat, dy, &qkv, y, &lse, &ashape)?;
     add("attention bwd rows (dq)", l, vec![rows]);
     add("attention bwd cols (dk, dv)", l, vec![cols]);
     let lw = filled(g, "ln w", &[c], 16);
@@ -540,7 +519,7 @@ fn profile_kinds(
 fn profiles(g: &Gpu, args: &Args, cfg: &Gpt2Config) -> Value {
     let mut rows = Vec::new();
     for &t in &args.seqs {
-        let own = (LoraVariant::for_gpu(g), AttentionVariant::for_gpu(g));
+        let own = (g.variants().lora, g.variants().attention);
         let mut sets = vec![("own", own)];
         if g.info().device_type != wgpu::DeviceType::Cpu {
             sets.insert(
@@ -610,17 +589,17 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
         "train {} B={b} T={t} r={} [{variant}]",
         args.shape, args.rank
     );
-    // The report is single-threaded; the graph reads the variables when it is built.
     // `before`: the adapter's matmul with the first LoRA and attention kernels.
-    if variant == "default" || variant == "before" {
-        std::env::remove_var("LORA_WGPU_MATMUL");
-    } else {
-        std::env::set_var("LORA_WGPU_MATMUL", variant);
-    }
+    let forced = (variant != "default" && variant != "before").then_some(variant);
+    let mut chosen = Variants {
+        matmul: MatmulVariant::resolve(g, forced),
+        ..g.variants()
+    };
     if variant == "before" {
-        std::env::set_var("LORA_WGPU_LORA", "workgroup");
-        std::env::set_var("LORA_WGPU_ATTENTION", "rows");
+        chosen.lora = LoraVariant::Workgroup;
+        chosen.attention = AttentionVariant::Rows;
     }
+    let g = &g.with_variants(chosen);
     let lora = LoraConfig {
         r: args.rank,
         alpha: 2.0 * args.rank as f32,
@@ -630,9 +609,9 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
     let result = (|| -> lora_wgpu::Result<Value> {
         let mm = format!(
             "{}, lora {}, attention {}",
-            variant_name(g.default_matmul()),
-            LoraVariant::for_gpu(g).name(),
-            AttentionVariant::for_gpu(g).name()
+            variant_name(g.variants().matmul),
+            g.variants().lora.name(),
+            g.variants().attention.name()
         );
         let build = Instant::now();
         let mut graph = TrainGraph::new(g, model, &lora, None, 0, b, t, &AdamW::default())?;
@@ -694,9 +673,6 @@ fn train(g: &Gpu, args: &Args, model: &Gpt2, wbytes: usize, t: usize, variant: &
             "peak_mib": graph_mib + weights_mib, "build_s": build_s}),
         )
     })();
-    std::env::remove_var("LORA_WGPU_MATMUL");
-    std::env::remove_var("LORA_WGPU_LORA");
-    std::env::remove_var("LORA_WGPU_ATTENTION");
     result.unwrap_or_else(|e| {
         println!("{label}: FAILED: {e}");
         json!({"shape": args.shape, "batch": b, "seq": t, "variant": variant,
@@ -715,13 +691,13 @@ fn main() -> lora_wgpu::Result<()> {
         info.device_type,
         info.driver,
         info.driver_info,
-        variant_name(g.default_matmul())
+        variant_name(g.variants().matmul)
     );
     let mut report = json!({
         "adapter": info.name, "backend": format!("{:?}", info.backend),
         "device_type": format!("{:?}", info.device_type), "driver": info.driver,
         "driver_info": info.driver_info, "quick": args.quick,
-        "default_matmul": variant_name(g.default_matmul()),
+        "default_matmul": variant_name(g.variants().matmul),
     });
     if args.kernels {
         let p = peak(&g, args.quick)?;

@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Result};
 use lora_wgpu::kernels::dropout::Dropout;
-use lora_wgpu::kernels::lora::{self, LoraShape, LoraVariant};
+use lora_wgpu::kernels::lora::{self, LoraShape};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
 use lora_wgpu::kernels::merge::merge;
 use lora_wgpu::{Gpu, GpuOptions};
@@ -83,26 +83,13 @@ fn main() -> Result<()> {
     };
     let base = matmul(
         &gpu,
-        gpu.default_matmul(),
         &y,
         &x,
         &w,
         Some(&bias),
         &MatmulOp::new(rows, d_out, d_in),
     )?;
-    let variant = LoraVariant::for_gpu(&gpu);
-    let adapter = lora::forward(
-        &gpu,
-        variant,
-        &y,
-        &u,
-        &x,
-        &a,
-        &b,
-        &shape,
-        scale,
-        &Dropout::NONE,
-    )?;
+    let adapter = lora::forward(&gpu, &y, &u, &x, &a, &b, &shape, scale, &Dropout::NONE)?;
     gpu.run(&[&base, &adapter])?;
     let unmerged = gpu.download(&y)?;
 
@@ -111,7 +98,6 @@ fn main() -> Result<()> {
     let y2 = gpu.zeros("y merged", &[rows, d_out])?;
     let merged_fwd = matmul(
         &gpu,
-        gpu.default_matmul(),
         &y2,
         &x,
         &w,

@@ -15,7 +15,7 @@
 //! let a = gpu.upload("a", &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
 //! let b = gpu.upload("b", &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
 //! let c = gpu.zeros("c", &[2, 2])?;
-//! let mm = matmul(&gpu, gpu.default_matmul(), &c, &a, &b, None, &MatmulOp::new(2, 2, 2))?;
+//! let mm = matmul(&gpu, &c, &a, &b, None, &MatmulOp::new(2, 2, 2))?;
 //! gpu.run(&[&mm])?;
 //! assert_eq!(gpu.download(&c)?, vec![1.0, 2.0, 3.0, 4.0]);
 //! # Ok(())

@@ -16,7 +16,23 @@ use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdap
 use lora_wgpu::train::{self, Checkpoint, Trainer};
 use lora_wgpu::{merge, Gpu};
 
+/// On a headless Linux machine (no `XDG_RUNTIME_DIR`) Mesa's Vulkan device-select layer, which
+/// the loader runs for every Vulkan instance, looks for a Wayland compositor because wgpu enables
+/// `VK_KHR_wayland_surface`, and libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set
+/// in the environment.` each time. The layer only reorders the adapters (this crate ranks them
+/// itself), so there it is switched off with its own variable, `NODEVICE_SELECT=1`, unless the
+/// user set that or asked the layer for a device (`MESA_VK_DEVICE_SELECT`, `DRI_PRIME`). Runs
+/// first thing in `main`, before any other thread exists.
+fn quiet_headless_device_select() {
+    let unset = |name| std::env::var_os(name).is_none_or(|v| v.is_empty());
+    let asked = ["NODEVICE_SELECT", "MESA_VK_DEVICE_SELECT", "DRI_PRIME"];
+    if cfg!(target_os = "linux") && unset("XDG_RUNTIME_DIR") && asked.into_iter().all(unset) {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_headless_device_select();
     let result = match Cli::parse().command {
         Command::Train(args) => train_cmd(&args),
         Command::Eval {

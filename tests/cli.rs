@@ -285,6 +285,28 @@ fn demo_train_then_eval_merge_generate() {
     assert_eq!(gen("1"), gen("1"));
 }
 
+/// On a headless machine (no `XDG_RUNTIME_DIR`) no command prints a stray
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` (from libwayland, through
+/// Mesa's Vulkan device-select layer).
+#[test]
+fn headless_commands_print_no_stray_errors() {
+    for args in [&["devices"][..], &["info", "--model", "random:gpt2"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
+            .args(args)
+            .env_remove("WGPU_ADAPTER_NAME")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("NODEVICE_SELECT")
+            .output()
+            .expect("failed to start lora-wgpu");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            !stderr.lines().any(|l| l.starts_with("error:")),
+            "{args:?} printed an error line:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn info_counts_peft_parameters() {
     // GPT-2 124M with r=8 on c_attn + c_proj (PEFT's "c_proj" matches attn and mlp):

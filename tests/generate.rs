@@ -258,7 +258,7 @@ fn gemv_kernels_match_the_cpu_matmul() {
         let d = decode::gemv_cols(g, &y, &tx, &tw, Some(&tb), m, k, n).unwrap();
         g.run(&[&d]).unwrap();
         let mut want = vec![0.0; m * n];
-        lora_wgpu::cpu::matmul(&mut want, &x, &w, Some(&bias), &MatmulOp::new(m, n, k));
+        lora_wgpu::cpu::matmul::matmul(&mut want, &x, &w, Some(&bias), &MatmulOp::new(m, n, k));
         assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_cols");
         // The same weight stored as f16 (where the adapter offers it): the reference rounds it.
         if g.features().f16 {
@@ -266,7 +266,13 @@ fn gemv_kernels_match_the_cpu_matmul() {
             let tw16 = g.upload_f16("w f16", &w16, &[k, n]).unwrap();
             let d = decode::gemv_cols(g, &y, &tx, &tw16, Some(&tb), m, k, n).unwrap();
             g.run(&[&d]).unwrap();
-            lora_wgpu::cpu::matmul(&mut want, &x, &w16, Some(&bias), &MatmulOp::new(m, n, k));
+            lora_wgpu::cpu::matmul::matmul(
+                &mut want,
+                &x,
+                &w16,
+                Some(&bias),
+                &MatmulOp::new(m, n, k),
+            );
             assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_cols f16");
         }
     }
@@ -278,7 +284,7 @@ fn gemv_kernels_match_the_cpu_matmul() {
         let d = decode::gemv_rows(g, &y, &tx, &tw, k, n).unwrap();
         g.run(&[&d]).unwrap();
         let mut want = vec![0.0; n];
-        lora_wgpu::cpu::matmul(&mut want, &x, &w, None, &MatmulOp::new(1, n, k).trans_b());
+        lora_wgpu::cpu::matmul::matmul(&mut want, &x, &w, None, &MatmulOp::new(1, n, k).trans_b());
         assert_close(&g.download(&y).unwrap(), &want, 1e-5, 1e-5, "gemv_rows");
     }
     let (x, w) = (

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{assert_close, gpu, random, ATOL, RTOL};
-use lora_wgpu::cpu::gpt2 as cpu;
+use lora_wgpu::cpu;
 use lora_wgpu::kernels::attention::{self, AttentionShape, AttentionVariant};
 use lora_wgpu::kernels::cross_entropy::{self as ce, CeState, IGNORE};
-use lora_wgpu::kernels::{elementwise, embedding, layernorm};
+use lora_wgpu::kernels::{elementwise, embedding, layernorm, Variants};
 
 #[test]
 fn embedding_over_vocab_shards() {
@@ -24,7 +24,7 @@ fn embedding_over_vocab_shards() {
     let ds = embedding::forward(g, &out, &tt, &[&s0, &s1], &tpe, t, c).unwrap();
     g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let mut want = vec![0.0; b * t * c];
-    cpu::embedding(&mut want, &tokens, &wte, &wpe, t, c);
+    cpu::embedding::forward(&mut want, &tokens, &wte, &wpe, t, c);
     assert_close(&g.download(&out).unwrap(), &want, 1e-6, 0.0, "embedding");
 }
 
@@ -57,13 +57,17 @@ fn layernorm_forward_and_backward() {
             g.zeros("mean", &[n]).unwrap(),
             g.zeros("rstd", &[n]).unwrap(),
         );
-        let f = layernorm::forward_with(g, v, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
-        let bk = layernorm::backward_with(g, v, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
+        let gv = g.with_variants(Variants {
+            layernorm: v,
+            ..g.variants()
+        });
+        let f = layernorm::forward(&gv, &out, &mean, &rstd, &tx, &tw, &tb, c, 1e-5).unwrap();
+        let bk = layernorm::backward(&gv, &tdinp, &tdout, &tx, &tw, &mean, &rstd, c).unwrap();
         g.run(&[&f, &bk]).unwrap();
         let (mut wo, mut wm, mut wr) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        cpu::layernorm_forward(&mut wo, &mut wm, &mut wr, &x, &w, &bias, c, 1e-5);
+        cpu::layernorm::forward(&mut wo, &mut wm, &mut wr, &x, &w, &bias, c, 1e-5);
         let mut wd = dinp0.clone();
-        cpu::layernorm_backward(&mut wd, &dout, &x, &w, &wm, &wr, c);
+        cpu::layernorm::backward(&mut wd, &dout, &x, &w, &wm, &wr, c);
         assert_close(
             &g.download(&out).unwrap(),
             &wo,
@@ -102,8 +106,8 @@ fn gelu_and_add() {
     let add = elementwise::add(g, &sum, &tx, &tdout).unwrap();
     g.run(&[&f, &bk, &add]).unwrap();
     let (mut wo, mut wd) = (vec![0.0; n], vec![0.0; n]);
-    cpu::gelu_forward(&mut wo, &x);
-    cpu::gelu_backward(&mut wd, &dout, &x);
+    cpu::elementwise::gelu_forward(&mut wo, &x);
+    cpu::elementwise::gelu_backward(&mut wd, &dout, &x);
     assert_close(&g.download(&out).unwrap(), &wo, ATOL, RTOL, "gelu");
     assert_close(
         &g.download(&dinp).unwrap(),
@@ -112,7 +116,8 @@ fn gelu_and_add() {
         RTOL,
         "gelu backward",
     );
-    let ws: Vec<f32> = x.iter().zip(&dout).map(|(a, b)| a + b).collect();
+    let mut ws = vec![0.0; n];
+    cpu::elementwise::add(&mut ws, &x, &dout);
     assert_close(&g.download(&sum).unwrap(), &ws, 0.0, 0.0, "add");
 }
 
@@ -150,17 +155,20 @@ fn attention_forward_and_backward() {
         let lse = g.zeros("lse", &[b, nh, t]).unwrap();
         let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
         let dqkv = g.zeros("dqkv", &[b, t, 3 * c]).unwrap();
-        let f = attention::forward_with(g, v, &out, &lse, &tq, &s).unwrap();
-        let [r, cl] =
-            attention::backward_with(g, v, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
+        let gv = g.with_variants(Variants {
+            attention: v,
+            ..g.variants()
+        });
+        let f = attention::forward(&gv, &out, &lse, &tq, &s).unwrap();
+        let [r, cl] = attention::backward(&gv, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
         g.run(&[&f, &r, &cl]).unwrap();
         let (mut wo, mut wl, mut wd) = (
             vec![0.0; b * t * c],
             vec![0.0; b * nh * t],
             vec![0.0; b * t * 3 * c],
         );
-        cpu::attention_forward(&mut wo, &mut wl, &qkv, b, t, c, nh);
-        cpu::attention_backward(&mut wd, &dout, &qkv, b, t, c, nh);
+        cpu::attention::forward(&mut wo, &mut wl, &qkv, b, t, c, nh);
+        cpu::attention::backward(&mut wd, &dout, &qkv, b, t, c, nh);
         let what = format!("{v:?} {s:?}");
         let got = g.download(&out).unwrap();
         assert_close(&got, &wo, ATOL, RTOL, &format!("attention out {what}"));
@@ -201,7 +209,7 @@ fn chunked_cross_entropy_matches_full_softmax() {
     let loss = g.zeros("loss", &[n]).unwrap();
     g.run(&[&ce::loss(g, &loss, &st, &tt).unwrap()]).unwrap();
     let (mut wl, mut wd) = (vec![0.0; n], vec![0.0; n * v]);
-    cpu::cross_entropy(
+    cpu::cross_entropy::loss_and_grad(
         &mut wl,
         &mut wd,
         &logits,

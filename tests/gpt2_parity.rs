@@ -309,7 +309,7 @@ fn ten_adamw_steps_match_pytorch() {
 
 #[test]
 fn cooperative_matrix_training_tracks_pytorch_within_1e2() {
-    use lora_wgpu::gpu::MatmulVariant;
+    use lora_wgpu::kernels::matmul::MatmulVariant;
     use lora_wgpu::{Gpu, GpuOptions};
     let g = gpu();
     if g.features().coop_matrix.is_none() {
@@ -326,7 +326,7 @@ fn cooperative_matrix_training_tracks_pytorch_within_1e2() {
         return;
     }
     // Every matmul of the graph runs on cooperative matrices (f16 operands, f32 sums).
-    assert_eq!(g.default_matmul(), MatmulVariant::Coop);
+    assert_eq!(g.variants().matmul, MatmulVariant::Coop);
     let opt = fixture_adamw();
     let (_, mut graph, f) = setup(&opt);
     let want = floats(&f.json["losses"]);

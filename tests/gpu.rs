@@ -45,6 +45,52 @@ fn optional_features_can_be_hidden() {
     assert!(!g.features().f16 && !g.features().subgroup);
 }
 
+/// The variants a `Gpu` records with are chosen when it is made, from its options (the
+/// `LORA_WGPU_<FAMILY>` variables through `GpuOptions::from_env`); unknown names are ignored; a
+/// handle with other variants shares the device.
+#[test]
+fn variants_come_from_the_options_and_handles_share_the_device() {
+    use lora_wgpu::kernels::attention::AttentionVariant;
+    use lora_wgpu::kernels::layernorm::LayernormVariant;
+    use lora_wgpu::kernels::lora::LoraVariant;
+    use lora_wgpu::kernels::matmul::MatmulVariant;
+    use lora_wgpu::kernels::Variants;
+    let named = |pairs: &[(&str, &str)]| GpuOptions {
+        variants: pairs
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..GpuOptions::from_env()
+    };
+    let g = Gpu::new(&named(&[
+        ("matmul", "register"),
+        ("lora", "workgroup"),
+        ("attention", "rows"),
+        ("layernorm", "workgroup"),
+    ]))
+    .unwrap();
+    let want = Variants {
+        matmul: MatmulVariant::Register,
+        lora: LoraVariant::Workgroup,
+        attention: AttentionVariant::Rows,
+        layernorm: LayernormVariant::Workgroup,
+    };
+    assert_eq!(g.variants(), want);
+    let other = g.with_variants(Variants {
+        matmul: MatmulVariant::Tiled { tm: 4, tn: 4 },
+        ..want
+    });
+    assert_eq!(g.variants(), want, "the first handle keeps its variants");
+    let t = other.upload("t", &[1.0, 2.0], &[2]).unwrap();
+    assert_eq!(g.download(&t).unwrap(), vec![1.0, 2.0], "one device");
+
+    let unknown = Gpu::new(&named(&[("matmul", "no-such-kernel")])).unwrap();
+    assert_eq!(
+        unknown.variants().matmul,
+        MatmulVariant::resolve(&unknown, None)
+    );
+}
+
 #[test]
 fn unknown_adapter_is_a_clear_error() {
     let opts = GpuOptions {
@@ -114,8 +160,7 @@ fn views_share_the_buffer_at_aligned_offsets() {
         .unwrap();
     let out = flat.view("out", 128, &[1, 3]).unwrap();
     let op = lora_wgpu::kernels::matmul::MatmulOp::new(1, 3, 3);
-    let d =
-        lora_wgpu::kernels::matmul::matmul(g, g.default_matmul(), &out, &x, &w, None, &op).unwrap();
+    let d = lora_wgpu::kernels::matmul::matmul(g, &out, &x, &w, None, &op).unwrap();
     g.run(&[&d]).unwrap();
     let all = g.download(&flat).unwrap();
     assert_eq!(&all[128..131], &[1., 1., 1.]);

@@ -9,7 +9,7 @@ use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
-use lora_wgpu::kernels::{merge, reduce};
+use lora_wgpu::kernels::{merge, reduce, Variants};
 
 #[test]
 fn philox_known_answers() {
@@ -48,7 +48,7 @@ fn dropout_matches_cpu_bit_for_bit_and_keeps_1_minus_p() {
             .unwrap();
         let got = g.download(&out).unwrap();
         let mut want = vec![0.0; n];
-        cpu::dropout(&mut want, &x, &d);
+        cpu::dropout::forward(&mut want, &x, &d);
         assert_eq!(got, want, "GPU and CPU masks differ at p={p}");
         let kept = got.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         assert!(
@@ -120,14 +120,18 @@ fn lora_forward_matches_cpu() {
         let ty = g.upload("y", &y0, &[m, n]).unwrap();
         let tu = g.zeros("u", &[m, r]).unwrap();
         let (mut y, mut u) = (y0.clone(), vec![0.0; m * r]);
-        cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
+        cpu::lora::forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
         for variant in [
             LoraVariant::Workgroup,
             LoraVariant::Register,
             LoraVariant::Parallel,
         ] {
             g.write(&ty, &y0).unwrap();
-            let fwd = lora::forward(g, variant, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
+            let gv = g.with_variants(Variants {
+                lora: variant,
+                ..g.variants()
+            });
+            let fwd = lora::forward(&gv, &ty, &tu, &tx, &ta, &tb, &c.s, c.scale, &c.d);
             let fwd = fwd.unwrap();
             g.run(&[&fwd]).unwrap();
             let what = format!("{variant:?} {:?} p={} ({:?})", c.s, c.d.p, fwd.kernel());
@@ -169,7 +173,7 @@ fn lora_backward_matches_cpu() {
         let db0 = random(n * r, seed + 6);
         // u as the forward computes it
         let (mut y, mut u) = (vec![0.0; m * n], vec![0.0; m * r]);
-        cpu::lora_forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
+        cpu::lora::forward(&mut y, &mut u, &x, &a, &b, &c.s, c.scale, &c.d);
         for (variant, accumulate) in [
             (LoraVariant::Workgroup, false),
             (LoraVariant::Workgroup, true),
@@ -198,14 +202,18 @@ fn lora_backward_matches_cpu() {
                 db: &tdb,
                 du: &tdu,
             };
-            let ds = lora::backward_with(
-                g, variant, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
+            let gv = g.with_variants(Variants {
+                lora: variant,
+                ..g.variants()
+            });
+            let ds = lora::backward(
+                &gv, grads, &tdy, &tx, &ta, &tb, &tu, &c.s, c.scale, &c.d, accumulate,
             )
             .unwrap();
             g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
             let (mut dx, mut da, mut db, mut du) =
                 (dx0.clone(), da0.clone(), db0.clone(), vec![0.0; m * r]);
-            cpu::lora_backward(
+            cpu::lora::backward(
                 Some(&mut dx),
                 &mut da,
                 &mut db,
@@ -275,20 +283,17 @@ fn fused_lora_equals_unfused_composition() {
     let tb = g.upload("b", &b, &[s.n, s.r]).unwrap();
     let fused_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let u = g.zeros("u", &[s.m, s.r]).unwrap();
-    let variant = LoraVariant::for_gpu(g);
-    let fused = lora::forward(g, variant, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap();
+    let fused = lora::forward(g, &fused_y, &u, &tx, &ta, &tb, &s, 2.0, &d).unwrap();
     g.run(&[&fused]).unwrap();
 
     let slow_y = g.upload("y", &y0, &[s.m, s.n]).unwrap();
     let xd = g.zeros("x dropped", &[s.m, s.k]).unwrap();
     let u2 = g.zeros("u", &[s.m, s.r]).unwrap();
-    let v = g.default_matmul();
     let mut rec = Recording::new();
     rec.push(dropout::forward(g, &xd, &tx, &d).unwrap());
     rec.push(
         matmul(
             g,
-            v,
             &u2,
             &xd,
             &ta,
@@ -300,7 +305,6 @@ fn fused_lora_equals_unfused_composition() {
     rec.push(
         matmul(
             g,
-            v,
             &slow_y,
             &u2,
             &tb,
@@ -331,7 +335,7 @@ fn sumsq_matches_cpu() {
         let out = g.zeros("out", &[1]).unwrap();
         let ds = reduce::sumsq(g, &out, &tx).unwrap();
         g.run(&[&ds[0], &ds[1]]).unwrap();
-        let want = cpu::sumsq(&x) as f32;
+        let want = cpu::reduce::sumsq(&x) as f32;
         assert_close(
             &g.download(&out).unwrap(),
             &[want],
@@ -376,12 +380,12 @@ fn adamw_ten_steps_match_cpu() {
             let norm_sq = g.download(&norm).unwrap()[0];
             assert_close(
                 &[norm_sq],
-                &[cpu::sumsq(&grad) as f32],
+                &[cpu::reduce::sumsq(&grad) as f32],
                 ATOL,
                 RTOL,
                 "grad norm²",
             );
-            cpu::adamw(&mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq);
+            cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq);
         }
         assert_close(
             &g.download(&tp).unwrap(),
@@ -421,7 +425,7 @@ fn merge_matches_cpu_and_unmerge_restores() {
             let back = merge::merge(g, &tw, &ta, &tb, &s, fan_in_fan_out, -scale).unwrap();
             g.run(&[&fwd]).unwrap();
             let mut want = w0.clone();
-            cpu::merge(&mut want, &a, &b, k, n, r, fan_in_fan_out, scale);
+            cpu::merge::merge(&mut want, &a, &b, k, n, r, fan_in_fan_out, scale);
             let what = format!("k={k} n={n} r={r} fan_in_fan_out={fan_in_fan_out}");
             assert_close(
                 &g.download(&tw).unwrap(),
@@ -458,8 +462,8 @@ fn recording_replays_in_order_with_clears() {
     let op = MatmulOp::new(2, 3, 3).accumulate();
     let mut rec = Recording::new();
     rec.clear(&y);
-    rec.push(matmul(g, g.default_matmul(), &y, &tx, &eye, None, &op).unwrap());
-    rec.push(matmul(g, g.default_matmul(), &y, &tx, &eye, None, &op).unwrap());
+    rec.push(matmul(g, &y, &tx, &eye, None, &op).unwrap());
+    rec.push(matmul(g, &y, &tx, &eye, None, &op).unwrap());
     rec.run(g).unwrap();
     rec.run(g).unwrap();
     let want: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
@@ -505,7 +509,7 @@ fn adamw_skips_non_finite_gradients() {
         );
         assert_eq!(g.download(&tv).unwrap(), vec![0.5; n], "v changed by {bad}");
         let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
-        cpu::adamw(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
+        cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
         assert_eq!(p, p0, "CPU reference must skip too");
     }
 }

@@ -4,9 +4,9 @@ mod common;
 
 use common::{assert_close, gpu, random, ATOL, RTOL};
 use lora_wgpu::cpu;
-use lora_wgpu::gpu::{Kernel, MatmulVariant};
-use lora_wgpu::kernels::matmul::{image_subgroups, matmul, MatmulOp};
-use lora_wgpu::GpuOptions;
+use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant};
+use lora_wgpu::kernels::Variants;
+use lora_wgpu::{Gpu, GpuOptions};
 
 const VARIANTS: [MatmulVariant; 5] = [
     MatmulVariant::Image,
@@ -15,6 +15,14 @@ const VARIANTS: [MatmulVariant; 5] = [
     MatmulVariant::Tiled { tm: 1, tn: 1 },
     MatmulVariant::Tiled { tm: 8, tn: 8 },
 ];
+
+/// A handle to `g`'s device that records matmuls with `variant`.
+fn with(g: &Gpu, variant: MatmulVariant) -> Gpu {
+    g.with_variants(Variants {
+        matmul: variant,
+        ..g.variants()
+    })
+}
 
 /// Run `op` on the GPU with `variant` and compare with the CPU reference.
 fn check(variant: MatmulVariant, op: MatmulOp, with_bias: bool, seed: u64) {
@@ -67,11 +75,19 @@ fn check_with(
     };
     let tbias = g.upload("bias", &bias, &[op.n]).unwrap();
     let tc = g.upload("c", &c0, &[op.batch, op.m, op.n]).unwrap();
-    let d = matmul(g, variant, &tc, &ta, &tb, with_bias.then_some(&tbias), &op).unwrap();
+    let d = matmul(
+        &with(g, variant),
+        &tc,
+        &ta,
+        &tb,
+        with_bias.then_some(&tbias),
+        &op,
+    )
+    .unwrap();
     g.run(&[&d]).unwrap();
     let got = g.download(&tc).unwrap();
     let mut want = c0;
-    cpu::matmul(&mut want, &a, &b, with_bias.then_some(&bias[..]), &op);
+    cpu::matmul::matmul(&mut want, &a, &b, with_bias.then_some(&bias[..]), &op);
     assert_close(
         &got,
         &want,
@@ -96,10 +112,10 @@ fn frozen_b_is_packed_once_and_reused() {
         let a = random(m * rows, seed);
         let ta = g.upload("a", &a, &[m, rows]).unwrap();
         let tc = g.zeros("c", &[m, cols]).unwrap();
-        let d = matmul(g, MatmulVariant::Image, &tc, &ta, &tw, None, &op).unwrap();
+        let d = matmul(&with(g, MatmulVariant::Image), &tc, &ta, &tw, None, &op).unwrap();
         g.run(&[&d]).unwrap();
         let mut want = vec![0.0; m * cols];
-        cpu::matmul(&mut want, &a, &w, None, &op);
+        cpu::matmul::matmul(&mut want, &a, &w, None, &op);
         let what = format!("frozen B, trans_b={trans_b}, seed {seed}");
         assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, &what);
     }
@@ -130,7 +146,15 @@ fn f16_weights_every_variant_and_transpose() {
     // An f16 tensor where a kernel expects f32 is refused by name.
     let w = g.upload_f16("frozen w", &[0.5; 16], &[4, 4]).unwrap();
     let c = g.zeros("c", &[4, 4]).unwrap();
-    let e = matmul(g, VARIANTS[0], &c, &w, &w, None, &MatmulOp::new(4, 4, 4)).unwrap_err();
+    let e = matmul(
+        &with(g, VARIANTS[0]),
+        &c,
+        &w,
+        &w,
+        None,
+        &MatmulOp::new(4, 4, 4),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("frozen w"), "{e}");
     assert_eq!(g.download(&w).unwrap(), vec![0.5; 16]);
 }
@@ -187,11 +211,11 @@ fn image_kernel_choice_and_block_edges() {
         g.zeros("b", &[9, 65]).unwrap(),
         g.zeros("c", &[17, 65]).unwrap(),
     );
-    let d = matmul(g, MatmulVariant::Image, &c, &a, &b, None, &op).unwrap();
+    let d = matmul(&with(g, MatmulVariant::Image), &c, &a, &b, None, &op).unwrap();
     let want = if eight_wide {
-        Kernel::MatmulImageSubgroup
+        &image::IMAGE_SG
     } else {
-        Kernel::MatmulImage
+        &image::IMAGE
     };
     assert_eq!(d.kernel(), want);
     assert_eq!(image_subgroups(g), eight_wide);
@@ -258,7 +282,7 @@ fn unsupported_tiles_are_errors() {
     let c = g.zeros("c", &[4, 5]).unwrap();
     for (tm, tn) in [(0, 1), (5, 4), (8, 4), (16, 16)] {
         let v = MatmulVariant::Tiled { tm, tn };
-        let err = matmul(g, v, &c, &a, &b, None, &MatmulOp::new(4, 5, 3)).unwrap_err();
+        let err = matmul(&with(g, v), &c, &a, &b, None, &MatmulOp::new(4, 5, 3)).unwrap_err();
         assert!(err.to_string().contains("matmul tile"), "{err}");
     }
 }
@@ -267,7 +291,7 @@ fn unsupported_tiles_are_errors() {
 fn gpt2_shape_512x768x2304() {
     // M x K x N of GPT-2's c_attn at B·T = 512, on the adapter's own variant and the GPU one.
     let g = gpu();
-    check(g.default_matmul(), MatmulOp::new(512, 2304, 768), true, 7);
+    check(g.variants().matmul, MatmulOp::new(512, 2304, 768), true, 7);
     check(
         MatmulVariant::Tiled { tm: 4, tn: 4 },
         MatmulOp::new(512, 2304, 768),
@@ -282,42 +306,27 @@ fn shape_errors_are_reported() {
     let a = g.zeros("a", &[4, 3]).unwrap();
     let b = g.zeros("b", &[3, 5]).unwrap();
     let c = g.zeros("c", &[4, 6]).unwrap();
-    let err = matmul(
-        g,
-        g.default_matmul(),
-        &c,
-        &a,
-        &b,
-        None,
-        &MatmulOp::new(4, 5, 3),
-    )
-    .unwrap_err();
+    let err = matmul(g, &c, &a, &b, None, &MatmulOp::new(4, 5, 3)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("matmul") && msg.contains("C (c)"), "{msg}");
 }
 
 #[test]
 fn register_variant_uses_vec4_loads_when_dimensions_allow() {
-    use lora_wgpu::gpu::Kernel;
+    use lora_wgpu::kernels::matmul::{REGISTER, VEC4};
     let g = gpu();
     let kernel_for = |op: MatmulOp| {
         let a = g.zeros("a", &[op.m * op.k]).unwrap();
         let b = g.zeros("b", &[op.k * op.n]).unwrap();
         let c = g.zeros("c", &[op.m * op.n]).unwrap();
-        matmul(g, MatmulVariant::Register, &c, &a, &b, None, &op)
+        matmul(&with(g, MatmulVariant::Register), &c, &a, &b, None, &op)
             .unwrap()
             .kernel()
     };
-    assert_eq!(kernel_for(MatmulOp::new(7, 12, 8)), Kernel::MatmulVec4);
-    assert_eq!(
-        kernel_for(MatmulOp::new(7, 13, 8).trans_b()),
-        Kernel::MatmulVec4
-    );
-    assert_eq!(
-        kernel_for(MatmulOp::new(7, 12, 8).trans_a()),
-        Kernel::MatmulRegister
-    );
-    assert_eq!(kernel_for(MatmulOp::new(8, 12, 6)), Kernel::MatmulRegister);
+    assert_eq!(kernel_for(MatmulOp::new(7, 12, 8)), &VEC4);
+    assert_eq!(kernel_for(MatmulOp::new(7, 13, 8).trans_b()), &VEC4);
+    assert_eq!(kernel_for(MatmulOp::new(7, 12, 8).trans_a()), &REGISTER);
+    assert_eq!(kernel_for(MatmulOp::new(8, 12, 6)), &REGISTER);
 }
 
 /// Autotuning times the candidates once per shape class, runs the winner (which must agree
@@ -325,8 +334,9 @@ fn register_variant_uses_vec4_loads_when_dimensions_allow() {
 /// device on the same adapter starts from that table without re-timing.
 #[test]
 fn autotune_runs_the_winner_and_caches_it_per_adapter() {
-    use lora_wgpu::gpu::autotune::{shape_class, CANDIDATES};
-    use lora_wgpu::{Gpu, GpuOptions};
+    use lora_wgpu::kernels::matmul::autotune::{
+        shape_class, time_variants, tuned_so_far, CANDIDATES,
+    };
     let dir = tempfile::tempdir().unwrap();
     let opts = GpuOptions {
         autotune: Some(true),
@@ -335,7 +345,7 @@ fn autotune_runs_the_winner_and_caches_it_per_adapter() {
     };
     let g = Gpu::new(&opts).unwrap();
     let op = MatmulOp::new(37, 29, 45).trans_b();
-    let timings = g.time_matmul_variants(&op).unwrap();
+    let timings = time_variants(&g, &op).unwrap();
     assert_eq!(
         timings.len(),
         CANDIDATES.len(),
@@ -347,20 +357,20 @@ fn autotune_runs_the_winner_and_caches_it_per_adapter() {
     let ta = g.upload("a", &a, &[37, 45]).unwrap();
     let tb = g.upload("b", &b, &[29, 45]).unwrap();
     let tc = g.zeros("c", &[37, 29]).unwrap();
-    let d = matmul(&g, MatmulVariant::Auto, &tc, &ta, &tb, None, &op).unwrap();
+    let d = matmul(&with(&g, MatmulVariant::Auto), &tc, &ta, &tb, None, &op).unwrap();
     g.run(&[&d]).unwrap();
     let mut want = vec![0.0; 37 * 29];
-    cpu::matmul(&mut want, &a, &b, None, &op);
+    cpu::matmul::matmul(&mut want, &a, &b, None, &op);
     assert_close(&g.download(&tc).unwrap(), &want, ATOL, RTOL, "autotuned");
 
-    let tuned = g.tuned_matmuls();
+    let tuned = tuned_so_far(&g);
     let class = shape_class(&op);
     assert_eq!(class, "64x64x32-tb");
     assert!(CANDIDATES.contains(&tuned[&class]), "{tuned:?}");
     let file = std::fs::read_to_string(dir.path().join("autotune.json")).unwrap();
     assert!(file.contains(&class), "{file}");
     drop(g);
-    assert_eq!(Gpu::new(&opts).unwrap().tuned_matmuls(), tuned);
+    assert_eq!(tuned_so_far(&Gpu::new(&opts).unwrap()), tuned);
 
     let off = Gpu::new(&GpuOptions {
         autotune: Some(false),
@@ -368,7 +378,7 @@ fn autotune_runs_the_winner_and_caches_it_per_adapter() {
     })
     .unwrap();
     if std::env::var_os("LORA_WGPU_MATMUL").is_none() {
-        assert_eq!(off.default_matmul(), off.device_default_matmul());
+        assert_eq!(off.variants().matmul, MatmulVariant::device_default(&off));
     }
 }
 
@@ -380,13 +390,13 @@ fn cooperative_matrix_variant_matches_reference() {
         // Not asked for (LORA_WGPU_COOPMAT; CI asks on a Mesa whose lavapipe offers 8x8
         // fragments): a clear refusal that says how to ask.
         let t = g.zeros("t", &[4, 4]).unwrap();
-        let e = matmul(g, v, &t, &t, &t, None, &MatmulOp::new(4, 4, 4)).unwrap_err();
+        let e = matmul(&with(g, v), &t, &t, &t, None, &MatmulOp::new(4, 4, 4)).unwrap_err();
         assert!(e.to_string().contains("LORA_WGPU_COOPMAT"), "{e}");
         return;
     };
     assert!(side == 8 || side == 16, "fragment side {side}");
     assert_eq!(
-        g.default_matmul(),
+        g.variants().matmul,
         v,
         "asking for cooperative matrices selects them"
     );
@@ -417,10 +427,10 @@ fn cooperative_matrix_variant_matches_reference() {
     let ta = g.upload("a", &a, &[96, 200]).unwrap();
     let tw = g.upload("w", &w, &[200, 80]).unwrap();
     let tc = g.zeros("c", &[96, 80]).unwrap();
-    g.run(&[&matmul(g, v, &tc, &ta, &tw, None, &op).unwrap()])
+    g.run(&[&matmul(&with(g, v), &tc, &ta, &tw, None, &op).unwrap()])
         .unwrap();
     let mut want = vec![0.0; 96 * 80];
-    cpu::matmul(&mut want, &a, &w, None, &op);
+    cpu::matmul::matmul(&mut want, &a, &w, None, &op);
     assert_close(
         &g.download(&tc).unwrap(),
         &want,

@@ -52,14 +52,14 @@ fn second_adapter(cfg: &Gpt2Config) -> (LoraConfig, LoraLayout, Vec<f32>) {
     (lora, layout, p)
 }
 
-/// The CPU reference: `cpu::merge` on each adapted module, in the checkpoint's [in, out]
+/// The CPU reference: `cpu::merge::merge` on each adapted module, in the checkpoint's [in, out]
 /// layout (fan_in_fan_out).
 fn reference(w: &mut HostWeights, adapter: &(LoraConfig, LoraLayout, Vec<f32>), scale: f32) {
     let (lora, layout, p) = adapter;
     let r = layout.r;
     for e in &layout.entries {
         let wt = w.get_mut(&format!("{}.weight", e.path())).unwrap();
-        cpu::merge(
+        cpu::merge::merge(
             wt,
             &p[e.a_offset..e.a_offset + r * e.d_in],
             &p[e.b_offset..e.b_offset + e.d_out * r],

@@ -34,7 +34,7 @@ impl ReadbackRing {
     pub fn new(gpu: &Gpu, len: usize, slots: usize) -> Self {
         let slots = (0..slots.max(1))
             .map(|i| Slot {
-                buffer: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                buffer: gpu.shared.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("readback slot {i}")),
                     size: (len.max(1) * 4) as u64,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -93,7 +93,7 @@ impl ReadbackRing {
                 gpu.sync()?;
             }
         } else {
-            let _ = gpu.device.poll(wgpu::PollType::Poll);
+            let _ = gpu.shared.device.poll(wgpu::PollType::Poll);
         }
         match state.load(Ordering::SeqCst) {
             MAPPED => {}

@@ -37,12 +37,11 @@ pub struct Tensor {
     len: usize,
     dtype: Dtype,
     name: String,
-    /// Packed copies of this (frozen) tensor for the image matmul, by (transposed, k, n);
-    /// shared by clones, dropped with the last one. Views start with none.
-    packed: Arc<Mutex<PackedCopies>>,
+    /// Textures derived from this tensor's contents (a kernel's packed copy of a frozen
+    /// weight), by a key their maker chooses; shared by clones, dropped with the last one.
+    /// Views start with none.
+    derived: Arc<Mutex<HashMap<String, wgpu::TextureView>>>,
 }
-
-type PackedCopies = HashMap<(bool, usize, usize), wgpu::TextureView>;
 
 /// Views start at multiples of this many bytes: WebGPU's largest allowed
 /// `min_storage_buffer_offset_alignment`, so a layout is valid on every adapter.
@@ -65,19 +64,20 @@ impl Tensor {
             len: shape.iter().product(),
             dtype: Dtype::F32,
             name: name.to_string(),
-            packed: Arc::default(),
+            derived: Arc::default(),
         }
     }
 
-    /// The packed copy of this tensor made for `key` by [`Tensor::keep_packed`], if any.
-    pub(crate) fn packed(&self, key: &(bool, usize, usize)) -> Option<wgpu::TextureView> {
-        let map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+    /// The texture kept under `key` by [`Tensor::keep_derived`], if any.
+    pub(crate) fn derived(&self, key: &str) -> Option<wgpu::TextureView> {
+        let map = self.derived.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key).cloned()
     }
 
-    /// Keep `view`, a packed copy of this tensor's contents, for as long as the tensor lives.
-    pub(crate) fn keep_packed(&self, key: (bool, usize, usize), view: wgpu::TextureView) {
-        let mut map = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+    /// Keep `view`, a texture computed from this tensor's contents (which its maker promises
+    /// do not change), under `key` for as long as the tensor lives.
+    pub(crate) fn keep_derived(&self, key: String, view: wgpu::TextureView) {
+        let mut map = self.derived.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(key, view);
     }
 
@@ -112,7 +112,7 @@ impl Tensor {
             len,
             dtype: self.dtype,
             name: name.to_string(),
-            packed: Arc::default(),
+            derived: Arc::default(),
         })
     }
 

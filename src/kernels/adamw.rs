@@ -1,7 +1,8 @@
 //! `adamw.wgsl`: one fused AdamW dispatch over a flat parameter buffer.
 
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -95,6 +96,19 @@ pub(crate) struct Params {
     max_norm: f32,
 }
 
+/// `adamw.wgsl`.
+pub const SHADER: ShaderDef =
+    ShaderDef::text("adamw.wgsl", include_str!("../../shaders/adamw.wgsl"));
+/// Fused AdamW: param, grad, m, v, norm_sq.
+pub const UPDATE: KernelDef = KernelDef::new(
+    &SHADER,
+    "adamw_update",
+    &[(1, W), (2, R), (3, W), (4, W), (5, R)],
+    std::mem::size_of::<Params>(),
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&UPDATE];
+
 /// A recorded AdamW update whose step and learning rate are set before each replay.
 #[derive(Debug)]
 pub struct AdamWUpdate {
@@ -174,13 +188,7 @@ pub fn update(
     let grid = groups_1d(groups(n as usize, 256)?);
     let tensors = [param, grad, m, v, norm_sq];
     Ok(AdamWUpdate {
-        dispatch: std::sync::Arc::new(gpu.dispatch(
-            Kernel::AdamwUpdate,
-            &[],
-            &params,
-            &tensors,
-            grid,
-        )?),
+        dispatch: std::sync::Arc::new(gpu.dispatch(&UPDATE, &[], &params, &tensors, grid)?),
         cfg: *cfg,
         n,
     })

@@ -2,12 +2,14 @@
 //! memory per head (each row's log-sum-exp), the probabilities recomputed in the backward.
 
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
-use super::matmul::pack_rows;
+use super::matmul::image::pack_rows;
 use super::{expect_len, groups, u32_of};
 
-/// Texture pool slots of the packed qkv and dout (see `matmul::pack_rows`).
+/// Texture pool slots of the packed qkv and dout (see `pack_rows`; the matmul's own are
+/// [`A_SLOT`](super::matmul::image::A_SLOT) and [`B_SLOT`](super::matmul::image::B_SLOT)).
 const QKV_SLOT: u8 = 2;
 const DOUT_SLOT: u8 = 3;
 
@@ -48,17 +50,17 @@ pub enum AttentionVariant {
 }
 
 impl AttentionVariant {
-    /// `Image` on CPU adapters (where barriers are expensive and texture loads cheap), `Tiled`
-    /// on GPUs. The environment variable `LORA_WGPU_ATTENTION` (`rows`, `tiled` or `image`)
-    /// overrides the choice.
-    pub fn for_gpu(gpu: &Gpu) -> Self {
-        let forced = std::env::var("LORA_WGPU_ATTENTION").ok().and_then(|v| {
-            match v.trim().to_ascii_lowercase().as_str() {
-                "rows" => Some(AttentionVariant::Rows),
-                "tiled" => Some(AttentionVariant::Tiled),
-                "image" => Some(AttentionVariant::Image),
-                _ => None,
-            }
+    /// The choice a [`Gpu`] is made with (its [`Variants::attention`](super::Variants::attention)):
+    /// `forced` (`rows`, `tiled` or `image`: the `attention` entry of
+    /// [`GpuOptions::variants`](crate::gpu::GpuOptions::variants), `LORA_WGPU_ATTENTION`) when
+    /// it names one, else `Image` on CPU adapters (where barriers are expensive and texture
+    /// loads cheap) and `Tiled` on GPUs.
+    pub fn resolve(gpu: &Gpu, forced: Option<&str>) -> Self {
+        let forced = forced.and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "rows" => Some(AttentionVariant::Rows),
+            "tiled" => Some(AttentionVariant::Tiled),
+            "image" => Some(AttentionVariant::Image),
+            _ => None,
         });
         forced.unwrap_or(match gpu.info().device_type {
             wgpu::DeviceType::Cpu => AttentionVariant::Image,
@@ -104,6 +106,72 @@ pub(crate) struct Params {
     _pad: [u32; 3],
 }
 
+/// `attention.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text(
+    "attention.wgsl",
+    include_str!("../../shaders/attention.wgsl"),
+);
+const PARAMS: usize = std::mem::size_of::<Params>();
+const FWD: &[(u32, crate::gpu::Access)] = &[(1, R), (2, W), (3, W)];
+const ROWS: &[(u32, crate::gpu::Access)] = &[(4, R), (1, R), (5, R), (9, R), (6, W), (7, W)];
+const COLS: &[(u32, crate::gpu::Access)] = &[(4, R), (1, R), (5, R), (8, R), (7, W)];
+/// Packed qkv (and dout) textures of the image kernels.
+const PACKED: &[(u32, crate::gpu::Access)] = &[(10, R), (11, R)];
+/// Causal self-attention forward: output and per-row log-sum-exp.
+pub const FORWARD: KernelDef = KernelDef::new(&SHADER, "attention_forward", FWD, PARAMS);
+/// Attention backward over query rows: dq and D = rowsum(dout ⊙ out).
+pub const BACKWARD_ROWS: KernelDef =
+    KernelDef::new(&SHADER, "attention_backward_rows", ROWS, PARAMS);
+/// Attention backward over key columns: dk and dv.
+pub const BACKWARD_COLS: KernelDef =
+    KernelDef::new(&SHADER, "attention_backward_cols", COLS, PARAMS);
+/// Causal self-attention forward, 16 query rows per workgroup, keys and values in
+/// workgroup-memory tiles (GPUs).
+pub const FORWARD_TILED: KernelDef =
+    KernelDef::new(&SHADER, "attention_forward_tiled", FWD, PARAMS);
+/// Attention backward over blocks of 16 query rows: dq and D (GPUs).
+pub const BACKWARD_ROWS_TILED: KernelDef =
+    KernelDef::new(&SHADER, "attention_backward_rows_tiled", ROWS, PARAMS);
+/// Attention backward over blocks of 16 key rows: dk and dv (GPUs).
+pub const BACKWARD_COLS_TILED: KernelDef =
+    KernelDef::new(&SHADER, "attention_backward_cols_tiled", COLS, PARAMS);
+/// [`FORWARD`] reading q, k, v from a packed texture (CPU adapters).
+pub const FORWARD_IMAGE: KernelDef = KernelDef::new(
+    &SHADER,
+    "attention_forward_image",
+    &[(2, W), (3, W)],
+    PARAMS,
+)
+.textures(&[(10, R)]);
+/// [`BACKWARD_ROWS`] reading q, k, v and dout from packed textures.
+pub const BACKWARD_ROWS_IMAGE: KernelDef = KernelDef::new(
+    &SHADER,
+    "attention_backward_rows_image",
+    &[(5, R), (9, R), (6, W), (7, W)],
+    PARAMS,
+)
+.textures(PACKED);
+/// [`BACKWARD_COLS`] reading q, k, v and dout from packed textures.
+pub const BACKWARD_COLS_IMAGE: KernelDef = KernelDef::new(
+    &SHADER,
+    "attention_backward_cols_image",
+    &[(5, R), (8, R), (7, W)],
+    PARAMS,
+)
+.textures(PACKED);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[
+    &FORWARD,
+    &BACKWARD_ROWS,
+    &BACKWARD_COLS,
+    &FORWARD_TILED,
+    &BACKWARD_ROWS_TILED,
+    &BACKWARD_COLS_TILED,
+    &FORWARD_IMAGE,
+    &BACKWARD_ROWS_IMAGE,
+    &BACKWARD_COLS_IMAGE,
+];
+
 /// Uniform parameters, the head-size override constant and the workgroup grid.
 type Prepared = (Params, [(&'static str, f64); 1], [u32; 3]);
 
@@ -134,8 +202,8 @@ impl AttentionShape {
 }
 
 /// out = softmax(q kᵀ / √hs, causal) v per head, and each row's log-sum-exp of the scaled
-/// scores, the only statistic the backward needs (no (T, T) matrix is stored). Kernels of
-/// [`AttentionVariant::for_gpu`].
+/// scores, the only statistic the backward needs (no (T, T) matrix is stored). Kernels of the
+/// `Gpu`'s [`AttentionVariant`].
 ///   out: (B, T, C)   lse: (B, NH, T)   qkv: (B, T, 3C)
 pub fn forward(
     gpu: &Gpu,
@@ -144,19 +212,8 @@ pub fn forward(
     qkv: &Tensor,
     s: &AttentionShape,
 ) -> Result<Dispatch> {
-    forward_with(gpu, AttentionVariant::for_gpu(gpu), out, lse, qkv, s)
-}
-
-/// [`forward`] with the kernels of `variant`.
-pub fn forward_with(
-    gpu: &Gpu,
-    variant: AttentionVariant,
-    out: &Tensor,
-    lse: &Tensor,
-    qkv: &Tensor,
-    s: &AttentionShape,
-) -> Result<Dispatch> {
     const OP: &str = "attention::forward";
+    let variant = gpu.variants().attention;
     let AttentionShape { b, t, c, nh } = *s;
     expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
     expect_len(OP, "out", out, b * t * c)?;
@@ -164,25 +221,22 @@ pub fn forward_with(
     let (params, hs, grid) = s.prepare()?;
     if variant.image(s) {
         if let Some((pack, view)) = pack_rows(gpu, qkv, b * t, 3 * c, QKV_SLOT)? {
-            let k = Kernel::AttentionForwardImage;
+            let k = &FORWARD_IMAGE;
             let d = gpu.dispatch_with_textures(k, &hs, &params, &[out, lse], &[&view], grid)?;
             return Ok(d.after(vec![pack]));
         }
     }
     let (kernel, grid) = if variant.tiled(s) {
-        (
-            Kernel::AttentionForwardTiled,
-            AttentionVariant::tiled_grid(s)?,
-        )
+        (&FORWARD_TILED, AttentionVariant::tiled_grid(s)?)
     } else {
-        (Kernel::AttentionForward, grid)
+        (&FORWARD, grid)
     };
     gpu.dispatch(kernel, &hs, &params, &[qkv, out, lse], grid)
 }
 
 /// dqkv = ∂attention/∂qkv · dout (written, not added), two dispatches that recompute the
-/// probabilities from `qkv` and `lse`; `dstat` (B, NH, T) is scratch. Kernels of
-/// [`AttentionVariant::for_gpu`].
+/// probabilities from `qkv` and `lse`; `dstat` (B, NH, T) is scratch. Kernels of the `Gpu`'s
+/// [`AttentionVariant`].
 ///   dqkv: (B, T, 3C)   dout: (B, T, C)   qkv, out, lse as written by [`forward`]
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
@@ -195,24 +249,8 @@ pub fn backward(
     lse: &Tensor,
     s: &AttentionShape,
 ) -> Result<[Dispatch; 2]> {
-    let v = AttentionVariant::for_gpu(gpu);
-    backward_with(gpu, v, dqkv, dstat, dout, qkv, out, lse, s)
-}
-
-/// [`backward`] with the kernels of `variant`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(
-    gpu: &Gpu,
-    variant: AttentionVariant,
-    dqkv: &Tensor,
-    dstat: &Tensor,
-    dout: &Tensor,
-    qkv: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    s: &AttentionShape,
-) -> Result<[Dispatch; 2]> {
     const OP: &str = "attention::backward";
+    let variant = gpu.variants().attention;
     let AttentionShape { b, t, c, nh } = *s;
     expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
     expect_len(OP, "dqkv", dqkv, b * t * 3 * c)?;
@@ -230,10 +268,7 @@ pub fn backward_with(
                 .map(|((pq, vq), (pg, vg))| (vec![pq, pg], [vq, vg])))
         };
         if let (Some((before_r, [q, g])), Some((before_c, _))) = (packs()?, packs()?) {
-            let (rk, ck) = (
-                Kernel::AttentionBackwardRowsImage,
-                Kernel::AttentionBackwardColsImage,
-            );
+            let (rk, ck) = (&BACKWARD_ROWS_IMAGE, &BACKWARD_COLS_IMAGE);
             let rows = [lse, out, dstat, dqkv];
             let cols = [lse, dstat, dqkv];
             let r = gpu.dispatch_with_textures(rk, &hs, &params, &rows, &[&q, &g], grid)?;
@@ -243,16 +278,12 @@ pub fn backward_with(
     }
     let (rows, cols, grid) = if variant.tiled(s) {
         (
-            Kernel::AttentionBackwardRowsTiled,
-            Kernel::AttentionBackwardColsTiled,
+            &BACKWARD_ROWS_TILED,
+            &BACKWARD_COLS_TILED,
             AttentionVariant::tiled_grid(s)?,
         )
     } else {
-        (
-            Kernel::AttentionBackwardRows,
-            Kernel::AttentionBackwardCols,
-            grid,
-        )
+        (&BACKWARD_ROWS, &BACKWARD_COLS, grid)
     };
     Ok([
         gpu.dispatch(

@@ -1,7 +1,8 @@
 //! `cross_entropy.wgsl`: softmax + cross-entropy + dlogits over vocabulary chunks.
 
 use crate::error::Result;
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -18,6 +19,36 @@ pub(crate) struct Params {
     first: u32,
     _pad: [u32; 4],
 }
+
+/// `cross_entropy.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text(
+    "cross_entropy.wgsl",
+    include_str!("../../shaders/cross_entropy.wgsl"),
+);
+const PARAMS: usize = std::mem::size_of::<Params>();
+/// Running softmax statistics of one logits chunk.
+pub const STATS: KernelDef = KernelDef::new(
+    &SHADER,
+    "ce_stats",
+    &[(1, R), (2, R), (3, W), (4, W), (5, W)],
+    PARAMS,
+);
+/// Per-row cross-entropy loss.
+pub const LOSS: KernelDef = KernelDef::new(
+    &SHADER,
+    "ce_loss",
+    &[(1, R), (7, R), (8, R), (9, R), (6, W)],
+    PARAMS,
+);
+/// dlogits of one chunk, in place.
+pub const GRAD: KernelDef = KernelDef::new(
+    &SHADER,
+    "ce_grad",
+    &[(1, R), (7, R), (8, R), (10, W), (11, R)],
+    PARAMS,
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&STATS, &LOSS, &GRAD];
 
 /// The running per-row state of the chunked softmax.
 #[derive(Clone, Debug)]
@@ -65,7 +96,7 @@ pub fn stats(
     expect_len("cross_entropy::stats", "logits", logits, n * vc)?;
     let t = [targets, logits, &st.maxv, &st.sumexp, &st.target_logit];
     gpu.dispatch(
-        Kernel::CeStats,
+        &STATS,
         &[],
         &params(n, vc, v0, first)?,
         &t,
@@ -79,7 +110,7 @@ pub fn loss(gpu: &Gpu, loss: &Tensor, st: &CeState, targets: &Tensor) -> Result<
     expect_len("cross_entropy::loss", "loss", loss, n)?;
     let t = [targets, &st.maxv, &st.sumexp, &st.target_logit, loss];
     gpu.dispatch(
-        Kernel::CeLoss,
+        &LOSS,
         &[],
         &params(n, 1, 0, false)?,
         &t,
@@ -103,5 +134,5 @@ pub fn grad(
     expect_len("cross_entropy::grad", "dloss", dloss, 1)?;
     let t = [targets, &st.maxv, &st.sumexp, logits, dloss];
     let grid = groups_1d(groups(n * vc, 256)?);
-    gpu.dispatch(Kernel::CeGrad, &[], &params(n, vc, v0, false)?, &t, grid)
+    gpu.dispatch(&GRAD, &[], &params(n, vc, v0, false)?, &t, grid)
 }

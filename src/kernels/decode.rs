@@ -5,10 +5,11 @@
 //! is built once per row count and replayed at every position after a 4-byte write.
 
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Dtype, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Dtype, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::attention::MAX_HEAD_SIZE;
-use super::{expect_len, groups, u32_of};
+use super::{expect_len, f16_build, groups, u32_of};
 
 /// Mirrors `struct Params` in decode.wgsl.
 #[repr(C)]
@@ -25,6 +26,66 @@ pub(crate) struct Params {
     scale: f32,
     _pad: [u32; 3],
 }
+
+const DECODE_WGSL: &str = include_str!("../../shaders/decode.wgsl");
+/// `decode.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text("decode.wgsl", DECODE_WGSL);
+/// `decode.wgsl` with the gemv weight stored as f16.
+pub const SHADER_F16: ShaderDef = ShaderDef::built("decode.wgsl (f16 weight)", || {
+    f16_build(
+        DECODE_WGSL.to_string(),
+        &[
+            ("w4: array<vec4<f32>>;", "w4: array<vec4<f16>>;"),
+            ("{ return w4[i]; }", "{ return vec4<f32>(w4[i]); }"),
+        ],
+    )
+});
+const PARAMS: usize = std::mem::size_of::<Params>();
+/// Token + position embedding at positions read from a buffer (one vocab shard).
+pub const EMBEDDING: KernelDef = KernelDef::new(
+    &SHADER,
+    "decode_embedding",
+    &[(1, R), (2, R), (3, R), (4, R), (5, W)],
+    PARAMS,
+);
+/// Write new keys and values into the KV cache.
+pub const KV_STORE: KernelDef = KernelDef::new(
+    &SHADER,
+    "kv_store",
+    &[(1, R), (6, R), (7, W), (8, W)],
+    PARAMS,
+);
+/// Causal attention of new queries over the KV cache.
+pub const ATTENTION: KernelDef = KernelDef::new(
+    &SHADER,
+    "decode_attention",
+    &[(1, R), (6, R), (9, R), (10, R), (11, W), (5, W)],
+    PARAMS,
+);
+/// Copy one row.
+pub const COPY_ROW: KernelDef = KernelDef::new(&SHADER, "copy_row", &[(12, R), (5, W)], PARAMS);
+/// One-row x · W (+ bias), W stored (in, out).
+pub const GEMV_COLS: KernelDef = KernelDef::new(
+    &SHADER,
+    "gemv_cols",
+    &[(16, R), (14, R), (15, R), (5, W)],
+    PARAMS,
+);
+/// One-row x · Wᵀ, W stored (out, in).
+pub const GEMV_ROWS: KernelDef =
+    KernelDef::new(&SHADER, "gemv_rows", &[(16, R), (14, R), (5, W)], PARAMS);
+/// [`GEMV_COLS`] with W stored as f16.
+pub const GEMV_COLS_F16: KernelDef = GEMV_COLS.in_shader(&SHADER_F16).f16(14);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[
+    &EMBEDDING,
+    &KV_STORE,
+    &ATTENTION,
+    &COPY_ROW,
+    &GEMV_COLS,
+    &GEMV_ROWS,
+    &GEMV_COLS_F16,
+];
 
 /// Shape of one decoding call: `n` new rows at positions p0 .. p0 + n of a cache of `ctx` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +172,7 @@ pub fn embedding(
             ..Params::default()
         };
         out_d.push(gpu.dispatch(
-            Kernel::DecodeEmbedding,
+            &EMBEDDING,
             &[],
             &params,
             &[pos, tokens, shard, wpe, out],
@@ -139,7 +200,7 @@ pub fn kv_store(
     expect_len(OP, "k_cache", k_cache, s.ctx * s.c)?;
     expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
     gpu.dispatch(
-        Kernel::KvStore,
+        &KV_STORE,
         &[],
         &params,
         &[pos, qkv, k_cache, v_cache],
@@ -171,7 +232,7 @@ pub fn attention(
     expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
     let grid = [u32_of("rows", s.n)?, u32_of("heads", s.nh)?, 1];
     gpu.dispatch(
-        Kernel::DecodeAttention,
+        &ATTENTION,
         &s.head_size(),
         &params,
         &[pos, qkv, k_cache, v_cache, att, out],
@@ -198,13 +259,7 @@ pub fn copy_row(gpu: &Gpu, out: &Tensor, inp: &Tensor, row: usize, c: usize) -> 
         row: u32_of("row", row)?,
         ..Params::default()
     };
-    gpu.dispatch(
-        Kernel::CopyRow,
-        &[],
-        &params,
-        &[inp, out],
-        [groups(c, 64)?, 1, 1],
-    )
+    gpu.dispatch(&COPY_ROW, &[], &params, &[inp, out], [groups(c, 64)?, 1, 1])
 }
 
 /// Rows most worth [`gemv_cols`] over [`matmul`](super::matmul::matmul) on every adapter: it
@@ -247,10 +302,10 @@ pub fn gemv_cols(
         row: u32_of("rows", m - 1)?,
         ..Params::default()
     };
-    let bias = bias.unwrap_or(&gpu.dummy);
+    let bias = bias.unwrap_or(gpu.dummy());
     let kernel = match w.dtype() {
-        Dtype::F32 => Kernel::GemvCols,
-        Dtype::F16 => Kernel::GemvColsF16,
+        Dtype::F32 => &GEMV_COLS,
+        Dtype::F16 => &GEMV_COLS_F16,
     };
     gpu.dispatch(
         kernel,
@@ -288,7 +343,7 @@ pub fn gemv_rows(
         ..Params::default()
     };
     gpu.dispatch(
-        Kernel::GemvRows,
+        &GEMV_ROWS,
         &[],
         &params,
         &[x, w, y],

@@ -2,7 +2,8 @@
 
 use crate::cpu::philox::dropout_word;
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -73,7 +74,31 @@ pub(crate) struct Params {
     _pad: [u32; 2],
 }
 
-fn launch(gpu: &Gpu, kernel: Kernel, out: &Tensor, inp: &Tensor, d: &Dropout) -> Result<Dispatch> {
+/// `dropout.wgsl`, after `philox.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::built("dropout.wgsl", || {
+    format!(
+        "{}\n{}",
+        super::PHILOX,
+        include_str!("../../shaders/dropout.wgsl")
+    )
+});
+const PARAMS: usize = std::mem::size_of::<Params>();
+/// out = dropout(inp).
+pub const FORWARD: KernelDef =
+    KernelDef::new(&SHADER, "dropout_forward", &[(1, R), (2, W)], PARAMS);
+/// dinp = dropout mask ⊙ dout.
+pub const BACKWARD: KernelDef =
+    KernelDef::new(&SHADER, "dropout_backward", &[(1, R), (2, W)], PARAMS);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&FORWARD, &BACKWARD];
+
+fn launch(
+    gpu: &Gpu,
+    kernel: &'static KernelDef,
+    out: &Tensor,
+    inp: &Tensor,
+    d: &Dropout,
+) -> Result<Dispatch> {
     expect_len("dropout", "output", out, inp.len())?;
     let n = inp.len();
     let params = Params {
@@ -91,11 +116,11 @@ fn launch(gpu: &Gpu, kernel: Kernel, out: &Tensor, inp: &Tensor, d: &Dropout) ->
 
 /// out = dropout(inp).   out, inp: (n,)
 pub fn forward(gpu: &Gpu, out: &Tensor, inp: &Tensor, d: &Dropout) -> Result<Dispatch> {
-    launch(gpu, Kernel::DropoutForward, out, inp, d)
+    launch(gpu, &FORWARD, out, inp, d)
 }
 
 /// dinp = mask ⊙ dout / (1 - p), with the mask of the forward call that used `d`.
 ///   dinp, dout: (n,)
 pub fn backward(gpu: &Gpu, dinp: &Tensor, dout: &Tensor, d: &Dropout) -> Result<Dispatch> {
-    launch(gpu, Kernel::DropoutBackward, dinp, dout, d)
+    launch(gpu, &BACKWARD, dinp, dout, d)
 }

@@ -1,7 +1,8 @@
 //! `embedding.wgsl`: token + position embedding over vocabulary shards.
 
 use crate::error::{Error, Result};
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -17,6 +18,21 @@ pub(crate) struct Params {
     v1: u32,
     _pad: [u32; 2],
 }
+
+/// `embedding.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text(
+    "embedding.wgsl",
+    include_str!("../../shaders/embedding.wgsl"),
+);
+/// Token + position embedding (one vocab shard): tokens, wte shard, wpe, out.
+pub const FORWARD: KernelDef = KernelDef::new(
+    &SHADER,
+    "embedding_forward",
+    &[(1, R), (2, R), (3, R), (4, W)],
+    std::mem::size_of::<Params>(),
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&FORWARD];
 
 /// `out = wpe[t] + wte[token]`, with wte given as shards of consecutive vocab rows: one
 /// dispatch per shard (the first also writes the position embedding).
@@ -62,13 +78,7 @@ pub fn forward(
             _pad: [0; 2],
         };
         let grid = groups_1d(groups(n * c, 256)?);
-        out_d.push(gpu.dispatch(
-            Kernel::EmbeddingForward,
-            &[],
-            &params,
-            &[tokens, shard, wpe, out],
-            grid,
-        )?);
+        out_d.push(gpu.dispatch(&FORWARD, &[], &params, &[tokens, shard, wpe, out], grid)?);
         v0 = v1;
     }
     Ok(out_d)

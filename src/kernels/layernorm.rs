@@ -1,7 +1,8 @@
 //! `layernorm.wgsl`: LayerNorm forward, and its input gradient (weights are frozen).
 
 use crate::error::Result;
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -19,10 +20,12 @@ pub enum LayernormVariant {
 }
 
 impl LayernormVariant {
-    /// `Row` on CPU adapters, `Workgroup` elsewhere; `LORA_WGPU_LAYERNORM=row|workgroup`
-    /// overrides.
-    pub fn for_gpu(gpu: &Gpu) -> Self {
-        match std::env::var("LORA_WGPU_LAYERNORM").ok().as_deref() {
+    /// The choice a [`Gpu`] is made with (its [`Variants::layernorm`](super::Variants::layernorm)):
+    /// `forced` (`row` or `workgroup`: the `layernorm` entry of
+    /// [`GpuOptions::variants`](crate::gpu::GpuOptions::variants), `LORA_WGPU_LAYERNORM`) when
+    /// it names one, else `Row` on CPU adapters and `Workgroup` elsewhere.
+    pub fn resolve(gpu: &Gpu, forced: Option<&str>) -> Self {
+        match forced {
             Some("row") => LayernormVariant::Row,
             Some("workgroup") => LayernormVariant::Workgroup,
             _ if gpu.info().device_type == wgpu::DeviceType::Cpu => LayernormVariant::Row,
@@ -50,6 +53,29 @@ pub(crate) struct Params {
     _pad: u32,
 }
 
+/// `layernorm.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text(
+    "layernorm.wgsl",
+    include_str!("../../shaders/layernorm.wgsl"),
+);
+const PARAMS: usize = std::mem::size_of::<Params>();
+/// LayerNorm forward: inp, weight, bias, out, mean, rstd.
+pub const FORWARD: KernelDef = KernelDef::new(
+    &SHADER,
+    "layernorm_forward",
+    &[(1, R), (2, R), (3, R), (4, W), (5, W), (6, W)],
+    PARAMS,
+);
+/// LayerNorm backward (input gradient only): dout, inp, weight, mean, rstd, dinp.
+pub const BACKWARD: KernelDef = KernelDef::new(
+    &SHADER,
+    "layernorm_backward",
+    &[(7, R), (1, R), (2, R), (8, R), (9, R), (10, W)],
+    PARAMS,
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&FORWARD, &BACKWARD];
+
 fn params(n: usize, c: usize, eps: f32) -> Result<Params> {
     Ok(Params {
         n: u32_of("rows", n)?,
@@ -59,27 +85,11 @@ fn params(n: usize, c: usize, eps: f32) -> Result<Params> {
     })
 }
 
-/// out = layernorm(inp) · weight + bias; saves mean and rstd for backward.
+/// out = layernorm(inp) · weight + bias; saves mean and rstd for backward. Kernels of the
+/// `Gpu`'s [`LayernormVariant`].
 ///   out, inp: (N, C)   mean, rstd: (N,)   weight, bias: (C,)
 pub fn forward(
     gpu: &Gpu,
-    out: &Tensor,
-    mean: &Tensor,
-    rstd: &Tensor,
-    inp: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    c: usize,
-    eps: f32,
-) -> Result<Dispatch> {
-    let v = LayernormVariant::for_gpu(gpu);
-    forward_with(gpu, v, out, mean, rstd, inp, weight, bias, c, eps)
-}
-
-/// [`forward`] with a chosen variant.
-pub fn forward_with(
-    gpu: &Gpu,
-    variant: LayernormVariant,
     out: &Tensor,
     mean: &Tensor,
     rstd: &Tensor,
@@ -98,36 +108,15 @@ pub fn forward_with(
     expect_len(OP, "weight", weight, c)?;
     expect_len(OP, "bias", bias, c)?;
     let t = [inp, weight, bias, out, mean, rstd];
-    let (constants, grid) = variant.launch(n)?;
-    gpu.dispatch(
-        Kernel::LayernormForward,
-        &constants,
-        &params(n, c, eps)?,
-        &t,
-        grid,
-    )
+    let (constants, grid) = gpu.variants().layernorm.launch(n)?;
+    gpu.dispatch(&FORWARD, &constants, &params(n, c, eps)?, &t, grid)
 }
 
-/// dinp += ∂layernorm/∂inp · dout, using the mean and rstd saved by [`forward`].
+/// dinp += ∂layernorm/∂inp · dout, using the mean and rstd saved by [`forward`]. Kernels of
+/// the `Gpu`'s [`LayernormVariant`].
 ///   dinp, dout, inp: (N, C)   mean, rstd: (N,)   weight: (C,)
 pub fn backward(
     gpu: &Gpu,
-    dinp: &Tensor,
-    dout: &Tensor,
-    inp: &Tensor,
-    weight: &Tensor,
-    mean: &Tensor,
-    rstd: &Tensor,
-    c: usize,
-) -> Result<Dispatch> {
-    let v = LayernormVariant::for_gpu(gpu);
-    backward_with(gpu, v, dinp, dout, inp, weight, mean, rstd, c)
-}
-
-/// [`backward`] with a chosen variant.
-pub fn backward_with(
-    gpu: &Gpu,
-    variant: LayernormVariant,
     dinp: &Tensor,
     dout: &Tensor,
     inp: &Tensor,
@@ -145,12 +134,6 @@ pub fn backward_with(
     expect_len(OP, "rstd", rstd, n)?;
     expect_len(OP, "weight", weight, c)?;
     let t = [dout, inp, weight, mean, rstd, dinp];
-    let (constants, grid) = variant.launch(n)?;
-    gpu.dispatch(
-        Kernel::LayernormBackward,
-        &constants,
-        &params(n, c, 0.0)?,
-        &t,
-        grid,
-    )
+    let (constants, grid) = gpu.variants().layernorm.launch(n)?;
+    gpu.dispatch(&BACKWARD, &constants, &params(n, c, 0.0)?, &t, grid)
 }

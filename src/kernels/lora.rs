@@ -1,12 +1,12 @@
 //! `lora.wgsl`: the fused low-rank path y += scale · (dropout(x) · aᵀ) · bᵀ and its backward.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, MatmulVariant, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::dropout::Dropout;
-use super::matmul::{matmul, MatmulOp};
-use super::{expect_len, groups, u32_of};
-use crate::gpu::groups_1d;
+use super::matmul::{matmul, MatmulOp, MatmulVariant};
+use super::{expect_len, groups, u32_of, Variants};
 
 /// Largest rank the fused kernels support.
 pub const MAX_RANK: usize = 64;
@@ -74,20 +74,76 @@ impl Params {
     }
 }
 
+/// `lora.wgsl`, after `philox.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::built("lora.wgsl", || {
+    format!(
+        "{}\n{}",
+        super::PHILOX,
+        include_str!("../../shaders/lora.wgsl")
+    )
+});
+const PARAMS: usize = std::mem::size_of::<Params>();
+const FWD: &[(u32, crate::gpu::Access)] = &[(1, R), (2, R), (3, R), (4, W), (5, W)];
+const DU: &[(u32, crate::gpu::Access)] = &[(6, R), (3, R), (7, W)];
+const DB: &[(u32, crate::gpu::Access)] = &[(6, R), (8, R), (9, W)];
+const DA: &[(u32, crate::gpu::Access)] = &[(10, R), (1, R), (11, W)];
+/// Fused low-rank forward: x, a, b, u, y.
+pub const FORWARD: KernelDef = KernelDef::new(&SHADER, "lora_forward", FWD, PARAMS);
+/// Fused low-rank forward with vec4 loads and no workgroup memory (CPU adapters).
+pub const FORWARD_VEC4: KernelDef = KernelDef::new(
+    &SHADER,
+    "lora_forward_vec4",
+    &[(13, R), (14, R), (15, R), (4, W), (16, W)],
+    PARAMS,
+);
+/// Fused low-rank forward with workgroup-wide reductions over k (GPUs).
+pub const FORWARD_PAR: KernelDef = KernelDef::new(&SHADER, "lora_forward_par", FWD, PARAMS);
+/// dU = scale · dY · B.
+pub const BACKWARD_DU: KernelDef = KernelDef::new(&SHADER, "lora_backward_du", DU, PARAMS);
+/// dB (+)= scale · dYᵀ · U.
+pub const BACKWARD_DB: KernelDef = KernelDef::new(&SHADER, "lora_backward_db", DB, PARAMS);
+/// dA (+)= dUᵀ · dropout(X).
+pub const BACKWARD_DA: KernelDef = KernelDef::new(&SHADER, "lora_backward_da", DA, PARAMS);
+/// dX += mask ⊙ (dU · A).
+pub const BACKWARD_DX: KernelDef = KernelDef::new(
+    &SHADER,
+    "lora_backward_dx",
+    &[(10, R), (2, R), (12, W)],
+    PARAMS,
+);
+/// dU = scale · dY · B, reduced over n by a workgroup per 8 rows (GPUs).
+pub const BACKWARD_DU_PAR: KernelDef = KernelDef::new(&SHADER, "lora_backward_du_par", DU, PARAMS);
+/// dB (+)= scale · dYᵀ · U, reduced over m by a workgroup per 32 columns (GPUs).
+pub const BACKWARD_DB_PAR: KernelDef = KernelDef::new(&SHADER, "lora_backward_db_par", DB, PARAMS);
+/// dA (+)= dUᵀ · dropout(X), reduced over m by a workgroup per 32 columns (GPUs).
+pub const BACKWARD_DA_PAR: KernelDef = KernelDef::new(&SHADER, "lora_backward_da_par", DA, PARAMS);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[
+    &FORWARD,
+    &FORWARD_VEC4,
+    &FORWARD_PAR,
+    &BACKWARD_DU,
+    &BACKWARD_DB,
+    &BACKWARD_DA,
+    &BACKWARD_DX,
+    &BACKWARD_DU_PAR,
+    &BACKWARD_DB_PAR,
+    &BACKWARD_DA_PAR,
+];
+
 /// Whether `kernel` regenerates the LoRA dropout mask (so a recording that replays it with
 /// dropout on must move the mask's offset every step): the forward kernels, dA and dx. du and
 /// dB never read the mask (and on CPU adapters are matmuls with their own parameters).
-pub fn reads_dropout_mask(kernel: Kernel) -> bool {
-    use Kernel::*;
-    matches!(
-        kernel,
-        LoraForward
-            | LoraForwardVec4
-            | LoraForwardPar
-            | LoraBackwardDa
-            | LoraBackwardDaPar
-            | LoraBackwardDx
-    )
+pub fn reads_dropout_mask(kernel: &KernelDef) -> bool {
+    [
+        &FORWARD,
+        &FORWARD_VEC4,
+        &FORWARD_PAR,
+        &BACKWARD_DA,
+        &BACKWARD_DA_PAR,
+        &BACKWARD_DX,
+    ]
+    .contains(&kernel)
 }
 
 /// A recorded LoRA dispatch whose dropout mask must change every step: keeps what its
@@ -156,19 +212,16 @@ pub enum LoraVariant {
 }
 
 impl LoraVariant {
-    /// The variant that suits the adapter: `Register` on CPU adapters, else `Parallel`.
+    /// The choice a [`Gpu`] is made with (its [`Variants::lora`]): `forced` (the `lora` entry of
+    /// [`GpuOptions::variants`](crate::gpu::GpuOptions::variants), `LORA_WGPU_LORA`:
+    /// `workgroup`, `register` or `parallel`) when it names one, else the variant that suits the
+    /// adapter: `Register` on CPU adapters, else `Parallel`. An unrecognised value is ignored.
     ///
     /// On an NVIDIA H200 (Vulkan, `benches/report.rs`, GPT-2 124M B=4 r=8) `Parallel`'s
     /// forward took 65-140 us per call at m = 512 against `Workgroup`'s 1.0-2.8 ms, and the
     /// LoRA kernels' share of a training step fell from about 180 ms to 17 ms at T=1024.
-    ///
-    /// The environment variable `LORA_WGPU_LORA` overrides the choice (for benchmarks and
-    /// comparisons): `workgroup`, `register` or `parallel`. An unrecognised value is ignored.
-    pub fn for_gpu(gpu: &Gpu) -> Self {
-        if let Some(v) = std::env::var("LORA_WGPU_LORA")
-            .ok()
-            .and_then(|v| Self::parse(&v))
-        {
+    pub fn resolve(gpu: &Gpu, forced: Option<&str>) -> Self {
+        if let Some(v) = forced.and_then(Self::parse) {
             return v;
         }
         match gpu.info().device_type {
@@ -197,12 +250,12 @@ impl LoraVariant {
     }
 }
 
-/// y += scale · u · bᵀ where u = dropout(x) · aᵀ is also written (backward needs it).
+/// y += scale · u · bᵀ where u = dropout(x) · aᵀ is also written (backward needs it), with the
+/// kernels of the `Gpu`'s [`LoraVariant`].
 ///   y: (m, n)   u: (m, r)   x: (m, k)   a: (r, k)   b: (n, r)
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
-    variant: LoraVariant,
     y: &Tensor,
     u: &Tensor,
     x: &Tensor,
@@ -220,10 +273,10 @@ pub fn forward(
     expect_len(OP, "lora_A", a, s.r * s.k)?;
     expect_len(OP, "lora_B", b, s.n * s.r)?;
     let vec4 = s.k.is_multiple_of(4) && s.n.is_multiple_of(4) && s.r.is_multiple_of(4);
-    let (kernel, grid) = match variant {
-        LoraVariant::Register if vec4 => (Kernel::LoraForwardVec4, [groups(s.m, 64)?, 1, 1]),
-        LoraVariant::Parallel => (Kernel::LoraForwardPar, groups_1d(groups(s.m, 8)?)),
-        _ => (Kernel::LoraForward, [groups(s.m, 64)?, 1, 1]),
+    let (kernel, grid) = match gpu.variants().lora {
+        LoraVariant::Register if vec4 => (&FORWARD_VEC4, [groups(s.m, 64)?, 1, 1]),
+        LoraVariant::Parallel => (&FORWARD_PAR, groups_1d(groups(s.m, 8)?)),
+        _ => (&FORWARD, [groups(s.m, 64)?, 1, 1]),
     };
     gpu.dispatch(kernel, &rank(s), &params, &[x, a, b, u, y], grid)
 }
@@ -243,7 +296,7 @@ pub struct LoraGrads<'a> {
 }
 
 /// The backward dispatches, in order: du, db, da, then dx when requested, with the kernels of
-/// [`LoraVariant::for_gpu`].
+/// the `Gpu`'s [`LoraVariant`].
 ///   dy: (m, n)   x: (m, k)   a: (r, k)   b: (n, r)   u: (m, r) from [`forward`]
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
@@ -259,27 +312,8 @@ pub fn backward(
     d: &Dropout,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    let v = LoraVariant::for_gpu(gpu);
-    backward_with(gpu, v, g, dy, x, a, b, u, s, scale, d, accumulate)
-}
-
-/// [`backward`] with the kernels of `variant`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(
-    gpu: &Gpu,
-    variant: LoraVariant,
-    g: LoraGrads<'_>,
-    dy: &Tensor,
-    x: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    u: &Tensor,
-    s: &LoraShape,
-    scale: f32,
-    d: &Dropout,
-    accumulate: bool,
-) -> Result<Vec<Dispatch>> {
     const OP: &str = "lora::backward";
+    let variant = gpu.variants().lora;
     let params = Params::new(s, scale, d, accumulate)?;
     expect_len(OP, "dy", dy, s.m * s.n)?;
     expect_len(OP, "x", x, s.m * s.k)?;
@@ -293,21 +327,21 @@ pub fn backward_with(
     let mut out = if variant == LoraVariant::Parallel {
         vec![
             gpu.dispatch(
-                Kernel::LoraBackwardDuPar,
+                &BACKWARD_DU_PAR,
                 &c,
                 &params,
                 &[dy, b, g.du],
                 groups_1d(groups(s.m, 8)?),
             )?,
             gpu.dispatch(
-                Kernel::LoraBackwardDbPar,
+                &BACKWARD_DB_PAR,
                 &c,
                 &params,
                 &[dy, u, g.db],
                 groups_1d(groups(s.n, 32)?),
             )?,
             gpu.dispatch(
-                Kernel::LoraBackwardDaPar,
+                &BACKWARD_DA_PAR,
                 &c,
                 &params,
                 &[g.du, x, g.da],
@@ -319,25 +353,28 @@ pub fn backward_with(
             // du = scale · dY · B and dB (+)= scale · dYᵀ · U are matmuls with r columns: on
             // CPU adapters the image matmul (padded to 64 columns) beats the per-thread loops,
             // whose storage-buffer loads lavapipe runs lane by lane.
-            let mm = MatmulVariant::Image;
+            let img = gpu.with_variants(Variants {
+                matmul: MatmulVariant::Image,
+                ..gpu.variants()
+            });
             let du_op = MatmulOp::new(s.m, s.r, s.n).alpha(scale);
             let mut db_op = MatmulOp::new(s.n, s.r, s.m).trans_a().alpha(scale);
             db_op.accumulate = accumulate;
             (
-                matmul(gpu, mm, g.du, dy, b, None, &du_op)?,
-                matmul(gpu, mm, g.db, dy, u, None, &db_op)?,
+                matmul(&img, g.du, dy, b, None, &du_op)?,
+                matmul(&img, g.db, dy, u, None, &db_op)?,
             )
         } else {
             (
                 gpu.dispatch(
-                    Kernel::LoraBackwardDu,
+                    &BACKWARD_DU,
                     &c,
                     &params,
                     &[dy, b, g.du],
                     [groups(s.m, 64)?, 1, 1],
                 )?,
                 gpu.dispatch(
-                    Kernel::LoraBackwardDb,
+                    &BACKWARD_DB,
                     &c,
                     &params,
                     &[dy, u, g.db],
@@ -349,7 +386,7 @@ pub fn backward_with(
             du,
             db,
             gpu.dispatch(
-                Kernel::LoraBackwardDa,
+                &BACKWARD_DA,
                 &c,
                 &params,
                 &[g.du, x, g.da],
@@ -360,7 +397,7 @@ pub fn backward_with(
     if let Some(dx) = g.dx {
         expect_len(OP, "dx", dx, s.m * s.k)?;
         let grid = [groups(s.k.div_ceil(4), 64)?, groups(s.m, 16)?, 1];
-        out.push(gpu.dispatch(Kernel::LoraBackwardDx, &c, &params, &[g.du, a, dx], grid)?);
+        out.push(gpu.dispatch(&BACKWARD_DX, &c, &params, &[g.du, a, dx], grid)?);
     }
     Ok(out)
 }

@@ -1,7 +1,8 @@
 //! `merge.wgsl`: fold a LoRA update into (or out of) a frozen weight.
 
 use crate::error::Result;
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::lora::LoraShape;
 use super::{expect_len, groups, u32_of};
@@ -17,6 +18,19 @@ pub(crate) struct Params {
     scale: f32,
     _pad: [u32; 3],
 }
+
+/// `merge.wgsl`.
+pub const SHADER: ShaderDef =
+    ShaderDef::text("merge.wgsl", include_str!("../../shaders/merge.wgsl"));
+/// W ± scale · (B A) in either weight layout: a, b, w.
+pub const FORWARD: KernelDef = KernelDef::new(
+    &SHADER,
+    "merge_forward",
+    &[(1, R), (2, R), (3, W)],
+    std::mem::size_of::<Params>(),
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&FORWARD];
 
 /// w += scale · ΔW with ΔW = b · a; pass a negative `scale` to unmerge.
 ///   w: (k, n) when `fan_in_fan_out` (GPT-2's Conv1D), else (n, k) (nn.Linear)
@@ -43,5 +57,5 @@ pub fn merge(
         _pad: [0; 3],
     };
     let grid = groups_1d(groups(w.len(), 256)?);
-    gpu.dispatch(Kernel::MergeForward, &[], &params, &[a, b, w], grid)
+    gpu.dispatch(&FORWARD, &[], &params, &[a, b, w], grid)
 }

@@ -1,7 +1,8 @@
 //! `peak.wgsl`: the adapter's attainable f32 FMA throughput, the yardstick for kernel figures.
 
 use crate::error::Result;
-use crate::gpu::{groups_1d, Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::ReadWrite as W;
+use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{groups, u32_of};
 
@@ -12,6 +13,18 @@ pub(crate) struct Params {
     iters: u32,
     _pad: [u32; 3],
 }
+
+/// `peak.wgsl`.
+pub const SHADER: ShaderDef = ShaderDef::text("peak.wgsl", include_str!("../../shaders/peak.wgsl"));
+/// FMA throughput probe.
+pub const FMA: KernelDef = KernelDef::new(
+    &SHADER,
+    "peak_fma",
+    &[(1, W)],
+    std::mem::size_of::<Params>(),
+);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&FMA];
 
 /// A recorded FMA probe: `threads` invocations of `iters` rounds of 256 flops.
 #[derive(Debug)]
@@ -41,7 +54,7 @@ pub fn probe(gpu: &Gpu, threads: usize, iters: u32) -> Result<PeakProbe> {
         iters: u32_of("iterations", iters as usize)?,
         _pad: [0; 3],
     };
-    let dispatch = gpu.dispatch(Kernel::PeakFma, &[], &params, &[&out], groups_1d(wgs))?;
+    let dispatch = gpu.dispatch(&FMA, &[], &params, &[&out], groups_1d(wgs))?;
     Ok(PeakProbe {
         dispatch,
         _out: out,

@@ -1,7 +1,8 @@
 //! `reduce.wgsl`: Σ x² in two passes (the global gradient norm for clipping).
 
 use crate::error::Result;
-use crate::gpu::{Dispatch, Gpu, Kernel, Tensor};
+use crate::gpu::Access::{Read as R, ReadWrite as W};
+use crate::gpu::{Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::{expect_len, groups, u32_of};
 
@@ -15,6 +16,19 @@ pub(crate) struct Params {
     n: u32,
     _pad: [u32; 3],
 }
+
+/// `reduce.wgsl`.
+pub const SHADER: ShaderDef =
+    ShaderDef::text("reduce.wgsl", include_str!("../../shaders/reduce.wgsl"));
+const PARAMS: usize = std::mem::size_of::<Params>();
+/// Per-workgroup partial sums of squares.
+pub const SUMSQ_PARTIAL: KernelDef =
+    KernelDef::new(&SHADER, "sumsq_partial", &[(1, R), (2, W)], PARAMS);
+/// Final sum of the partials.
+pub const SUMSQ_FINAL: KernelDef =
+    KernelDef::new(&SHADER, "sumsq_final", &[(3, R), (4, W)], PARAMS);
+/// Every kernel of this file.
+pub const KERNELS: &[&KernelDef] = &[&SUMSQ_PARTIAL, &SUMSQ_FINAL];
 
 /// `out[0] = Σ x²`. Two dispatches (partials, final); allocates its partials buffer.
 ///   out: (1,)   x: (n,)
@@ -32,12 +46,12 @@ pub fn sumsq(gpu: &Gpu, out: &Tensor, x: &Tensor) -> Result<[Dispatch; 2]> {
     };
     Ok([
         gpu.dispatch(
-            Kernel::SumsqPartial,
+            &SUMSQ_PARTIAL,
             &[],
             &p1,
             &[x, &partial],
             [parts as u32, 1, 1],
         )?,
-        gpu.dispatch(Kernel::SumsqFinal, &[], &p2, &[&partial, out], [1, 1, 1])?,
+        gpu.dispatch(&SUMSQ_FINAL, &[], &p2, &[&partial, out], [1, 1, 1])?,
     ])
 }

@@ -40,8 +40,8 @@ use super::block::{BlockDef, Dense, Place};
 use super::gpt2::Block;
 use super::{Gpt2, Gpt2Config};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MatmulVariant, Recording, Tensor};
-use crate::kernels::lora::{LoraVariant, MAX_RANK};
+use crate::gpu::{Gpu, Recording, Tensor};
+use crate::kernels::lora::MAX_RANK;
 use crate::lora::{Linear, LoraConfig, LoraLayout};
 
 /// GPT-2's end-of-text token, `<|endoftext|>` (also its beginning-of-text token).
@@ -145,8 +145,6 @@ pub struct Generator {
     position: usize,
     eos: Option<u32>,
     stop: Option<StopReason>,
-    mm: MatmulVariant,
-    lv: LoraVariant,
     allocated: u64,
 }
 
@@ -262,8 +260,6 @@ impl Generator {
             position: 0,
             eos: (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT),
             stop: None,
-            mm: gpu.default_matmul(),
-            lv: LoraVariant::for_gpu(gpu),
             allocated,
         };
         let decode = g.record(gpu, 1)?;

@@ -70,7 +70,6 @@ impl Generator {
             } else {
                 rec.push(matmul(
                     gpu,
-                    self.mm,
                     out,
                     &a.lnf,
                     shard,
@@ -141,7 +140,6 @@ impl BlockRecorder for DecodeRecorder<'_> {
         } else {
             rec.push(matmul(
                 gpu,
-                self.g.mm,
                 out,
                 inp,
                 &w.w,
@@ -160,7 +158,6 @@ impl BlockRecorder for DecodeRecorder<'_> {
                 };
                 rec.push(lk::forward(
                     gpu,
-                    self.g.lv,
                     out,
                     &u,
                     inp,

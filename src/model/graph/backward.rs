@@ -80,7 +80,6 @@ pub(super) fn record(
         if !plan.store_logits {
             bwd.push(matmul(
                 gpu,
-                r.bl.mm,
                 lg,
                 &plan.lnf,
                 shard,
@@ -98,7 +97,7 @@ pub(super) fn record(
         )?);
         let mut op = MatmulOp::new(bt, c, *rows).frozen_b();
         op.accumulate = i > 0;
-        bwd.push(matmul(gpu, r.bl.mm, &dlnf, lg, shard, None, &op)?);
+        bwd.push(matmul(gpu, &dlnf, lg, shard, None, &op)?);
     }
     bwd.push(layernorm::backward(
         gpu,

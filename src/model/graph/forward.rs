@@ -97,7 +97,6 @@ pub(super) fn record(r: &mut TrainRecorder, model: &Gpt2) -> Result<Recording> {
     for (i, ((v0, rows, lg), shard)) in plan.shards.iter().zip(&model.wte).enumerate() {
         fwd.push(matmul(
             gpu,
-            r.bl.mm,
             lg,
             &plan.lnf,
             shard,

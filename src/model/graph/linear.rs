@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::gpu::{Dispatch, Gpu, MatmulVariant, Recording, Tensor};
+use crate::gpu::{Dispatch, Gpu, Recording, Tensor};
 use crate::kernels::dropout::Dropout;
-use crate::kernels::lora::{self as lk, LoraGrads, LoraShape, LoraVariant};
+use crate::kernels::lora::{self as lk, LoraGrads, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::lora::{Linear, LoraEntry};
 use crate::model::block::Dense;
@@ -33,8 +33,6 @@ pub(super) fn adapter(adapted: &[Adapted], layer: usize, site: Linear) -> Option
 /// Allocates the graph's buffers (counting their bytes) and records its linear layers.
 pub(super) struct Builder<'a> {
     pub(super) gpu: &'a Gpu,
-    pub(super) mm: MatmulVariant,
-    lv: LoraVariant,
     pub(super) allocated: u64,
     /// LoRA dispatches whose dropout mask moves every step, with their module index.
     pub(super) reseed: Vec<(usize, lk::Reseed)>,
@@ -44,8 +42,6 @@ impl<'a> Builder<'a> {
     pub(super) fn new(gpu: &'a Gpu) -> Self {
         Builder {
             gpu,
-            mm: gpu.default_matmul(),
-            lv: LoraVariant::for_gpu(gpu),
             allocated: 0,
             reseed: Vec::new(),
         }
@@ -95,7 +91,6 @@ impl<'a> Builder<'a> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
         rec.push(matmul(
             self.gpu,
-            self.mm,
             out,
             inp,
             &d.w,
@@ -110,9 +105,7 @@ impl<'a> Builder<'a> {
                 r: l.a.shape()[0],
             };
             let dropout = if train { l.dropout } else { Dropout::NONE };
-            let d = lk::forward(
-                self.gpu, self.lv, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout,
-            )?;
+            let d = lk::forward(self.gpu, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout)?;
             if train {
                 self.push_lora(rec, d, l, s, scale, false);
             } else {
@@ -140,7 +133,6 @@ impl<'a> Builder<'a> {
         if let Some(dinp) = dinp {
             rec.push(matmul(
                 self.gpu,
-                self.mm,
                 dinp,
                 dout,
                 &d.w,
@@ -161,8 +153,8 @@ impl<'a> Builder<'a> {
                 db: &l.db,
                 du,
             };
-            let ds = lk::backward_with(
-                self.gpu, self.lv, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
+            let ds = lk::backward(
+                self.gpu, g, dout, inp, &l.a, &l.b, &l.u, &s, scale, &l.dropout, true,
             )?;
             for d in ds {
                 self.push_lora(rec, d, l, s, scale, true);

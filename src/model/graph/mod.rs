@@ -430,7 +430,6 @@ impl TrainGraph {
         for ((v0, rows, lg), shard) in self.plan.shards.iter().zip(&model.wte) {
             let d = matmul(
                 gpu,
-                gpu.default_matmul(),
                 lg,
                 &self.plan.lnf,
                 shard,
