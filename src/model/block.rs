@@ -301,39 +301,37 @@ pub(crate) fn record_op(
     c: usize,
     eps: f32,
 ) -> Result<()> {
-    {
-        match def.ops[i] {
-            Op::LayerNorm { out, inp, norm } => {
-                let (mean, rstd) = r.norm_stats(layer, i);
-                let w = weights.norm(norm);
-                rec.push(layernorm::forward(
-                    gpu,
-                    &r.act(layer, out),
-                    &mean,
-                    &rstd,
-                    &r.act(layer, inp),
-                    &w.w,
-                    &w.b,
-                    c,
-                    eps,
-                )?);
-            }
-            Op::Linear { out, inp, site } => {
-                let (out, inp) = (r.act(layer, out), r.act(layer, inp));
-                r.linear(rec, layer, site, &out, &inp, weights.linear(site))?;
-            }
-            Op::Attention { out, qkv } => {
-                let (out, qkv) = (r.act(layer, out), r.act(layer, qkv));
-                r.attention(rec, layer, i, &out, &qkv)?;
-            }
-            Op::Gelu { out, inp } => {
-                let (out, inp) = (r.act(layer, out), r.act(layer, inp));
-                rec.push(elementwise::gelu_forward(gpu, &out, &inp)?);
-            }
-            Op::Add { out, a, b } => {
-                let (out, a, b) = (r.act(layer, out), r.act(layer, a), r.act(layer, b));
-                rec.push(elementwise::add(gpu, &out, &a, &b)?);
-            }
+    match def.ops[i] {
+        Op::LayerNorm { out, inp, norm } => {
+            let (mean, rstd) = r.norm_stats(layer, i);
+            let w = weights.norm(norm);
+            rec.push(layernorm::forward(
+                gpu,
+                &r.act(layer, out),
+                &mean,
+                &rstd,
+                &r.act(layer, inp),
+                &w.w,
+                &w.b,
+                c,
+                eps,
+            )?);
+        }
+        Op::Linear { out, inp, site } => {
+            let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+            r.linear(rec, layer, site, &out, &inp, weights.linear(site))?;
+        }
+        Op::Attention { out, qkv } => {
+            let (out, qkv) = (r.act(layer, out), r.act(layer, qkv));
+            r.attention(rec, layer, i, &out, &qkv)?;
+        }
+        Op::Gelu { out, inp } => {
+            let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+            rec.push(elementwise::gelu_forward(gpu, &out, &inp)?);
+        }
+        Op::Add { out, a, b } => {
+            let (out, a, b) = (r.act(layer, out), r.act(layer, a), r.act(layer, b));
+            rec.push(elementwise::add(gpu, &out, &a, &b)?);
         }
     }
     Ok(())
