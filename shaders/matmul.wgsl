@@ -504,10 +504,9 @@ struct Block4x8 {
 // op(A)[row, k4 .. k4 + 3] and b_e the accumulator's column group of op(B)[k4 + e], as four FMAs
 // in k order. The image kernels give each accumulator its four FMAs in a row (accumulator by
 // accumulator) rather than k by k: the same operations in the same order per accumulator, so the
-// same bits; in benches/lavapipe_matmul.rs (`accmajor`) that ran the subgroup kernel 1.05-1.33x
-// faster over four alternating runs on llvmpipe, in criterion the difference was within the
-// machine's noise. Plain values, no arrays: indexing a private array by a loop counter would
-// spill.
+// same bits; the harness measured this order as its `accmajor` variant
+// (docs/lavapipe-research.md). Plain values, no arrays: indexing a private array by a loop
+// counter would spill.
 fn fma4(
     c: vec4<f32>,
     a: vec4<f32>,

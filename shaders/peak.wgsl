@@ -5,8 +5,8 @@
 //
 // Several steps per chain in one round matter on llvmpipe, where every value carried around a
 // loop costs work per iteration (its registers live in memory, written under the execution
-// mask): with one step per chain a round this probe read 48-59 GFLOP/s on the 2-core dev
-// machine, with 4 steps 110 in the same run (8 steps: 90). The matmul kernels do 4 steps per
+// mask), so one step per chain a round measures that cost rather than the FMA rate
+// (docs/lavapipe-research.md). The matmul kernels do 4 steps per
 // accumulator per iteration too (one texel of k), and llvmpipe compiles their `fma` the same way
 // as this one's: a multiply and an add (no FMA instruction in its JIT code).
 

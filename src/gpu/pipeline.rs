@@ -47,8 +47,8 @@ impl Gpu {
         // with a non-zero step, so none can run forever: naga's loop bounding (a counter
         // checked on every iteration of every loop) is off for all modules. It stops
         // llvmpipe from unrolling the fixed-length inner loops over a head, so private arrays
-        // indexed by their counters went to scratch memory: attention on lavapipe took 2.6 to
-        // 4x as long with it. Bounds checks stay, except in trusted modules.
+        // indexed by their counters went to scratch memory (attention several times slower on
+        // lavapipe). Bounds checks stay, except in trusted modules.
         let checks = if shader.trusted {
             wgpu::ShaderRuntimeChecks::unchecked()
         } else {

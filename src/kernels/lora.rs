@@ -216,10 +216,8 @@ impl LoraVariant {
     /// [`GpuOptions::variants`](crate::gpu::GpuOptions::variants), `LORA_WGPU_LORA`:
     /// `workgroup`, `register` or `parallel`) when it names one, else the variant that suits the
     /// adapter: `Register` on CPU adapters, else `Parallel`. An unrecognised value is ignored.
-    ///
-    /// On an NVIDIA H200 (Vulkan, `benches/report.rs`, GPT-2 124M B=4 r=8) `Parallel`'s
-    /// forward took 65-140 us per call at m = 512 against `Workgroup`'s 1.0-2.8 ms, and the
-    /// LoRA kernels' share of a training step fell from about 180 ms to 17 ms at T=1024.
+    /// `Parallel` spreads the reductions over k, m or n across a workgroup, which GPUs need to
+    /// fill their cores at these small ranks (docs/kernels.md has the H200 figures).
     pub fn resolve(gpu: &Gpu, forced: Option<&str>) -> Self {
         if let Some(v) = forced.and_then(Self::parse) {
             return v;

@@ -33,8 +33,8 @@ pub enum MatmulVariant {
     /// reads them with texture loads: right for CPU adapters, where (on Mesa's llvmpipe) a
     /// storage-buffer load costs a loop over the SIMD lanes and a texture load a vector
     /// gather. Where subgroups are exactly 8 wide (SUBGROUP enabled: lavapipe on Vulkan) the
-    /// kernel shares op(B) through the subgroup (`matmul_image_sg`, about 1.3–1.4x faster on
-    /// Mesa 22). Shapes it cannot take (a batch, a side over the texture size limit) run
+    /// kernel shares op(B) through the subgroup (`matmul_image_sg`, faster there: see
+    /// docs/benchmarks.md). Shapes it cannot take (a batch, a side over the texture size limit) run
     /// [`MatmulVariant::Register`].
     Image,
     /// Cooperative matrices (tensor cores): operands rounded to f16, products accumulated in
@@ -70,11 +70,9 @@ impl MatmulVariant {
     /// block-tile kernel (`Tiled { tm: 8, tn: 8 }`) on discrete GPUs, and the 4x4-per-thread
     /// [`MatmulVariant::Tiled`] kernel on other GPUs.
     ///
-    /// On an NVIDIA H200 (Vulkan, `benches/report.rs`) the 128x128 kernel ran 1.4-2.6x faster
-    /// than 4x4 at every GPT-2 shape with M = 4096 and at 4096³ (24 TFLOP/s), and GPT-2 training
-    /// at B=4 T=1024 9% faster (at T=128 the two were within 3%); 4x4 was faster only at
-    /// M = 512 with N = 768 (too few 128x128 blocks to fill the GPU). Integrated GPUs are
-    /// unmeasured and keep the 4x4 kernel.
+    /// A 128x128 block needs enough blocks of C to fill a discrete GPU, which training shapes
+    /// give (M = B·T); on smaller GPUs the 4x4 kernel's finer grid is the safer default. The
+    /// H200 figures behind the choice are in docs/benchmarks.md.
     pub fn device_default(gpu: &Gpu) -> Self {
         match gpu.info().device_type {
             wgpu::DeviceType::Cpu => MatmulVariant::Image,
