@@ -217,7 +217,7 @@ impl LoraVariant {
     /// `workgroup`, `register` or `parallel`) when it names one, else the variant that suits the
     /// adapter: `Register` on CPU adapters, else `Parallel`. An unrecognised value is ignored.
     ///
-    /// On an NVIDIA H200 (Vulkan, `benches/report.rs`, GPT-2 124M B=4 r=8) `Parallel`'s
+    /// On an NVIDIA H200 (Vulkan, `benches/report/`, GPT-2 124M B=4 r=8) `Parallel`'s
     /// forward took 65-140 us per call at m = 512 against `Workgroup`'s 1.0-2.8 ms, and the
     /// LoRA kernels' share of a training step fell from about 180 ms to 17 ms at T=1024.
     pub fn resolve(gpu: &Gpu, forced: Option<&str>) -> Self {

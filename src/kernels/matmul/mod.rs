@@ -70,7 +70,7 @@ impl MatmulVariant {
     /// block-tile kernel (`Tiled { tm: 8, tn: 8 }`) on discrete GPUs, and the 4x4-per-thread
     /// [`MatmulVariant::Tiled`] kernel on other GPUs.
     ///
-    /// On an NVIDIA H200 (Vulkan, `benches/report.rs`) the 128x128 kernel ran 1.4-2.6x faster
+    /// On an NVIDIA H200 (Vulkan, `benches/report/`) the 128x128 kernel ran 1.4-2.6x faster
     /// than 4x4 at every GPT-2 shape with M = 4096 and at 4096³ (24 TFLOP/s), and GPT-2 training
     /// at B=4 T=1024 9% faster (at T=128 the two were within 3%); 4x4 was faster only at
     /// M = 512 with N = 768 (too few 128x128 blocks to fill the GPU). Integrated GPUs are
