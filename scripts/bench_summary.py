@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side summary of a lora-wgpu report (benches/report.rs --json) and PyTorch + PEFT runs
+"""Side-by-side summary of a lora-wgpu report (benches/report/ --json) and PyTorch + PEFT runs
 (scripts/bench_peft.py output lines, one JSON file each).
 
     python3 scripts/bench_summary.py report.json peft_T128.json [peft_T1024.json ...]
