@@ -455,7 +455,7 @@ fn matmul_vec4(
 // into a loop over the lanes with a branch per lane, and treats every address inside a loop
 // as varying (its uniformity test accepts only constants and push constants); a storage
 // texture load is a branch-free vector gather, about 25 times cheaper per vec4 (measured by
-// benches/lavapipe_matmul.rs). So on CPU adapters matmul runs as three dispatches: pack_a and
+// benches/lavapipe_matmul/). So on CPU adapters matmul runs as three dispatches: pack_a and
 // pack_b write op(A) (Mp x Kp/4 texels) and op(B) (Kp x Np/4 texels), zero-padded to
 // Mp % 32 == 0, Kp % 4 == 0, Np % 64 == 0, and matmul_image multiplies them with no bounds
 // checks in its loop, storing C through store_c (alpha, bias, accumulate). Batches of 1.
