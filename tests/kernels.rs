@@ -1,4 +1,5 @@
-//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference.
+//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference. Each test's name
+//! starts with its kernel module's (`cargo test --test kernels lora`).
 
 mod common;
 
@@ -327,7 +328,7 @@ fn fused_lora_equals_unfused_composition() {
 }
 
 #[test]
-fn sumsq_matches_cpu() {
+fn reduce_sumsq_matches_cpu() {
     let g = gpu();
     for n in [1usize, 255, 256, 257, 70_001, 1 << 20] {
         let x = random(n, n as u64);
