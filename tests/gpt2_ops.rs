@@ -1,5 +1,5 @@
 //! The GPT-2 op kernels (embedding, layernorm, gelu, residual add, attention, chunked
-//! cross-entropy) against the CPU reference. Each test's name starts with its kernel module's
+//! cross-entropy) against the CPU reference. A kernel's tests are named after its module
 //! (`cargo test --test gpt2_ops layernorm`).
 
 mod common;

@@ -1,5 +1,5 @@
-//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference. Each test's name
-//! starts with its kernel module's (`cargo test --test kernels lora`).
+//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference. A kernel's tests
+//! are named after its module (`cargo test --test kernels lora`).
 
 mod common;
 
@@ -263,7 +263,7 @@ fn lora_backward_matches_cpu() {
 }
 
 #[test]
-fn fused_lora_equals_unfused_composition() {
+fn lora_fused_equals_unfused_composition() {
     // dropout -> matmul (x'·Aᵀ) -> matmul (scale·u·Bᵀ, accumulate), all on the GPU.
     let g = gpu();
     let s = LoraShape {
