@@ -240,7 +240,7 @@ fn decode_attention_matches_a_plain_loop() {
 }
 
 #[test]
-fn gemv_kernels_match_the_cpu_matmul() {
+fn decode_gemv_kernels_match_the_cpu_matmul() {
     use lora_wgpu::kernels::matmul::MatmulOp;
     let g = gpu();
     for (m, k, n) in [

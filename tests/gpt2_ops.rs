@@ -1,5 +1,6 @@
 //! The GPT-2 op kernels (embedding, layernorm, gelu, residual add, attention, chunked
-//! cross-entropy) against the CPU reference.
+//! cross-entropy) against the CPU reference. A kernel's tests are named after its module
+//! (`cargo test --test gpt2_ops layernorm`).
 
 mod common;
 
@@ -87,7 +88,7 @@ fn layernorm_forward_and_backward() {
 }
 
 #[test]
-fn gelu_and_add() {
+fn elementwise_gelu_and_add() {
     let g = gpu();
     let n = 70_001;
     let x: Vec<f32> = random(n, 8).iter().map(|v| v * 5.0).collect();
@@ -186,7 +187,7 @@ fn attention_forward_and_backward() {
 }
 
 #[test]
-fn chunked_cross_entropy_matches_full_softmax() {
+fn cross_entropy_chunked_matches_full_softmax() {
     let g = gpu();
     let (n, v) = (7, 50);
     let logits: Vec<f32> = random(n * v, 12).iter().map(|x| x * 8.0).collect();

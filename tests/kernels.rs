@@ -1,4 +1,5 @@
-//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference.
+//! lora, dropout, AdamW, reduce and merge kernels against the CPU reference. A kernel's tests
+//! are named after its module (`cargo test --test kernels lora`).
 
 mod common;
 
@@ -262,7 +263,7 @@ fn lora_backward_matches_cpu() {
 }
 
 #[test]
-fn fused_lora_equals_unfused_composition() {
+fn lora_fused_equals_unfused_composition() {
     // dropout -> matmul (x'·Aᵀ) -> matmul (scale·u·Bᵀ, accumulate), all on the GPU.
     let g = gpu();
     let s = LoraShape {
@@ -327,7 +328,7 @@ fn fused_lora_equals_unfused_composition() {
 }
 
 #[test]
-fn sumsq_matches_cpu() {
+fn reduce_sumsq_matches_cpu() {
     let g = gpu();
     for n in [1usize, 255, 256, 257, 70_001, 1 << 20] {
         let x = random(n, n as u64);

@@ -4,8 +4,9 @@
 //!
 //! A kernel is one hop: `shaders/<op>.wgsl`, its launcher and its definitions here in
 //! `kernels::<op>` (each a [`KernelDef`]: module, entry point, bindings, `Params` size; listed in
-//! the module's `KERNELS` and in [`all`]), its CPU reference in `cpu::<op>`, and its tests under
-//! the same name in `tests/`. Which kernel of a family runs is the [`Gpu`](crate::gpu::Gpu)'s
+//! the module's `KERNELS` and in [`all`]), its CPU reference in `cpu::<op>`, and its tests,
+//! named `<op>_...`, in `tests/` (`kernels.rs`, `gpt2_ops.rs`, `matmul.rs`, and `generate.rs` for
+//! `decode`): `cargo test <op>` finds them. Which kernel of a family runs is the [`Gpu`](crate::gpu::Gpu)'s
 //! [`Variants`], chosen once when it is made.
 //!
 //! Signatures follow llm.c: outputs first, then inputs, then the shape.
