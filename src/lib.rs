@@ -36,7 +36,7 @@ pub mod kernels;
 pub mod lora;
 pub mod merge;
 pub mod model;
-pub mod plot;
+mod tensor_file;
 pub mod tokenizer;
 pub mod train;
 

@@ -286,7 +286,7 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
             let data = w.get(&name).map(Vec::as_slice).unwrap_or_default();
             (
                 format!("transformer.{name}"),
-                weights::F32View { shape, data },
+                crate::tensor_file::F32View { shape, data },
             )
         })
         .collect::<Vec<_>>();

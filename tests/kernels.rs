@@ -4,12 +4,13 @@
 mod common;
 
 use common::{assert_close, gpu, random, ATOL, RTOL};
-use lora_wgpu::cpu::{self, philox::philox4x32_10};
+use lora_wgpu::cpu;
 use lora_wgpu::gpu::Recording;
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape, LoraVariant};
 use lora_wgpu::kernels::matmul::{matmul, MatmulOp};
+use lora_wgpu::kernels::philox::philox4x32_10;
 use lora_wgpu::kernels::{merge, reduce, Variants};
 
 #[test]

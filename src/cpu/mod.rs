@@ -19,5 +19,4 @@ pub mod layernorm;
 pub mod lora;
 pub mod matmul;
 pub mod merge;
-pub mod philox;
 pub mod reduce;

@@ -1,6 +1,6 @@
 //! `dropout.wgsl`: inverted dropout with Philox masks regenerated from (seed, offset).
 
-use crate::cpu::philox::dropout_word;
+use super::philox::dropout_word;
 use crate::error::{Error, Result};
 use crate::gpu::Access::{Read as R, ReadWrite as W};
 use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};

@@ -23,6 +23,7 @@ pub mod lora;
 pub mod matmul;
 pub mod merge;
 pub mod peak;
+pub mod philox;
 pub mod reduce;
 pub mod variants;
 

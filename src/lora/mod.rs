@@ -10,7 +10,6 @@ pub use params::{ModuleParams, ParamTable};
 use crate::error::{Error, Result};
 use crate::gpu::VIEW_ALIGN;
 use crate::kernels::lora::MAX_RANK;
-use crate::model::Gpt2Config;
 
 /// A LoRA adapter's hyperparameters, named as in PEFT's `LoraConfig`.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,7 +42,20 @@ impl Default for LoraConfig {
     }
 }
 
-/// The linear layers of a GPT-2 block.
+/// What LoRA needs to know of a model: how many blocks it has and the linear layers of a block.
+/// A model family's config implements it ([`Gpt2Config`](crate::model::Gpt2Config) for
+/// GPT-2), so the layout, PEFT I/O and the parameter table take any family.
+pub trait AdaptableModel {
+    /// Blocks (transformer layers).
+    fn num_layers(&self) -> usize;
+    /// The linear layers of a block, in the order the block applies them, each with its
+    /// (in, out) features.
+    fn linear_layers(&self) -> Vec<(Linear, usize, usize)>;
+    /// Parameters of the base model.
+    fn base_parameters(&self) -> usize;
+}
+
+/// The linear layers of a block, by the name their checkpoint gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Linear {
     /// attn.c_attn: C -> 3C
@@ -74,16 +86,6 @@ impl Linear {
             Linear::MlpCProj => "mlp.c_proj",
         }
     }
-
-    /// (in, out) features.
-    pub fn dims(self, c: usize) -> (usize, usize) {
-        match self {
-            Linear::CAttn => (c, 3 * c),
-            Linear::AttnCProj => (c, c),
-            Linear::CFc => (c, 4 * c),
-            Linear::MlpCProj => (4 * c, c),
-        }
-    }
 }
 
 /// PEFT's rule: `target` matches `path` when equal or when `path` ends with "." + target.
@@ -102,16 +104,21 @@ impl LoraConfig {
     }
 
     /// Check the hyperparameters against the model.
-    pub fn validate(&self, cfg: &Gpt2Config) -> Result<()> {
-        let c = cfg.n_embd;
-        if self.r == 0 || self.r > MAX_RANK || self.r > c {
+    pub fn validate(&self, model: &impl AdaptableModel) -> Result<()> {
+        let min_dim = model
+            .linear_layers()
+            .iter()
+            .map(|&(_, d_in, d_out)| d_in.min(d_out))
+            .min()
+            .unwrap_or(0);
+        if self.r == 0 || self.r > MAX_RANK || self.r > min_dim {
             return Err(Error::invalid(
                 "rank",
                 self.r,
                 format!(
-                    "must be in 1..={} for this model (r <= min(d_in, d_out) = n_embd = {c}, \
-                     and the LoRA kernels allow at most {MAX_RANK})",
-                    MAX_RANK.min(c)
+                    "must be in 1..={} for this model (r <= min(d_in, d_out) = {min_dim} over its \
+                     linear layers, and the LoRA kernels allow at most {MAX_RANK})",
+                    MAX_RANK.min(min_dim)
                 ),
             ));
         }
@@ -122,11 +129,12 @@ impl LoraConfig {
             return Err(Error::invalid("dropout", self.dropout, "must be in [0, 1)"));
         }
         if let Some(layers) = &self.layers_to_transform {
-            if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+            let n_layer = model.num_layers();
+            if let Some(&bad) = layers.iter().find(|&&l| l >= n_layer) {
                 return Err(Error::invalid(
                     "layers_to_transform",
                     bad,
-                    format!("the model has layers 0..{}", cfg.n_layer),
+                    format!("the model has layers 0..{n_layer}"),
                 ));
             }
         }
@@ -173,8 +181,9 @@ pub struct LoraLayout {
 impl LoraLayout {
     /// Resolve `lora.target_modules` against the model's module names (PEFT's matching).
     /// A config that matches nothing is an error listing the names that exist.
-    pub fn new(cfg: &Gpt2Config, lora: &LoraConfig) -> Result<Self> {
-        lora.validate(cfg)?;
+    pub fn new(model: &impl AdaptableModel, lora: &LoraConfig) -> Result<Self> {
+        lora.validate(model)?;
+        let linears = model.linear_layers();
         let align = (VIEW_ALIGN / 4) as usize;
         let mut entries = Vec::new();
         let mut len = 0usize;
@@ -183,18 +192,17 @@ impl LoraLayout {
             len += n.div_ceil(align) * align;
             at
         };
-        for layer in 0..cfg.n_layer {
+        for layer in 0..model.num_layers() {
             if let Some(ls) = &lora.layers_to_transform {
                 if !ls.contains(&layer) {
                     continue;
                 }
             }
-            for linear in Linear::ALL {
+            for &(linear, d_in, d_out) in &linears {
                 let path = format!("h.{layer}.{}", linear.suffix());
                 if !lora.target_modules.iter().any(|t| target_matches(t, &path)) {
                     continue;
                 }
-                let (d_in, d_out) = linear.dims(cfg.n_embd);
                 let a_offset = take(lora.r * d_in);
                 let b_offset = take(d_out * lora.r);
                 entries.push(LoraEntry {
@@ -211,7 +219,22 @@ impl LoraLayout {
             return Err(Error::invalid(
                 "target_modules",
                 format!("{:?}", lora.target_modules),
-                "matches no module; GPT-2's linear layers are c_attn, c_proj, c_fc (paths h.N.attn.c_attn, h.N.attn.c_proj, h.N.mlp.c_fc, h.N.mlp.c_proj), or use all-linear",
+                format!(
+                    "matches no module; the model's linear layers are {} (a target names a \
+                     path or its last parts, e.g. {}), or use all-linear",
+                    linears
+                        .iter()
+                        .map(|(l, ..)| format!("h.N.{}", l.suffix()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    linears
+                        .iter()
+                        .filter_map(|(l, ..)| l.suffix().rsplit('.').next())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
             ));
         }
         Ok(LoraLayout {

@@ -1,9 +1,8 @@
 //! How many parameters an adapter trains, per kind of linear layer: the `info` command's table
 //! (PEFT's `print_trainable_parameters`, broken down by module).
 
-use super::{Linear, LoraConfig, LoraLayout};
+use super::{AdaptableModel, Linear, LoraConfig, LoraLayout};
 use crate::error::Result;
-use crate::model::Gpt2Config;
 
 /// One row of a [`ParamTable`]: one kind of linear layer over all blocks.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,7 +46,7 @@ impl ModuleParams {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamTable {
-    /// One row per kind of linear layer, in [`Linear::ALL`]'s order.
+    /// One row per linear layer of a block, in the order the block applies them.
     pub rows: Vec<ModuleParams>,
     /// Blocks of the model.
     pub n_layer: usize,
@@ -60,12 +59,12 @@ pub struct ParamTable {
 impl ParamTable {
     /// Count the parameters `lora` adds to a model of shape `cfg` (checked as
     /// [`LoraLayout::new`] checks it).
-    pub fn new(cfg: &Gpt2Config, lora: &LoraConfig) -> Result<Self> {
-        let layout = LoraLayout::new(cfg, lora)?;
-        let rows: Vec<ModuleParams> = Linear::ALL
+    pub fn new(model: &impl AdaptableModel, lora: &LoraConfig) -> Result<Self> {
+        let layout = LoraLayout::new(model, lora)?;
+        let rows: Vec<ModuleParams> = model
+            .linear_layers()
             .into_iter()
-            .map(|linear| {
-                let (d_in, d_out) = linear.dims(cfg.n_embd);
+            .map(|(linear, d_in, d_out)| {
                 let adapted = layout.entries.iter().filter(|e| e.linear == linear).count();
                 ModuleParams {
                     linear,
@@ -80,9 +79,9 @@ impl ParamTable {
         let trainable = rows.iter().map(|r| r.trainable).sum();
         Ok(ParamTable {
             rows,
-            n_layer: cfg.n_layer,
+            n_layer: model.num_layers(),
             trainable,
-            all: cfg.num_parameters() + trainable,
+            all: model.base_parameters() + trainable,
         })
     }
 

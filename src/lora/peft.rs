@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{LoraConfig, LoraEntry, LoraLayout};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
-use crate::model::weights::F32View;
+use crate::tensor_file::{self, F32View};
 
 /// The fields of `adapter_config.json` this crate reads.
 #[derive(Deserialize)]
@@ -148,7 +148,7 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
                     view.shape()
                 )));
             }
-            let values = crate::model::weights::to_f32(path, &k, view.dtype(), view.data())?;
+            let values = tensor_file::to_f32(path, &k, view.dtype(), view.data())?;
             flat[offset..offset + values.len()].copy_from_slice(&values);
             seen += 1;
         }
@@ -177,7 +177,7 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
 /// Load a PEFT adapter directory: its config, the flat layout for `model`, and the weights.
 pub fn load(
     dir: &Path,
-    model: &crate::model::Gpt2Config,
+    model: &impl super::AdaptableModel,
 ) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
     let config_path = dir.join("adapter_config.json");
     let cfg = read_config(&config_path)?;

@@ -165,6 +165,19 @@ impl BlockDef {
             .collect()
     }
 
+    /// The block's linear layers in the order it applies them, with their (in, out) features.
+    pub(crate) fn linears(&self) -> Vec<(Linear, usize, usize)> {
+        self.ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::Linear { out, inp, site } => {
+                    Some((site, self.acts[inp].width, self.acts[out].width))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every activation's width.
     pub(crate) fn widths(&self) -> Vec<usize> {
         self.acts.iter().map(|a| a.width).collect()

@@ -9,6 +9,7 @@
 //! steps reproduce 20 uninterrupted steps bit for bit on the same device.
 
 mod config;
+pub mod plot;
 mod run_dir;
 
 use std::path::{Path, PathBuf};

@@ -10,8 +10,8 @@ use super::{LogRecord, TrainerState};
 use crate::error::{Error, Result};
 use crate::fsio::{self, create_dir_all, io_err, write_atomic};
 use crate::lora::{peft, LoraConfig, LoraLayout};
-use crate::model::weights::{self, F32View};
 use crate::model::{Gpt2Config, OptimizerState};
+use crate::tensor_file::{self, F32View};
 
 /// The files of an adapter in PEFT's format ([`peft::save`]).
 const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
@@ -237,7 +237,7 @@ impl RunDir {
     /// Write the finished run's `trainer_state.json` and draw `loss_curve.svg` from the metrics.
     pub(crate) fn finish(&self, state: &TrainerState) -> Result<()> {
         write_json(&self.trainer_state(), state)?;
-        crate::plot::write_loss_curve(&self.metrics(), &self.loss_curve())
+        super::plot::write_loss_curve(&self.metrics(), &self.loss_curve())
     }
 
     /// Write the checkpoint of `state.global_step` (adapter, AdamW moments, trainer state), point
@@ -451,7 +451,7 @@ fn read_moments(path: &Path, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
                 t.shape()
             )));
         }
-        weights::to_f32(path, k, t.dtype(), t.data())
+        tensor_file::to_f32(path, k, t.dtype(), t.data())
     };
     Ok((get("m")?, get("v")?))
 }

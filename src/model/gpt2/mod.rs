@@ -11,7 +11,7 @@ pub mod weights;
 use super::block::{Act, ActDef, BlockDef, BlockWeights, Dense, Op};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::lora::Linear;
+use crate::lora::{AdaptableModel, Linear};
 pub use config::Gpt2Config;
 use weights::HostWeights;
 
@@ -145,6 +145,21 @@ pub(crate) fn block_def(c: usize) -> BlockDef {
                 b: MLP_OUT,
             },
         ],
+    }
+}
+
+/// LoRA's view of GPT-2: its blocks' linear layers, read from the block definition.
+impl AdaptableModel for Gpt2Config {
+    fn num_layers(&self) -> usize {
+        self.n_layer
+    }
+
+    fn linear_layers(&self) -> Vec<(Linear, usize, usize)> {
+        block_def(self.n_embd).linears()
+    }
+
+    fn base_parameters(&self) -> usize {
+        self.num_parameters()
     }
 }
 

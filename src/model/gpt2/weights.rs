@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::Gpt2Config;
 use crate::error::{Error, Result};
+use crate::tensor_file::to_f32;
 
 /// Every tensor of a GPT-2 checkpoint in Hugging Face's naming (no `transformer.` prefix) and
 /// layout (Conv1D weights are [in, out]), in a fixed order.
@@ -46,30 +47,6 @@ fn ignored(key: &str) -> bool {
     key.ends_with(".attn.bias") // the causal mask buffer ("c_attn.bias" ends in "_attn.bias")
         || key.ends_with(".attn.masked_bias")
         || key == "lm_head.weight"
-}
-
-pub(crate) fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    let bad = |what: &str| Error::Checkpoint {
-        path: path.to_path_buf(),
-        detail: format!("tensor {name}: {what}"),
-    };
-    match dtype {
-        Dtype::F32 => Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()),
-        Dtype::F16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()),
-        Dtype::BF16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()),
-        other => Err(bad(&format!(
-            "dtype {other:?} is not supported (use f32, f16 or bf16)"
-        ))),
-    }
 }
 
 /// Read `path` (a GPT-2 `model.safetensors`) strictly against `cfg`: every tensor present with
@@ -148,32 +125,6 @@ pub fn parse(path: &Path, bytes: &[u8], cfg: &Gpt2Config) -> Result<HostWeights>
         });
     }
     Ok(out)
-}
-
-/// One f32 tensor, viewed as little-endian bytes for safetensors without a copy on
-/// little-endian machines.
-pub(crate) struct F32View<'a> {
-    pub(crate) shape: Vec<usize>,
-    pub(crate) data: &'a [f32],
-}
-
-impl safetensors::View for F32View<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.data))
-        } else {
-            std::borrow::Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        }
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 4
-    }
 }
 
 /// Random weights in `cfg`'s shape, as Hugging Face initialises GPT-2 (normal, std 0.02;

@@ -1,4 +1,6 @@
-//! Philox4x32-10, bit-identical to `shaders/philox.wgsl`.
+//! Philox4x32-10 on the host, bit-identical to `shaders/philox.wgsl`: the counter RNG that
+//! defines every dropout mask ([`Dropout::multiplier`](super::dropout::Dropout::multiplier)
+//! evaluates it; the CPU references use that).
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
