@@ -285,7 +285,7 @@ impl TrainGraph {
         let n = b * t;
         if inputs.len() != n || targets.len() != n {
             return Err(Error::shape(
-                "set_batch",
+                "TrainGraph batch",
                 format!(
                     "expected {n} = {b} x {t} inputs and targets, got {} and {}",
                     inputs.len(),
