@@ -78,14 +78,7 @@ pub(super) fn record(
     bwd.clear(&dres);
     for (i, ((v0, rows, lg), shard)) in plan.shards.iter().zip(&model.wte).enumerate() {
         if !plan.store_logits {
-            bwd.push(matmul(
-                gpu,
-                lg,
-                &plan.lnf,
-                shard,
-                None,
-                &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
-            )?);
+            bwd.push(plan.lm_head(gpu, model, i)?);
         }
         bwd.push(ce::grad(
             gpu,

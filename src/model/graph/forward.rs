@@ -9,7 +9,6 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy as ce;
 use crate::kernels::embedding;
 use crate::kernels::layernorm;
-use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::lora::Linear;
 use crate::model::block::{self, Act, BlockRecorder, Dense};
 use crate::model::Gpt2;
@@ -73,7 +72,7 @@ pub(super) fn record(r: &mut TrainRecorder, model: &Gpt2) -> Result<Recording> {
     let gpu = r.bl.gpu;
     let plan = r.plan;
     let cfg = &model.config;
-    let (c, eps, bt) = (cfg.n_embd, cfg.layer_norm_epsilon, plan.rows());
+    let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
     let mut fwd = Recording::new();
     let wte: Vec<&Tensor> = model.wte.iter().collect();
     let res0 = &plan.blocks[0].acts[model.block.input];
@@ -94,15 +93,8 @@ pub(super) fn record(r: &mut TrainRecorder, model: &Gpt2) -> Result<Recording> {
         c,
         eps,
     )?);
-    for (i, ((v0, rows, lg), shard)) in plan.shards.iter().zip(&model.wte).enumerate() {
-        fwd.push(matmul(
-            gpu,
-            lg,
-            &plan.lnf,
-            shard,
-            None,
-            &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
-        )?);
+    for (i, (v0, _, lg)) in plan.shards.iter().enumerate() {
+        fwd.push(plan.lm_head(gpu, model, i)?);
         fwd.push(ce::stats(gpu, &plan.st, lg, &plan.targets, *v0, i == 0)?);
     }
     fwd.push(ce::loss(gpu, &plan.loss_rows, &plan.st, &plan.targets)?);

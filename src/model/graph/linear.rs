@@ -23,6 +23,18 @@ pub(super) struct Adapted {
     pub(super) dropout: Dropout,
 }
 
+impl Adapted {
+    /// The shape of this module's low-rank path over `m` rows.
+    fn shape(&self, m: usize) -> LoraShape {
+        LoraShape {
+            m,
+            k: self.entry.d_in,
+            n: self.entry.d_out,
+            r: self.a.shape()[0],
+        }
+    }
+}
+
 /// The adapter on linear layer `site` of block `layer`, if any.
 pub(super) fn adapter(adapted: &[Adapted], layer: usize, site: Linear) -> Option<&Adapted> {
     adapted
@@ -98,12 +110,7 @@ impl<'a> Builder<'a> {
             &MatmulOp::new(m, d_out, d_in).frozen_b(),
         )?);
         if let Some(l) = lora {
-            let s = LoraShape {
-                m,
-                k: d_in,
-                n: d_out,
-                r: l.a.shape()[0],
-            };
+            let s = l.shape(m);
             let dropout = if train { l.dropout } else { Dropout::NONE };
             let d = lk::forward(self.gpu, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout)?;
             if train {
@@ -141,12 +148,7 @@ impl<'a> Builder<'a> {
             )?);
         }
         if let Some(l) = lora {
-            let s = LoraShape {
-                m,
-                k: d_in,
-                n: d_out,
-                r: l.a.shape()[0],
-            };
+            let s = l.shape(m);
             let g = LoraGrads {
                 dx: dinp,
                 da: &l.da,

@@ -27,7 +27,6 @@ use crate::kernels::adamw::{self, AdamW, AdamWUpdate};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::cross_entropy::IGNORE;
 use crate::kernels::dropout::Dropout;
-use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::kernels::reduce;
 use crate::lora::{LoraConfig, LoraLayout};
 use crate::model::Gpt2;
@@ -424,18 +423,11 @@ impl TrainGraph {
 
     /// Full logits (B·T, V) of the last forward pass, assembled chunk by chunk (waits).
     pub fn logits(&self, gpu: &Gpu, model: &Gpt2) -> Result<Vec<f32>> {
-        let (bt, c) = (self.plan.rows(), model.config.n_embd);
+        let bt = self.plan.rows();
         let v: usize = self.plan.shards.iter().map(|s| s.1).sum();
         let mut out = vec![0.0f32; bt * v];
-        for ((v0, rows, lg), shard) in self.plan.shards.iter().zip(&model.wte) {
-            let d = matmul(
-                gpu,
-                lg,
-                &self.plan.lnf,
-                shard,
-                None,
-                &MatmulOp::new(bt, *rows, c).trans_b().frozen_b(),
-            )?;
+        for (i, (v0, rows, lg)) in self.plan.shards.iter().enumerate() {
+            let d = self.plan.lm_head(gpu, model, i)?;
             gpu.run(&[&d])?;
             let chunk = gpu.download(lg)?;
             for row in 0..bt {

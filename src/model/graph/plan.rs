@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use super::linear::{Adapted, Builder};
 use crate::error::Result;
-use crate::gpu::{Tensor, VIEW_ALIGN};
+use crate::gpu::{Dispatch, Gpu, Tensor, VIEW_ALIGN};
 use crate::kernels::cross_entropy::CeState;
+use crate::kernels::matmul::{matmul, MatmulOp};
 use crate::lora::Linear;
 use crate::model::block::{Op, Place};
 use crate::model::Gpt2;
@@ -218,6 +219,15 @@ impl Plan {
             shards,
             store_logits,
         })
+    }
+
+    /// The logits of LM-head shard `i`: lnf · shardᵀ into that shard's logits, (B·T, rows).
+    pub(super) fn lm_head(&self, gpu: &Gpu, model: &Gpt2, i: usize) -> Result<Dispatch> {
+        let (_, rows, logits) = &self.shards[i];
+        let op = MatmulOp::new(self.rows(), *rows, model.config.n_embd)
+            .trans_b()
+            .frozen_b();
+        matmul(gpu, logits, &self.lnf, &model.wte[i], None, &op)
     }
 
     /// Rows per activation: B·T.
