@@ -4,8 +4,14 @@
 //! and software Vulkan (lavapipe) where no GPU exists. The math runs in WGSL compute shaders
 //! (`shaders/`); Rust records the dispatches once and replays them.
 //!
-//! This layer is the kernel core: the [`gpu`] context, [`Tensor`]s, the [`kernels`] and their
-//! plain-loop [`cpu`] references.
+//! Layers, each using only those above it:
+//! - [`gpu`]: adapter, device, [`Tensor`]s, the pipeline cache, recordings, readback;
+//! - [`kernels`]: each kernel's definition beside its launcher, and the variant choices;
+//!   [`cpu`]: their plain-loop references;
+//! - [`lora`]: LoRA's configuration, parameter layout and PEFT adapter files, for any model
+//!   that says what linear layers its blocks have;
+//! - [`model`]: model families (GPT-2), the block definition, the training graph, generation;
+//! - [`data`], [`train`], [`merge`]: datasets, the trainer and its run folder, merged models.
 //!
 //! ```
 //! use lora_wgpu::{gpu::{Gpu, GpuOptions}, kernels::matmul::{matmul, MatmulOp}};
