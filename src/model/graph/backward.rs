@@ -43,28 +43,17 @@ pub(super) fn record(
     let eligible: Vec<bool> = (0..def.acts.len()).map(|a| a != residual).collect();
     let slots = share_scratch(&steps, &def.widths(), &eligible);
     let mut pool: BTreeMap<(usize, usize), Tensor> = BTreeMap::new();
-    let mut scratch = |key: (usize, usize)| -> Result<Tensor> {
-        if let Some(t) = pool.get(&key) {
-            return Ok(t.clone());
-        }
-        let t = r.bl.zeros(
-            &format!("d scratch {} (B·T, {})", key.1, key.0),
-            &[bt, key.0],
-        )?;
-        pool.insert(key, t.clone());
-        Ok(t)
-    };
     let mut grad = Vec::with_capacity(def.acts.len());
     for a in 0..def.acts.len() {
         let root = def.grad_root(a);
         grad.push(match slots[root] {
-            Some(key) if root != residual => Some(scratch(key)?),
+            Some(key) if root != residual => Some(r.bl.pooled(&mut pool, "d scratch", key, bt)?),
             _ if root == residual => Some(dres.clone()),
             _ => None,
         });
     }
     // The LM head's gradient into ln_f's output: any width-C scratch (nothing else is live).
-    let dlnf = scratch((c, 0))?;
+    let dlnf = r.bl.pooled(&mut pool, "d scratch", (c, 0), bt)?;
     let du = r.bl.zeros("d u", &[bt, rank])?;
     let dstat = r.bl.zeros("attn rowsum(dout ⊙ out)", &[b, nh, t])?;
     let shape = r.shape;

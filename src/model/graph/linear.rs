@@ -1,6 +1,7 @@
 //! Recording the training graph's linear layers: the frozen product and, where a LoRA adapter
 //! sits, its low-rank terms (forward) and gradients (backward).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -63,6 +64,24 @@ impl<'a> Builder<'a> {
     pub(super) fn zeros(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.gpu.zeros(name, shape)?;
         self.allocated += t.bytes();
+        Ok(t)
+    }
+
+    /// Scratch buffer `key` = (width, index) of `pool`, `rows` x width, made on first use and
+    /// shared after that (`what` names it: "scratch" or "d scratch").
+    pub(super) fn pooled(
+        &mut self,
+        pool: &mut BTreeMap<(usize, usize), Tensor>,
+        what: &str,
+        key: (usize, usize),
+        rows: usize,
+    ) -> Result<Tensor> {
+        if let Some(t) = pool.get(&key) {
+            return Ok(t.clone());
+        }
+        let (width, index) = key;
+        let t = self.zeros(&format!("{what} {index} (B·T, {width})"), &[rows, width])?;
+        pool.insert(key, t.clone());
         Ok(t)
     }
 

@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::linear::{Adapted, Builder};
+use super::linear::{adapter, Adapted, Builder};
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor, VIEW_ALIGN};
 use crate::kernels::cross_entropy::CeState;
 use crate::kernels::matmul::{matmul, MatmulOp};
-use crate::lora::Linear;
 use crate::model::block::{Op, Place};
 use crate::model::Gpt2;
 
@@ -86,11 +85,6 @@ impl Plan {
         let cfg = &model.config;
         let def = &model.block;
         let (c, nh, bt) = (cfg.n_embd, cfg.n_head, b * t);
-        let is_adapted = |layer: usize, site: Linear| {
-            adapted
-                .iter()
-                .any(|a| a.entry.layer == layer && a.entry.linear == site)
-        };
         let first = adapted
             .iter()
             .filter_map(|a| {
@@ -125,7 +119,7 @@ impl Plan {
                 continue;
             }
             let own = if reached(l) {
-                def.saved(|site| is_adapted(l, site))
+                def.saved(|site| adapter(adapted, l, site).is_some())
             } else {
                 vec![false; def.acts.len()]
             };
@@ -136,15 +130,9 @@ impl Plan {
                     Place::Residual if a == def.input => res[l].clone(),
                     Place::Residual => res[l + 1].clone(),
                     Place::Own => bl.zeros(&format!("h.{l}.{name}"), &[bt, def.acts[a].width])?,
-                    Place::Scratch { width, index } => match scratch.get(&(width, index)) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s =
-                                bl.zeros(&format!("scratch {index} (B·T, {width})"), &[bt, width])?;
-                            scratch.insert((width, index), s.clone());
-                            s
-                        }
-                    },
+                    Place::Scratch { width, index } => {
+                        bl.pooled(&mut scratch, "scratch", (width, index), bt)?
+                    }
                 });
             }
             let mut stats = Vec::with_capacity(def.ops.len());
