@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
 use lora_wgpu::{Gpu, GpuOptions};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -38,7 +38,7 @@ fn main() -> lora_wgpu::Result<()> {
     let cfg = Gpt2Config::named(&shape)?;
     let host = weights::random(&cfg, 0);
     let weight_bytes: usize = host.values().map(|v| v.len() * 4).sum();
-    let model = Gpt2::upload(&gpu, &cfg, &host)?;
+    let model = Transformer::upload(&gpu, &cfg, &host)?;
     drop(host);
     let lora = LoraConfig {
         r,

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
     let (lora, _, params) = peft::load(&out, &model.config)?;
     let mut graph = TrainGraph::new(
         &gpu,
-        &model.gpt2,
+        &model.transformer,
         &lora,
         Some(&params),
         0,

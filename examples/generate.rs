@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     };
 
     let ctx = model.config.n_positions.min(ids.len() + max_new).max(1);
-    let mut generator = Generator::new(&gpu, &model.gpt2, ctx)?;
+    let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
     generator.set_adapters(&gpu, &scaled)?;
     eprintln!(
         "device: {} ({:?}); {} LoRA adapter(s); prompt of {} tokens",

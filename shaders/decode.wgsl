@@ -2,7 +2,8 @@
 // absolute positions p0 .. p0 + n, where p0 = pos[0] is written by the host before each replay,
 // so one recording serves every position.
 //   decode_embedding:  out[r] = wpe[p0 + r] (+ wte[tokens[r]] when the token is in rows v0..v1
-//                      of this shard); flags = 1 on the first shard (writes the position part)
+//                      of this shard); flags = 1 on the first shard (writes the position part),
+//                      2 on the first shard of a model without wpe (writes zero first)
 //   kv_store:          k_cache[p0 + r] = qkv[r, C .. 2C],  v_cache[p0 + r] = qkv[r, 2C .. 3C]
 //   decode_attention:  one workgroup per (row r, head h): the query at p0 + r attends causally to
 //                      cache rows 0 ..= p0 + r;  out[r, h] = softmax(q kᵀ · scale) v
@@ -76,8 +77,10 @@ fn decode_embedding(
     let row = e / p.c;
     let col = e % p.c;
     var v: f32;
-    if p.flags != 0u {
+    if p.flags == 1u {
         v = wpe[(pos[0] + row) * p.c + col];
+    } else if p.flags == 2u {
+        v = 0.0;  // the first shard of a model without position embeddings
     } else {
         v = out[e];
     }

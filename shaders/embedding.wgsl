@@ -1,8 +1,10 @@
-// Token + position embedding, one vocabulary shard at a time (GPT-2's wte is larger than a
+// Token (+ position) embedding, one vocabulary shard at a time (an embedding is larger than a
 // storage binding on some adapters, so it is split by vocab rows).
 //   tokens: (N,) u32, N = B·T     wte: (v1 - v0, C) rows v0 .. v1 of the table
 //   wpe: (n_positions, C)         out: (N, C)
-//   add_pos = 1: out = wpe[t] (+ wte[tok] if tok is in this shard); else out += wte[tok] if in shard
+//   add_pos = 1: out = wpe[t] (+ wte[tok] if tok is in this shard)        (GPT-2's first shard)
+//   add_pos = 2: out = (wte[tok] if tok is in this shard, else 0)        (first shard, no wpe)
+//   add_pos = 0: out += wte[tok] if tok is in this shard                 (the other shards)
 // One thread per output element.
 
 struct Params {
@@ -35,8 +37,10 @@ fn embedding_forward(
     let row = e / p.c;
     let col = e % p.c;
     var v: f32;
-    if p.add_pos != 0u {
+    if p.add_pos == 1u {
         v = wpe[(row % p.t) * p.c + col];
+    } else if p.add_pos == 2u {
+        v = 0.0;
     } else {
         v = out[e];
     }

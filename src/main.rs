@@ -11,7 +11,7 @@ use cli::args::{Cli, Command, Demo, DeviceArgs, LoraArgs, TrainArgs};
 use cli::output::{bytes, human, Progress};
 use lora_wgpu::data::{self, Dataset};
 use lora_wgpu::gpu::list_adapters;
-use lora_wgpu::lora::{parse_adapter_spec, peft, ParamTable};
+use lora_wgpu::lora::{parse_adapter_spec, peft, AdaptableModel, ParamTable};
 use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter};
 use lora_wgpu::train::{self, Checkpoint, Trainer};
 use lora_wgpu::{merge, Gpu};
@@ -177,10 +177,11 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     };
     let s = train_data.stats();
     println!(
-        "model    {} ({} layers, {} channels, {} parameters)",
+        "model    {} ({}, {} layers, {} channels, {} parameters)",
         model.source,
-        cfg_model.n_layer,
-        cfg_model.n_embd,
+        cfg_model.architecture(),
+        cfg_model.num_layers(),
+        cfg_model.hidden_size(),
         human(cfg_model.num_parameters() as f64)
     );
     println!(
@@ -274,8 +275,8 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     );
     drop(trainer);
     let adapter = peft::load(out, cfg_model)?;
-    let ctx = model.config.n_positions.min(128);
-    let mut generator = Generator::new(&gpu, &model.gpt2, ctx)?;
+    let ctx = model.config.max_positions().min(128);
+    let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
     generator.set_adapters(&gpu, &[ScaledAdapter::of(&adapter, 1.0)])?;
     println!("sample   (greedy, 24 tokens, with the new adapter):");
     stream(
@@ -300,7 +301,7 @@ fn eval_cmd(
 ) -> Result<()> {
     let gpu = device.gpu()?;
     let model = device.load_model(&gpu, model)?;
-    let n = block_size.unwrap_or(1024.min(model.config.n_positions));
+    let n = block_size.unwrap_or(1024.min(model.config.max_positions()));
     let data = Dataset::from_path(data_path, &model.tokenizer, n, false)?;
     let loss = train::evaluate_model(&gpu, &model, adapter, &data, batch_size)?;
     let s = data.stats();
@@ -332,12 +333,22 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
     let cfg = source.config()?;
     let lora = match adapter {
         Some(dir) => peft::read_config(&dir.join("adapter_config.json"))?,
-        None => lora.config(),
+        None => lora.config(&cfg),
     };
     let table = ParamTable::new(&cfg, &lora)?;
+    let heads = if cfg.num_kv_heads() == cfg.num_heads() {
+        format!("{} heads", cfg.num_heads())
+    } else {
+        format!("{} heads ({} kv)", cfg.num_heads(), cfg.num_kv_heads())
+    };
     println!(
-        "model {source}: {} layers, {} channels, {} heads, {} positions, vocab {}",
-        cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size
+        "model {source}: {}, {} layers, {} channels, {heads} of {}, {} positions, vocab {}",
+        cfg.architecture(),
+        cfg.num_layers(),
+        cfg.hidden_size(),
+        cfg.head_dim(),
+        cfg.max_positions(),
+        cfg.vocab_size()
     );
     println!(
         "LoRA r={} alpha={} (scale {}) dropout={} targets={}{}",
@@ -353,7 +364,7 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
     );
     println!();
     println!(
-        "{:<14} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
+        "{:<18} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
         "module", "adapted", "shape", "trainable", "frozen", "percent", "reduction"
     );
     for row in &table.rows {
@@ -362,7 +373,7 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
             _ => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{:<14} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
+            "{:<18} {:>7} {:>12} {:>14} {:>14} {:>9} {:>10}",
             row.linear.suffix(),
             format!("{}/{}", row.adapted, table.n_layer),
             format!("{}x{}", row.d_in, row.d_out),
@@ -410,7 +421,11 @@ fn generate_cmd(
         .iter()
         .map(|(l, s)| ScaledAdapter::of(l, *s))
         .collect();
-    let mut generator = Generator::new(&gpu, &model.gpt2, model.config.n_positions)?;
+    // Room for the prompt and what is asked for, not the model's whole context (a KV cache
+    // of 128K positions would not fit).
+    let wanted = model.tokenizer.encode_prompt(prompt)?.len().max(1) + max_new_tokens;
+    let ctx = model.config.max_positions().min(wanted);
+    let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
     generator.set_adapters(&gpu, &scaled)?;
     stream(
         &gpu,
@@ -434,15 +449,16 @@ fn stream(
 ) -> Result<String> {
     use std::io::Write;
     let tok = &model.tokenizer;
-    let ids = tok.encode(prompt)?;
+    let ids = tok.encode_prompt(prompt)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{prompt}")?;
     out.flush()?;
     let mut new_ids = Vec::new();
     let mut printed = 0;
     let mut error = None;
+    let eos = generator.eos_tokens().to_vec();
     generator.generate(gpu, &ids, sampling, max_new_tokens, |t| {
-        if t == lora_wgpu::tokenizer::EOT {
+        if eos.contains(&t) {
             return true;
         }
         new_ids.push(t);

@@ -1,9 +1,10 @@
-//! Merging PEFT LoRA adapters into GPT-2's weights, and writing the result as a Hugging Face
-//! GPT-2 directory that transformers' `GPT2LMHeadModel.from_pretrained` loads.
+//! Merging PEFT LoRA adapters into a model's weights, and writing the result as a Hugging Face
+//! directory of the same architecture that transformers' `from_pretrained` loads.
 //!
-//! GPT-2's linear layers are Conv1D with weights stored [in, out] (y = x W + b), while PEFT
-//! keeps A (r, in) and B (out, r) in `nn.Linear` layout (`fan_in_fan_out = true`), so a merge adds
-//! `scale · lora_scale · (B A)ᵀ` to W, lora_scale being alpha / r (alpha / √r with rsLoRA).
+//! PEFT keeps A (r, in) and B (out, r) in `nn.Linear` layout. A Llama-family weight is
+//! `nn.Linear` too ([out, in]), so a merge adds `scale · lora_scale · B A` to it; GPT-2's
+//! linear layers are Conv1D with weights stored [in, out] (`fan_in_fan_out = true`), so it adds
+//! `scale · lora_scale · (B A)ᵀ`. lora_scale is alpha / r (alpha / √r with rsLoRA).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -27,21 +28,31 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::fsio::{self, io_err, write_synced};
 use crate::lora::peft;
-use crate::lora::{LoraConfig, LoraLayout};
-use crate::model::weights::{self, HostWeights};
-use crate::model::{Gpt2Config, ModelSource};
+use crate::lora::{AdaptableModel, LoraConfig, LoraLayout};
+use crate::model::source::load_weights;
+use crate::model::{gpt2, llama, Gpt2Config, HostWeights, ModelConfig, ModelSource};
 use crate::tokenizer::{Tokenizer, EOT};
 
-/// Add `scale · lora_scale · (B A)ᵀ` of every module the adapter targets to its Conv1D weight
-/// in `weights` (`h.{i}.attn.c_attn.weight` and so on, [in, out]). `adapter` is the
-/// adapter's config, its flat layout (as [`LoraLayout::new`] builds it for `cfg`) and its flat
-/// parameters (as [`peft::load`] returns them). `scale` 1 merges, -1 unmerges; several adapters
-/// merge by calling this once for each.
+/// Files of a model directory that say how to tokenize and generate, copied into a merged
+/// Llama-family directory when the base has them.
+const SIDE_FILES: [&str; 4] = [
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Add `scale · lora_scale · B A` of every module the adapter targets to its weight in
+/// `weights` (keyed by the module's path + `.weight`, e.g. `h.0.attn.c_attn.weight` [in, out]
+/// or `model.layers.0.self_attn.q_proj.weight` [out, in]). `adapter` is the adapter's config,
+/// its flat layout (as [`LoraLayout::new`] builds it for `cfg`) and its flat parameters (as
+/// [`peft::load`] returns them). `scale` 1 merges, -1 unmerges; several adapters merge by
+/// calling this once for each.
 ///
 /// Everything is checked before anything is changed: on error `weights` is untouched.
 pub fn merge_into(
     weights: &mut HostWeights,
-    cfg: &Gpt2Config,
+    cfg: &ModelConfig,
     adapter: (&LoraConfig, &LoraLayout, &[f32]),
     scale: f32,
 ) -> Result<usize> {
@@ -73,7 +84,7 @@ pub fn merge_into(
     }
     let r = layout.r;
     for e in &layout.entries {
-        let key = format!("{}.weight", e.path());
+        let key = format!("{}.weight", e.path);
         match weights.get(&key) {
             Some(w) if w.len() == e.d_in * e.d_out => {}
             Some(w) => {
@@ -96,8 +107,9 @@ pub fn merge_into(
         }
     }
     let s = scale as f64 * lora.scale() as f64;
+    let fan_in_fan_out = cfg.fan_in_fan_out();
     for e in &layout.entries {
-        let key = format!("{}.weight", e.path());
+        let key = format!("{}.weight", e.path);
         let Some(w) = weights.get_mut(&key) else {
             continue; // checked above
         };
@@ -109,14 +121,19 @@ pub fn merge_into(
             for (j, v) in a_col.iter_mut().enumerate() {
                 *v = a[j * d_in + k] as f64;
             }
-            let row = &mut w[k * d_out..(k + 1) * d_out];
-            for (n, wv) in row.iter_mut().enumerate() {
+            for n in 0..d_out {
                 let dot: f64 = b[n * r..(n + 1) * r]
                     .iter()
                     .zip(&a_col)
                     .map(|(&bv, &av)| bv as f64 * av)
                     .sum();
-                *wv += (s * dot) as f32;
+                // [in, out] (Conv1D) or [out, in] (nn.Linear).
+                let at = if fan_in_fan_out {
+                    k * d_out + n
+                } else {
+                    n * d_in + k
+                };
+                w[at] += (s * dot) as f32;
             }
         }
     }
@@ -127,16 +144,17 @@ pub fn merge_into(
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergeSummary {
     /// The base model's shape.
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     /// Adapters merged.
     pub adapters: usize,
     /// Modules changed, counted once per adapter.
     pub modules: usize,
 }
 
-/// Load the Hugging Face GPT-2 directory `base`, merge each PEFT adapter directory of
+/// Load the Hugging Face model directory `base`, merge each PEFT adapter directory of
 /// `adapters` with its scale, in order ([`merge_into`]), and write the result to `out`
-/// ([`save_hf_dir`]) with the base's `tokenizer.json` (GPT-2's when it has none).
+/// ([`save_hf_dir`]) with the base's tokenizer files (GPT-2's tokenizer when a GPT-2 base has
+/// none).
 pub fn merge_dirs(
     base: &Path,
     adapters: &[(PathBuf, f32)],
@@ -161,11 +179,13 @@ pub fn merge_dirs(
             }
         }
     }
-    let cfg = Gpt2Config::from_file(&base.join("config.json"))?;
-    let mut w = weights::load(&base.join("model.safetensors"), &cfg)?;
-    let tok = Tokenizer::for_model_dir(base)?;
+    let source = ModelSource::Dir(base.to_path_buf());
+    source.local_dir()?;
+    let cfg = source.config()?;
+    let mut w = load_weights(base, &cfg)?;
+    let tok = source.tokenizer()?;
     let modules = merge_adapters(&mut w, &cfg, adapters)?;
-    save_hf_dir(out, &cfg, &w, &tok, overwrite)?;
+    save_hf_dir(out, &cfg, &w, &tok, Some(base), overwrite)?;
     Ok(MergeSummary {
         config: cfg,
         adapters: adapters.len(),
@@ -178,7 +198,7 @@ pub fn merge_dirs(
 /// per adapter. An adapter that fails to load or merge leaves the ones before it merged.
 pub fn merge_adapters(
     weights: &mut HostWeights,
-    cfg: &Gpt2Config,
+    cfg: &ModelConfig,
     adapters: &[(PathBuf, f32)],
 ) -> Result<usize> {
     let mut modules = 0;
@@ -189,7 +209,7 @@ pub fn merge_adapters(
     Ok(modules)
 }
 
-/// Merge `adapters` into the model `source` names and write a Hugging Face GPT-2 directory to
+/// Merge `adapters` into the model `source` names and write a Hugging Face directory to
 /// `out`: a local directory goes through [`merge_dirs`]; built-in or random weights are merged
 /// in memory ([`merge_adapters`]) and written with the source's tokenizer ([`save_hf_dir`]).
 pub fn merge_model(
@@ -204,7 +224,7 @@ pub fn merge_model(
     let cfg = source.config()?;
     let mut w = source.host_weights(&cfg)?;
     let modules = merge_adapters(&mut w, &cfg, adapters)?;
-    save_hf_dir(out, &cfg, &w, &source.tokenizer()?, overwrite)?;
+    save_hf_dir(out, &cfg, &w, &source.tokenizer()?, None, overwrite)?;
     Ok(MergeSummary {
         config: cfg,
         adapters: adapters.len(),
@@ -274,18 +294,36 @@ fn check_merge_out(out: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// Write the files of a Hugging Face GPT-2 directory into `dir` (which exists and is empty).
-fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokenizer) -> Result<()> {
-    let config = serde_json::to_string_pretty(&hf_config_json(cfg))
+/// Every tensor of a checkpoint of `cfg`'s family, by the name its host weights use.
+fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    match cfg {
+        ModelConfig::Gpt2(c) => gpt2::weights::tensor_shapes(c),
+        ModelConfig::Llama(c) => llama::weights::tensor_shapes(c),
+    }
+}
+
+/// Write the files of a Hugging Face directory into `dir` (which exists and is empty).
+fn write_files(
+    dir: &Path,
+    cfg: &ModelConfig,
+    w: &HostWeights,
+    tokenizer: &Tokenizer,
+    base: Option<&Path>,
+) -> Result<()> {
+    let (config, prefix) = match cfg {
+        ModelConfig::Gpt2(c) => (hf_config_json(c), "transformer."),
+        ModelConfig::Llama(c) => (c.raw.clone(), ""),
+    };
+    let config = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::shape("save_hf_dir", e.to_string()))?;
     write_synced(&dir.join("config.json"), config.as_bytes())?;
 
-    let views = weights::tensor_shapes(cfg)
+    let views = tensor_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| {
             let data = w.get(&name).map(Vec::as_slice).unwrap_or_default();
             (
-                format!("transformer.{name}"),
+                format!("{prefix}{name}"),
                 crate::tensor_file::F32View { shape, data },
             )
         })
@@ -299,7 +337,14 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
     fsio::sync_file(&st)?;
 
     write_synced(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
-    if tokenizer.token_to_id("<|endoftext|>").is_some() {
+    if let ModelConfig::Llama(_) = cfg {
+        for f in SIDE_FILES {
+            if let Some(from) = base.map(|b| b.join(f)).filter(|p| p.is_file()) {
+                let bytes = std::fs::read(&from).map_err(|e| io_err(&from, e))?;
+                write_synced(&dir.join(f), &bytes)?;
+            }
+        }
+    } else if tokenizer.token_to_id("<|endoftext|>").is_some() {
         let tc = serde_json::json!({
             "tokenizer_class": "GPT2Tokenizer",
             "bos_token": "<|endoftext|>",
@@ -307,7 +352,7 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
             "unk_token": "<|endoftext|>",
             "add_prefix_space": false,
             "add_bos_token": false,
-            "model_max_length": cfg.n_positions,
+            "model_max_length": cfg.max_positions(),
             "clean_up_tokenization_spaces": false,
         });
         let text = serde_json::to_string_pretty(&tc)
@@ -317,11 +362,14 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
     Ok(())
 }
 
-/// Write a Hugging Face GPT-2 directory: `config.json` ([`hf_config_json`]),
-/// `model.safetensors` (f32, keys `transformer.h.0.attn.c_attn.weight` and so on, Conv1D
-/// weights [in, out], the LM head tied to `wte` and not stored, metadata `{"format": "pt"}`),
-/// `tokenizer.json`, and a `tokenizer_config.json` naming `<|endoftext|>` as bos/eos/unk when
-/// the tokenizer has it.
+/// Write a Hugging Face model directory of `cfg`'s architecture. GPT-2: `config.json`
+/// ([`hf_config_json`]), `model.safetensors` (f32, keys `transformer.h.0.attn.c_attn.weight`
+/// and so on, Conv1D weights [in, out], the LM head tied to `wte` and not stored, metadata
+/// `{"format": "pt"}`), `tokenizer.json`, and a `tokenizer_config.json` naming
+/// `<|endoftext|>` as bos/eos/unk when the tokenizer has it. Llama family: `config.json` as
+/// it was read, `model.safetensors` (f32, transformers' names), `tokenizer.json`, and the
+/// tokenizer and generation files of `base` (`tokenizer_config.json`, its chat template,
+/// `generation_config.json`, ...) when given.
 ///
 /// Atomic: the files go into a temporary sibling directory, are flushed to disk, and the
 /// directory is renamed into place, so `out` is never seen half-written. An existing non-empty
@@ -329,13 +377,23 @@ fn write_files(dir: &Path, cfg: &Gpt2Config, w: &HostWeights, tokenizer: &Tokeni
 /// renamed in, and the old one deleted.
 pub fn save_hf_dir(
     out: &Path,
-    cfg: &Gpt2Config,
+    cfg: &ModelConfig,
     weights: &HostWeights,
     tokenizer: &Tokenizer,
+    base: Option<&Path>,
     overwrite: bool,
 ) -> Result<()> {
     cfg.validate()?;
-    let shapes = weights::tensor_shapes(cfg);
+    if let ModelConfig::Llama(c) = cfg {
+        if !c.raw.is_object() {
+            return Err(Error::invalid(
+                "model",
+                cfg.architecture(),
+                "a merged Llama-family model is written with its config.json as read: merge into a model directory",
+            ));
+        }
+    }
+    let shapes = tensor_shapes(cfg);
     for (name, shape) in &shapes {
         let n: usize = shape.iter().product();
         match weights.get(name) {
@@ -363,9 +421,13 @@ pub fn save_hf_dir(
         extra.sort();
         return Err(Error::shape(
             "save_hf_dir",
-            format!("tensors GPT-2 does not have: {}", extra.join(", ")),
+            format!(
+                "tensors a {} model does not have: {}",
+                cfg.architecture(),
+                extra.join(", ")
+            ),
         ));
     }
     check_merge_out(out, overwrite)?;
-    fsio::replace_dir(out, |tmp| write_files(tmp, cfg, weights, tokenizer))
+    fsio::replace_dir(out, |tmp| write_files(tmp, cfg, weights, tokenizer, base))
 }

@@ -13,7 +13,7 @@ use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
 use lora_wgpu::model::generate::{
     argmax, candidates, Generator, Sampler, SamplingConfig, ScaledAdapter, StopReason,
 };
-use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
 use lora_wgpu::Error;
 use serde_json::Value;
 
@@ -39,7 +39,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 /// The fixture model; `sharp` multiplies every matrix (not LayerNorms, not biases) by the
 /// fixture's factor, exactly as the script does, so greedy output depends on the context.
-fn model(sharp: bool) -> Gpt2 {
+fn model(sharp: bool) -> Transformer {
     let dir = fixture_dir().join("model");
     let cfg = Gpt2Config::from_file(&dir.join("config.json")).unwrap();
     let mut w = weights::load(&dir.join("model.safetensors"), &cfg).unwrap();
@@ -51,10 +51,10 @@ fn model(sharp: bool) -> Gpt2 {
             }
         }
     }
-    Gpt2::upload(gpu(), &cfg, &w).unwrap()
+    Transformer::upload(gpu(), &cfg, &w).unwrap()
 }
 
-fn adapters(m: &Gpt2) -> (Adapter, Adapter) {
+fn adapters(m: &Transformer) -> (Adapter, Adapter) {
     (
         peft::load(&fixture_dir().join("adapter"), &m.config).unwrap(),
         peft::load(&fixture_dir().join("adapter_mlp"), &m.config).unwrap(),
@@ -123,7 +123,7 @@ fn greedy_generation_matches_transformers() {
 
 /// Reference logits of `tokens` (one full sequence) from the training graph's forward pass,
 /// with the LoRA parameters `init` (B zero: the base model).
-fn graph_logits(m: &Gpt2, ad: &Adapter, init: &[f32], tokens: &[u32]) -> Vec<f32> {
+fn graph_logits(m: &Transformer, ad: &Adapter, init: &[f32], tokens: &[u32]) -> Vec<f32> {
     let g = gpu();
     let t = tokens.len();
     let mut graph = TrainGraph::new(g, m, &ad.0, Some(init), 0, 1, t, &AdamW::default()).unwrap();
@@ -647,7 +647,7 @@ fn decode_speed_gpt2_124m_shape() {
         ("fixture", model(false)),
         ("gpt2 124M shape", {
             let cfg = Gpt2Config::named("gpt2").unwrap();
-            Gpt2::upload(g, &cfg, &weights::random(&cfg, 0)).unwrap()
+            Transformer::upload(g, &cfg, &weights::random(&cfg, 0)).unwrap()
         }),
     ] {
         let mut gen = Generator::new(g, &m, 32).unwrap();

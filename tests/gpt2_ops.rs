@@ -22,7 +22,7 @@ fn embedding_over_vocab_shards() {
     let s1 = g.upload("wte[20..37]", &wte[20 * c..], &[17, c]).unwrap();
     let tpe = g.upload("wpe", &wpe, &[8, c]).unwrap();
     let out = g.zeros("out", &[b * t, c]).unwrap();
-    let ds = embedding::forward(g, &out, &tt, &[&s0, &s1], &tpe, t, c).unwrap();
+    let ds = embedding::forward(g, &out, &tt, &[&s0, &s1], Some(&tpe), t, c).unwrap();
     g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
     let mut want = vec![0.0; b * t * c];
     cpu::embedding::forward(&mut want, &tokens, &wte, &wpe, t, c);

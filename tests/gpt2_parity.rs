@@ -9,7 +9,7 @@ use common::{gpu, random};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::cross_entropy::IGNORE;
 use lora_wgpu::lora::{peft, LoraConfig, LoraEntry, LoraLayout};
-use lora_wgpu::model::{weights, Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -68,17 +68,17 @@ fn fixture_adamw() -> AdamW {
     }
 }
 
-fn setup(opt: &AdamW) -> (Gpt2, TrainGraph, Fixture) {
+fn setup(opt: &AdamW) -> (Transformer, TrainGraph, Fixture) {
     let g = gpu();
     let f = fixture();
-    let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
+    let model = Transformer::load(g, &fixture_dir().join("model")).unwrap();
     let (cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
     let graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, opt).unwrap();
     (model, graph, f)
 }
 
 /// The graph's last forward pass against PyTorch's loss and logits.
-fn check_forward(graph: &TrainGraph, model: &Gpt2, f: &Fixture) {
+fn check_forward(graph: &TrainGraph, model: &Transformer, f: &Fixture) {
     let g = gpu();
     let loss = graph.loss(g).unwrap();
     let want_loss = f.json["loss"].as_f64().unwrap() as f32;
@@ -149,7 +149,7 @@ fn lora_gradients_match_pytorch() {
             ("A", e.a_offset, layout.r * e.d_in),
             ("B", e.b_offset, e.d_out * layout.r),
         ] {
-            let key = peft::key(e, which);
+            let key = peft::key(layout, e, which);
             let reference = floats(
                 want.get(&key)
                     .unwrap_or_else(|| panic!("PyTorch has no gradient {key}")),
@@ -176,7 +176,7 @@ fn lora_gradients_match_pytorch() {
 fn backward_stops_below_the_first_adapted_layer() {
     let g = gpu();
     let f = fixture();
-    let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
+    let model = Transformer::load(g, &fixture_dir().join("model")).unwrap();
     let (base, _, _) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
     let targets: [&[&str]; 5] = [
         &["c_attn"],
@@ -237,7 +237,7 @@ fn backward_stops_below_the_first_adapted_layer() {
             let ((a1, b1), (a2, b2)) = (ranges(&l1, e), ranges(&l2, &twin(e)));
             for (got, want, which) in [(&g1[a1], &g2[a2], "A"), (&g1[b1], &g2[b2], "B")] {
                 let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert!(scale > 0.0, "{names:?} {}: zero {which} gradient", e.path());
+                assert!(scale > 0.0, "{names:?} {}: zero {which} gradient", e.path);
                 let err = got
                     .iter()
                     .zip(want)
@@ -245,7 +245,7 @@ fn backward_stops_below_the_first_adapted_layer() {
                 assert!(
                     err <= 1e-6 * scale,
                     "{names:?} {} {which}: max |diff| {err} vs max |grad| {scale}",
-                    e.path()
+                    e.path
                 );
             }
         }
@@ -258,14 +258,14 @@ fn blocks_below_the_first_adapter_keep_no_activations() {
     // last layer only, the training graph allocates the same at any depth below it.
     let g = gpu();
     let f = fixture();
-    let base = Gpt2::load(g, &fixture_dir().join("model")).unwrap().config;
+    let base = Transformer::load(g, &fixture_dir().join("model")).unwrap().config;
     let (lora, _, _) = peft::load(&fixture_dir().join("adapter"), &base).unwrap();
     let allocated = |n_layer: usize, names: &[&str], layer: usize| {
         let config = Gpt2Config {
             n_layer,
             ..base.clone()
         };
-        let model = Gpt2::upload(g, &config, &weights::random(&config, 3)).unwrap();
+        let model = Transformer::upload(g, &config, &weights::random(&config, 3)).unwrap();
         let lora = LoraConfig {
             target_modules: names.iter().map(|n| n.to_string()).collect(),
             layers_to_transform: Some(vec![layer]),
@@ -343,14 +343,14 @@ fn cooperative_matrix_training_tracks_pytorch_within_1e2() {
 
 #[test]
 fn f16_frozen_weights_train_within_1e2_of_f32() {
-    use lora_wgpu::model::{weights, Gpt2Config, WeightStorage};
+    use lora_wgpu::model::{gpt2::weights, Gpt2Config, WeightStorage};
     let g = gpu();
     let dir = fixture_dir().join("model");
     let config = Gpt2Config::from_file(&dir.join("config.json")).unwrap();
     let host = weights::load(&dir.join("model.safetensors"), &config).unwrap();
     let storage = WeightStorage::F16;
     if !g.features().f16 {
-        let e = Gpt2::upload_with(g, &config, &host, storage).unwrap_err();
+        let e = Transformer::upload_with(g, &config, &host, storage).unwrap_err();
         assert!(e.to_string().contains("SHADER_F16"), "{e}");
         return;
     }
@@ -361,7 +361,7 @@ fn f16_frozen_weights_train_within_1e2_of_f32() {
         ..AdamW::default()
     };
     let losses = |storage| -> Vec<f32> {
-        let model = Gpt2::upload_with(g, &config, &host, storage).unwrap();
+        let model = Transformer::upload_with(g, &config, &host, storage).unwrap();
         let mut graph = TrainGraph::new(g, &model, &cfg, Some(&init), 0, f.b, f.t, &opt).unwrap();
         (1..=10)
             .map(|s| {
@@ -382,7 +382,7 @@ fn f16_frozen_weights_train_within_1e2_of_f32() {
 fn lora_dropout_is_applied_and_reproducible() {
     let g = gpu();
     let f = fixture();
-    let model = Gpt2::load(g, &fixture_dir().join("model")).unwrap();
+    let model = Transformer::load(g, &fixture_dir().join("model")).unwrap();
     let (mut cfg, _, init) = peft::load(&fixture_dir().join("adapter"), &model.config).unwrap();
     let first_losses = |cfg: &lora_wgpu::lora::LoraConfig| -> Vec<f32> {
         let mut graph =
@@ -409,10 +409,10 @@ fn lora_dropout_is_applied_and_reproducible() {
 fn gpt2_124m_shape_fits_the_adapter_limits() {
     // wte alone (50257 x 768 f32, 147 MiB) is over lavapipe's 128 MiB storage binding: the
     // model is sharded by vocabulary and the fused classifier walks the shards.
-    use lora_wgpu::model::{weights, Gpt2Config};
+    use lora_wgpu::model::{gpt2::weights, Gpt2Config};
     let g = gpu();
     let cfg = Gpt2Config::named("gpt2").unwrap();
-    let model = Gpt2::upload(g, &cfg, &weights::random(&cfg, 0)).unwrap();
+    let model = Transformer::upload(g, &cfg, &weights::random(&cfg, 0)).unwrap();
     let lora = lora_wgpu::lora::LoraConfig::default();
     let graph = TrainGraph::new(g, &model, &lora, None, 0, 1, 1024, &AdamW::default()).unwrap();
     assert_eq!(graph.layout().num_parameters(), 811_008);

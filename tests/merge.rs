@@ -10,8 +10,8 @@ use lora_wgpu::cpu;
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
 use lora_wgpu::merge::{merge_dirs, merge_into, save_hf_dir};
-use lora_wgpu::model::weights::{self, HostWeights};
-use lora_wgpu::model::{Gpt2, Gpt2Config, TrainGraph};
+use lora_wgpu::model::gpt2::weights::{self, HostWeights};
+use lora_wgpu::model::{Transformer, Gpt2Config, TrainGraph};
 use lora_wgpu::tokenizer::Tokenizer;
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ fn reference(w: &mut HostWeights, adapter: &(LoraConfig, LoraLayout, Vec<f32>), 
     let (lora, layout, p) = adapter;
     let r = layout.r;
     for e in &layout.entries {
-        let wt = w.get_mut(&format!("{}.weight", e.path())).unwrap();
+        let wt = w.get_mut(&format!("{}.weight", e.path)).unwrap();
         cpu::merge::merge(
             wt,
             &p[e.a_offset..e.a_offset + r * e.d_in],
@@ -96,7 +96,7 @@ fn merged_weights_match_the_cpu_reference_per_module() {
     let mut want = w0.clone();
     reference(&mut want, &a, 1.0);
     for e in &a.1.entries {
-        let key = format!("{}.weight", e.path());
+        let key = format!("{}.weight", e.path);
         common::assert_close(&merged[&key], &want[&key], 1e-6, 1e-6, &key);
         let changed = merged[&key]
             .iter()
@@ -114,7 +114,7 @@ fn merged_weights_match_the_cpu_reference_per_module() {
             .1
             .entries
             .iter()
-            .any(|e| *k == format!("{}.weight", e.path()))
+            .any(|e| *k == format!("{}.weight", e.path))
         {
             assert_eq!(v, &w0[k], "{k} changed");
         }
@@ -182,7 +182,7 @@ fn merged_model_logits_equal_base_plus_adapter_on_the_gpu() {
     let opt = AdamW::default();
 
     // Unmerged: base weights + the adapter's LoRA path.
-    let base_model = Gpt2::upload(g, &cfg, &w0).unwrap();
+    let base_model = Transformer::upload(g, &cfg, &w0).unwrap();
     let mut unmerged = TrainGraph::new(g, &base_model, &a.0, Some(&a.2), 0, b, t, &opt).unwrap();
     unmerged.forward(g, &inputs, &targets).unwrap();
     let want = unmerged.logits(g, &base_model).unwrap();
@@ -191,7 +191,7 @@ fn merged_model_logits_equal_base_plus_adapter_on_the_gpu() {
     // initialisation), so it adds exactly nothing.
     let mut w = w0.clone();
     merge_into(&mut w, &cfg, (&a.0, &a.1, &a.2), 1.0).unwrap();
-    let merged_model = Gpt2::upload(g, &cfg, &w).unwrap();
+    let merged_model = Transformer::upload(g, &cfg, &w).unwrap();
     let mut merged = TrainGraph::new(g, &merged_model, &a.0, None, 0, b, t, &opt).unwrap();
     merged.forward(g, &inputs, &targets).unwrap();
     let got = merged.logits(g, &merged_model).unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lora_wgpu::lora::{peft, Linear, LoraConfig, LoraLayout};
-use lora_wgpu::model::{weights, Gpt2Config};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config};
 use lora_wgpu::Error;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;

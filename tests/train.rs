@@ -7,7 +7,7 @@ use std::path::Path;
 use common::gpu;
 use lora_wgpu::data::{Dataset, TokenStream};
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{Gpt2, Model, ModelSource};
+use lora_wgpu::model::{Transformer, Model, ModelSource};
 use lora_wgpu::tokenizer::Tokenizer;
 use lora_wgpu::train::{learning_rate, Duration, Event, Schedule, TrainConfig, Trainer};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -21,7 +21,7 @@ const FIXTURE: &str = concat!(
 /// are random token ids rather than text.
 fn fixture_model() -> Model {
     let dir = Path::new(FIXTURE);
-    let gpt2 = Gpt2::load(gpu(), dir).unwrap();
+    let gpt2 = Transformer::load(gpu(), dir).unwrap();
     Model {
         source: ModelSource::Dir(dir.to_path_buf()),
         config: gpt2.config.clone(),

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::matmul::MatmulVariant;
-use lora_wgpu::model::{weights, Gpt2, Gpt2Config, WeightStorage};
+use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 use serde_json::{json, Value};
 
@@ -188,7 +188,7 @@ fn main() -> lora_wgpu::Result<()> {
         } else {
             WeightStorage::F32
         };
-        let model = Gpt2::upload_with(&g, &cfg, &host, storage)?;
+        let model = Transformer::upload_with(&g, &cfg, &host, storage)?;
         let wbytes = model.allocated_bytes() as usize;
         drop(host);
         if args.profile {

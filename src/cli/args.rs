@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lora_wgpu::gpu::GpuOptions;
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{Gpt2Config, Model, WeightStorage};
+use lora_wgpu::model::{Model, ModelConfig, WeightStorage};
 use lora_wgpu::train::{Duration, ExistingRun, RunDir, TrainConfig};
 use lora_wgpu::Gpu;
 
@@ -92,16 +92,17 @@ pub struct LoraArgs {
         default_value_t = 0.05
     )]
     pub dropout: f32,
-    /// Modules to adapt (PEFT names, comma-separated): c_attn, c_proj, c_fc, attn.c_proj,
-    /// mlp.c_proj, or all-linear.
+    /// Modules to adapt (PEFT names, comma-separated): GPT-2's c_attn, c_proj, c_fc,
+    /// attn.c_proj, mlp.c_proj; Llama-family q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj; or all-linear. Default: c_attn,c_proj (GPT-2), q_proj,v_proj
+    /// (Llama family), as PEFT has them.
     #[arg(
         long,
         alias = "target-modules",
         alias = "target_modules",
-        value_delimiter = ',',
-        default_value = "c_attn,c_proj"
+        value_delimiter = ','
     )]
-    pub targets: Vec<String>,
+    pub targets: Option<Vec<String>>,
     /// Only these block indices (comma-separated; default all).
     #[arg(
         long,
@@ -116,12 +117,16 @@ pub struct LoraArgs {
 }
 
 impl LoraArgs {
-    pub fn config(&self) -> LoraConfig {
+    /// The LoRA config these flags give for `model`.
+    pub fn config(&self, model: &ModelConfig) -> LoraConfig {
         LoraConfig {
             r: self.rank,
             alpha: self.alpha,
             dropout: self.dropout,
-            target_modules: self.targets.clone(),
+            target_modules: self
+                .targets
+                .clone()
+                .unwrap_or_else(|| model.default_targets()),
             layers_to_transform: self.layers.clone(),
             use_rslora: self.rslora,
         }
@@ -366,15 +371,15 @@ impl TrainArgs {
     }
 
     /// The run's settings for `model` (the demo's where the demo runs), checked.
-    pub fn train_config(&self, model: &Gpt2Config) -> Result<TrainConfig> {
+    pub fn train_config(&self, model: &ModelConfig) -> Result<TrainConfig> {
         let demo = self.is_demo();
         let block = self.block_size.unwrap_or(if demo {
             Demo::BLOCK
         } else {
-            1024.min(model.n_positions)
+            1024.min(model.max_positions())
         });
         let cfg = TrainConfig {
-            lora: self.lora.config(),
+            lora: self.lora.config(model),
             lr: self.lr.unwrap_or(if demo { Demo::LR } else { 2e-4 }),
             weight_decay: self.weight_decay,
             warmup_steps: self.warmup_steps,

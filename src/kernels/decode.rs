@@ -130,8 +130,9 @@ impl DecodeShape {
     }
 }
 
-/// `out = wpe[p0 + r] + wte[tokens[r]]`, with wte in shards of consecutive vocab rows (one
-/// dispatch per shard; the first also writes the position part).
+/// `out = wpe[p0 + r] + wte[tokens[r]]` (`wte[tokens[r]]` without `wpe`), with wte in shards
+/// of consecutive vocab rows (one dispatch per shard; the first also writes the position
+/// part).
 ///   out: (n, C)   pos: (1,) u32 = p0   tokens: (n,) u32   `wte_shards[i]`: (rows_i, C)
 ///   wpe: (≥ p0 + n, C)
 pub fn embedding(
@@ -140,14 +141,22 @@ pub fn embedding(
     pos: &Tensor,
     tokens: &Tensor,
     wte_shards: &[&Tensor],
-    wpe: &Tensor,
+    wpe: Option<&Tensor>,
     c: usize,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "decode::embedding";
     let n = tokens.len();
     expect_len(OP, "pos", pos, 1)?;
     expect_len(OP, "out", out, n * c)?;
-    if c == 0 || !wpe.len().is_multiple_of(c) || wpe.len() < n * c {
+    let Some(&first) = wte_shards.first() else {
+        return Err(Error::shape(OP, "no wte shard"));
+    };
+    // Without positions the kernel never reads wpe: bind the first shard in its place.
+    let (wpe, first_flag) = match wpe {
+        Some(w) => (w, 1),
+        None => (first, 2),
+    };
+    if c == 0 || (first_flag == 1 && (!wpe.len().is_multiple_of(c) || wpe.len() < n * c)) {
         return Err(Error::shape(
             OP,
             format!("wpe has {} values, not rows of C = {c}", wpe.len()),
@@ -168,7 +177,7 @@ pub fn embedding(
             c: u32_of("C", c)?,
             v0: u32_of("vocab", v0)?,
             v1: u32_of("vocab", v1)?,
-            flags: u32::from(i == 0),
+            flags: if i == 0 { first_flag } else { 0 },
             ..Params::default()
         };
         out_d.push(gpu.dispatch(

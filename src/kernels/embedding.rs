@@ -34,22 +34,30 @@ pub const FORWARD: KernelDef = KernelDef::new(
 /// Every kernel of this file.
 pub const KERNELS: &[&KernelDef] = &[&FORWARD];
 
-/// `out = wpe[t] + wte[token]`, with wte given as shards of consecutive vocab rows: one
-/// dispatch per shard (the first also writes the position embedding).
+/// `out = wpe[t] + wte[token]` (`wte[token]` without `wpe`), with wte given as shards of
+/// consecutive vocab rows: one dispatch per shard (the first also writes the position part).
 ///   out: (B·T, C)   tokens: (B·T,) u32   `wte_shards[i]`: (rows_i, C)   wpe: (≥ T, C)
 pub fn forward(
     gpu: &Gpu,
     out: &Tensor,
     tokens: &Tensor,
     wte_shards: &[&Tensor],
-    wpe: &Tensor,
+    wpe: Option<&Tensor>,
     t: usize,
     c: usize,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "embedding::forward";
     let n = tokens.len();
     expect_len(OP, "out", out, n * c)?;
-    if t == 0 || !n.is_multiple_of(t) || wpe.len() < t * c {
+    let Some(&first) = wte_shards.first() else {
+        return Err(Error::shape(OP, "no wte shard"));
+    };
+    // Without positions the kernel never reads wpe: bind the first shard in its place.
+    let (wpe, first_flag) = match wpe {
+        Some(w) => (w, 1),
+        None => (first, 2),
+    };
+    if t == 0 || !n.is_multiple_of(t) || (first_flag == 1 && wpe.len() < t * c) {
         return Err(Error::shape(
             OP,
             format!(
@@ -72,7 +80,7 @@ pub fn forward(
             n: u32_of("tokens", n)?,
             t: u32_of("T", t)?,
             c: u32_of("C", c)?,
-            add_pos: u32::from(i == 0),
+            add_pos: if i == 0 { first_flag } else { 0 },
             v0: u32_of("vocab", v0)?,
             v1: u32_of("vocab", v1)?,
             _pad: [0; 2],

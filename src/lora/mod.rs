@@ -53,37 +53,61 @@ pub trait AdaptableModel {
     fn linear_layers(&self) -> Vec<(Linear, usize, usize)>;
     /// Parameters of the base model.
     fn base_parameters(&self) -> usize;
+    /// The checkpoint's name of linear layer `linear` of block `layer`, without `.weight`
+    /// (`h.3.attn.c_attn`, `model.layers.3.self_attn.q_proj`): what PEFT's targets match and
+    /// what the merge looks up in the host weights.
+    fn module_path(&self, layer: usize, linear: Linear) -> String;
+    /// What PEFT puts before a module path in an adapter's tensor names
+    /// (`base_model.model.transformer.` for GPT-2, `base_model.model.` for Llama-family models).
+    fn peft_prefix(&self) -> &'static str;
+    /// Whether the checkpoint stores linear weights `[in, out]` (GPT-2's Conv1D: PEFT's
+    /// `fan_in_fan_out = true`) rather than `[out, in]` (`nn.Linear`).
+    fn fan_in_fan_out(&self) -> bool;
 }
 
 /// The linear layers of a block, by the name their checkpoint gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Linear {
-    /// attn.c_attn: C -> 3C
+    /// GPT-2's attn.c_attn: C -> 3C (q, k, v fused)
     CAttn,
-    /// attn.c_proj: C -> C
+    /// GPT-2's attn.c_proj: C -> C
     AttnCProj,
-    /// mlp.c_fc: C -> 4C
+    /// GPT-2's mlp.c_fc: C -> 4C
     CFc,
-    /// mlp.c_proj: 4C -> C
+    /// GPT-2's mlp.c_proj: 4C -> C
     MlpCProj,
+    /// Llama's self_attn.q_proj: C -> heads · head_dim
+    QProj,
+    /// Llama's self_attn.k_proj: C -> kv heads · head_dim
+    KProj,
+    /// Llama's self_attn.v_proj: C -> kv heads · head_dim
+    VProj,
+    /// Llama's self_attn.o_proj: heads · head_dim -> C
+    OProj,
+    /// Llama's mlp.gate_proj: C -> intermediate
+    GateProj,
+    /// Llama's mlp.up_proj: C -> intermediate
+    UpProj,
+    /// Llama's mlp.down_proj: intermediate -> C
+    DownProj,
 }
 
 impl Linear {
-    /// All four, in the order a block applies them.
-    pub const ALL: [Linear; 4] = [
-        Linear::CAttn,
-        Linear::AttnCProj,
-        Linear::CFc,
-        Linear::MlpCProj,
-    ];
-
-    /// Path inside block i, as PEFT sees it ("h.{i}." + this).
+    /// The module's path inside its block, as the checkpoint names it (`attn.c_attn`,
+    /// `self_attn.q_proj`, ...).
     pub fn suffix(self) -> &'static str {
         match self {
             Linear::CAttn => "attn.c_attn",
             Linear::AttnCProj => "attn.c_proj",
             Linear::CFc => "mlp.c_fc",
             Linear::MlpCProj => "mlp.c_proj",
+            Linear::QProj => "self_attn.q_proj",
+            Linear::KProj => "self_attn.k_proj",
+            Linear::VProj => "self_attn.v_proj",
+            Linear::OProj => "self_attn.o_proj",
+            Linear::GateProj => "mlp.gate_proj",
+            Linear::UpProj => "mlp.up_proj",
+            Linear::DownProj => "mlp.down_proj",
         }
     }
 }
@@ -157,13 +181,9 @@ pub struct LoraEntry {
     pub a_offset: usize,
     /// Element offset of B.
     pub b_offset: usize,
-}
-
-impl LoraEntry {
-    /// PEFT's module path, e.g. `h.3.attn.c_attn`.
-    pub fn path(&self) -> String {
-        format!("h.{}.{}", self.layer, self.linear.suffix())
-    }
+    /// The module's path in the checkpoint ([`AdaptableModel::module_path`]), e.g.
+    /// `h.3.attn.c_attn` or `model.layers.3.self_attn.q_proj`.
+    pub path: String,
 }
 
 /// Where every adapted module's parameters sit in one flat buffer (each piece starts at a
@@ -176,6 +196,11 @@ pub struct LoraLayout {
     pub entries: Vec<LoraEntry>,
     /// Elements in the flat buffer, padding included.
     pub len: usize,
+    /// What PEFT puts before a module path in the adapter's tensor names
+    /// ([`AdaptableModel::peft_prefix`]).
+    pub peft_prefix: &'static str,
+    /// PEFT's `fan_in_fan_out` for this model ([`AdaptableModel::fan_in_fan_out`]).
+    pub fan_in_fan_out: bool,
 }
 
 impl LoraLayout {
@@ -199,7 +224,7 @@ impl LoraLayout {
                 }
             }
             for &(linear, d_in, d_out) in &linears {
-                let path = format!("h.{layer}.{}", linear.suffix());
+                let path = model.module_path(layer, linear);
                 if !lora.target_modules.iter().any(|t| target_matches(t, &path)) {
                     continue;
                 }
@@ -212,6 +237,7 @@ impl LoraLayout {
                     d_out,
                     a_offset,
                     b_offset,
+                    path,
                 });
             }
         }
@@ -224,7 +250,7 @@ impl LoraLayout {
                      path or its last parts, e.g. {}), or use all-linear",
                     linears
                         .iter()
-                        .map(|(l, ..)| format!("h.N.{}", l.suffix()))
+                        .map(|(l, ..)| model.module_path(0, *l).replacen(".0.", ".N.", 1))
                         .collect::<Vec<_>>()
                         .join(", "),
                     linears
@@ -241,6 +267,8 @@ impl LoraLayout {
             r: lora.r,
             entries,
             len,
+            peft_prefix: model.peft_prefix(),
+            fan_in_fan_out: model.fan_in_fan_out(),
         })
     }
 

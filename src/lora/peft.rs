@@ -101,11 +101,13 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
     })
 }
 
-/// PEFT's key for an entry's A (`which = "A"`) or B: `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight`.
-pub fn key(entry: &LoraEntry, which: &str) -> String {
+/// PEFT's key for an entry's A (`which = "A"`) or B, e.g.
+/// `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight` (GPT-2) or
+/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (Llama).
+pub fn key(layout: &LoraLayout, entry: &LoraEntry, which: &str) -> String {
     format!(
-        "base_model.model.transformer.{}.lora_{which}.weight",
-        entry.path()
+        "{}{}.lora_{which}.weight",
+        layout.peft_prefix, entry.path
     )
 }
 
@@ -138,7 +140,7 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
             ("A", e.a_offset, [layout.r, e.d_in]),
             ("B", e.b_offset, [e.d_out, layout.r]),
         ] {
-            let k = key(e, which);
+            let k = key(layout, e, which);
             let view = st.tensor(&k).map_err(|_| {
                 bad(format!("missing tensor {k}: the adapter was made for other target modules or another model"))
             })?;
@@ -161,7 +163,7 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
                 !layout
                     .entries
                     .iter()
-                    .any(|e| key(e, "A") == *n || key(e, "B") == *n)
+                    .any(|e| key(layout, e, "A") == *n || key(layout, e, "B") == *n)
             })
             .map(str::to_string)
             .collect();
@@ -224,7 +226,7 @@ pub fn save(
                 shape: shape.to_vec(),
                 data: &flat[offset..offset + n],
             };
-            views.push((key(e, which), view));
+            views.push((key(layout, e, which), view));
         }
     }
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -243,7 +245,7 @@ pub fn save(
         "lora_dropout": cfg.dropout,
         "target_modules": cfg.target_modules,
         "layers_to_transform": cfg.layers_to_transform,
-        "fan_in_fan_out": true,
+        "fan_in_fan_out": layout.fan_in_fan_out,
         "bias": "none",
         "use_rslora": cfg.use_rslora,
         "use_dora": false,

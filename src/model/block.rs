@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Recording, Tensor};
-use crate::kernels::{elementwise, layernorm};
+use crate::kernels::{elementwise, layernorm, rmsnorm, swiglu};
 use crate::lora::Linear;
 
 /// An activation of a block: an index into [`BlockDef::acts`].
@@ -29,12 +29,25 @@ pub(crate) struct ActDef {
 pub(crate) enum Op {
     /// out = LayerNorm(inp) with the block's norm weights `norm`.
     LayerNorm { out: Act, inp: Act, norm: usize },
+    /// out = RMSNorm(inp) with the block's norm weights `norm`, over groups of `width`
+    /// values: the whole row, or each head (Qwen3's q_norm and k_norm).
+    RmsNorm {
+        out: Act,
+        inp: Act,
+        norm: usize,
+        width: usize,
+    },
+    /// Rotary position embedding of q and k, written with v as the fused q, k, v rows that
+    /// attention reads.
+    Rope { out: Act, q: Act, k: Act, v: Act },
     /// out = inp · W + b (+ the LoRA terms) for the linear layer `site`.
     Linear { out: Act, inp: Act, site: Linear },
     /// Causal multi-head self-attention of the fused q, k, v rows.
     Attention { out: Act, qkv: Act },
     /// out = gelu_new(inp).
     Gelu { out: Act, inp: Act },
+    /// out = silu(gate) · up (Llama's MLP).
+    SwiGlu { out: Act, gate: Act, up: Act },
     /// out = a + b (the residual connections).
     Add { out: Act, a: Act, b: Act },
 }
@@ -44,9 +57,12 @@ impl Op {
     pub(crate) fn out(&self) -> Act {
         match *self {
             Op::LayerNorm { out, .. }
+            | Op::RmsNorm { out, .. }
+            | Op::Rope { out, .. }
             | Op::Linear { out, .. }
             | Op::Attention { out, .. }
             | Op::Gelu { out, .. }
+            | Op::SwiGlu { out, .. }
             | Op::Add { out, .. } => out,
         }
     }
@@ -54,10 +70,13 @@ impl Op {
     /// The activations the op reads.
     pub(crate) fn inputs(&self) -> Vec<Act> {
         match *self {
-            Op::LayerNorm { inp, .. } | Op::Linear { inp, .. } | Op::Gelu { inp, .. } => {
-                vec![inp]
-            }
+            Op::LayerNorm { inp, .. }
+            | Op::RmsNorm { inp, .. }
+            | Op::Linear { inp, .. }
+            | Op::Gelu { inp, .. } => vec![inp],
+            Op::Rope { q, k, v, .. } => vec![q, k, v],
             Op::Attention { qkv, .. } => vec![qkv],
+            Op::SwiGlu { gate, up, .. } => vec![gate, up],
             Op::Add { a, b, .. } => vec![a, b],
         }
     }
@@ -102,18 +121,25 @@ impl BlockDef {
     /// its kept input) rather than keeping it from the forward.
     pub(crate) fn recomputed(&self, act: Act) -> bool {
         self.producer(act)
-            .is_some_and(|i| matches!(self.ops[i], Op::Gelu { .. }))
+            .is_some_and(|i| matches!(self.ops[i], Op::Gelu { .. } | Op::SwiGlu { .. }))
     }
 
     /// Which activations a backward through this block reads from the forward, given which of
-    /// its linear layers are adapted: a LayerNorm's input, attention's q, k, v and output, an
-    /// elementwise op's input, and an adapted linear layer's input (its LoRA A gradient reads
-    /// it) unless that is recomputed. The residual stream in and out is not counted here.
+    /// its linear layers are adapted: a norm's input, attention's q, k, v and output, an
+    /// elementwise op's inputs, and an adapted linear layer's input (its LoRA A gradient reads
+    /// it) unless that is recomputed. RoPE is linear and reads nothing. The residual stream in
+    /// and out is not counted here.
     pub(crate) fn saved(&self, adapted: impl Fn(Linear) -> bool) -> Vec<bool> {
         let mut saved = vec![false; self.acts.len()];
         for op in &self.ops {
             match *op {
-                Op::LayerNorm { inp, .. } | Op::Gelu { inp, .. } => saved[inp] = true,
+                Op::LayerNorm { inp, .. } | Op::RmsNorm { inp, .. } | Op::Gelu { inp, .. } => {
+                    saved[inp] = true
+                }
+                Op::SwiGlu { gate, up, .. } => {
+                    saved[gate] = true;
+                    saved[up] = true;
+                }
                 Op::Attention { out, qkv } => {
                     saved[out] = true;
                     saved[qkv] = true;
@@ -121,7 +147,7 @@ impl BlockDef {
                 Op::Linear { inp, site, .. } if adapted(site) && !self.recomputed(inp) => {
                     saved[inp] = true
                 }
-                Op::Linear { .. } | Op::Add { .. } => {}
+                Op::Linear { .. } | Op::Rope { .. } | Op::Add { .. } => {}
             }
         }
         saved[self.input] = false;
@@ -241,17 +267,23 @@ pub(crate) fn share_scratch(
     slot
 }
 
-/// A frozen weight and its bias: a linear layer (`w` is `[in, out]`) or a LayerNorm (`w` is
-/// `[C]`).
+/// A frozen weight and its bias: a linear layer (`w` is `[in, out]`) or a norm (`w` is `[C]`).
 #[derive(Clone, Debug)]
 pub(crate) struct Dense {
     pub(crate) w: Tensor,
-    pub(crate) b: Tensor,
+    pub(crate) b: Option<Tensor>,
+}
+
+impl Dense {
+    /// Bytes of GPU memory the weight and bias take.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.w.bytes() + self.b.as_ref().map_or(0, Tensor::bytes)
+    }
 }
 
 /// The weights one block's ops read.
 pub(crate) trait BlockWeights {
-    /// The weights of norm `i` (the `norm` of [`Op::LayerNorm`]).
+    /// The weights of norm `i` (the `norm` of [`Op::LayerNorm`] and [`Op::RmsNorm`]).
     fn norm(&self, i: usize) -> &Dense;
     /// The weights of a linear layer.
     fn linear(&self, site: Linear) -> &Dense;
@@ -261,8 +293,9 @@ pub(crate) trait BlockWeights {
 pub(crate) trait BlockRecorder {
     /// The tensor that holds `act` of block `layer` (cheap clones of shared buffers).
     fn act(&self, layer: usize, act: Act) -> Tensor;
-    /// The (mean, rstd) rows that LayerNorm op `op` of block `layer` writes.
-    fn norm_stats(&self, layer: usize, op: usize) -> (Tensor, Tensor);
+    /// The (mean, rstd) rows that norm op `op` of block `layer` writes (an RMSNorm has no
+    /// mean).
+    fn norm_stats(&self, layer: usize, op: usize) -> (Option<Tensor>, Tensor);
     /// out = inp · W + b, plus whatever LoRA terms apply to `site` of block `layer`.
     fn linear(
         &mut self,
@@ -272,6 +305,15 @@ pub(crate) trait BlockRecorder {
         out: &Tensor,
         inp: &Tensor,
         w: &Dense,
+    ) -> Result<()>;
+    /// Rotary position embedding of block `layer`: the fused q, k, v rows `out` from q, k, v,
+    /// at the positions of the rows recorded.
+    fn rope(
+        &mut self,
+        rec: &mut Recording,
+        layer: usize,
+        out: &Tensor,
+        qkv: [&Tensor; 3],
     ) -> Result<()>;
     /// Causal self-attention op `op` of block `layer`: out from the fused q, k, v rows.
     fn attention(
@@ -285,7 +327,7 @@ pub(crate) trait BlockRecorder {
 }
 
 /// Record the forward of block `layer`: every op of `def`, in order, reading `weights`.
-/// `c` is the model's width and `eps` its LayerNorm epsilon.
+/// `eps` is the model's norm epsilon.
 pub(crate) fn record_forward(
     gpu: &Gpu,
     rec: &mut Recording,
@@ -293,11 +335,10 @@ pub(crate) fn record_forward(
     def: &BlockDef,
     weights: &impl BlockWeights,
     layer: usize,
-    c: usize,
     eps: f32,
 ) -> Result<()> {
     for i in 0..def.ops.len() {
-        record_op(gpu, rec, r, def, weights, layer, i, c, eps)?;
+        record_op(gpu, rec, r, def, weights, layer, i, eps)?;
     }
     Ok(())
 }
@@ -311,24 +352,39 @@ pub(crate) fn record_op(
     weights: &impl BlockWeights,
     layer: usize,
     i: usize,
-    c: usize,
     eps: f32,
 ) -> Result<()> {
     match def.ops[i] {
         Op::LayerNorm { out, inp, norm } => {
             let (mean, rstd) = r.norm_stats(layer, i);
+            let mean = mean.expect("a LayerNorm saves its mean");
             let w = weights.norm(norm);
+            let b = w.b.as_ref().expect("a LayerNorm has a bias");
+            let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+            let c = w.w.len();
             rec.push(layernorm::forward(
-                gpu,
-                &r.act(layer, out),
-                &mean,
-                &rstd,
-                &r.act(layer, inp),
-                &w.w,
-                &w.b,
-                c,
-                eps,
+                gpu, &out, &mean, &rstd, &inp, &w.w, b, c, eps,
             )?);
+        }
+        Op::RmsNorm {
+            out,
+            inp,
+            norm,
+            width,
+        } => {
+            let (_, rstd) = r.norm_stats(layer, i);
+            let w = weights.norm(norm);
+            let (out, inp) = (r.act(layer, out), r.act(layer, inp));
+            rec.push(rmsnorm::forward(gpu, &out, &rstd, &inp, &w.w, width, eps)?);
+        }
+        Op::Rope { out, q, k, v } => {
+            let out = r.act(layer, out);
+            let (q, k, v) = (r.act(layer, q), r.act(layer, k), r.act(layer, v));
+            r.rope(rec, layer, &out, [&q, &k, &v])?;
+        }
+        Op::SwiGlu { out, gate, up } => {
+            let (out, gate, up) = (r.act(layer, out), r.act(layer, gate), r.act(layer, up));
+            rec.push(swiglu::forward(gpu, &out, &gate, &up)?);
         }
         Op::Linear { out, inp, site } => {
             let (out, inp) = (r.act(layer, out), r.act(layer, inp));

@@ -7,8 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::weights::{self, HostWeights};
-use super::{Gpt2, Gpt2Config, WeightStorage};
+use super::{gpt2, llama, HostWeights, ModelConfig, Transformer, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tokenizer::Tokenizer;
@@ -20,17 +19,18 @@ pub const TINY_SEED: u64 = 0x7149;
 /// Seed of `random:<shape>` weights.
 pub const RANDOM_SEED: u64 = 1234;
 
-/// Files a model directory needs.
-const MODEL_FILES: [&str; 2] = ["config.json", "model.safetensors"];
+/// The file naming a sharded checkpoint's shards.
+const SHARD_INDEX: &str = "model.safetensors.index.json";
 
 /// Where a model comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A local Hugging Face GPT-2 directory (config.json, model.safetensors, tokenizer.json).
+    /// A local Hugging Face model directory (config.json, model.safetensors or its shards,
+    /// tokenizer.json).
     Dir(PathBuf),
     /// The built-in demo model: GPT-2's tokenizer, 4 layers of 128 channels, random weights.
     Tiny,
-    /// Random weights in a preset shape (`gpt2`, `gpt2-medium`, ...), for benchmarks.
+    /// Random weights in a preset shape (`gpt2`, `smollm2-135m`, ...), for benchmarks.
     Random(String),
     /// A Hugging Face hub id such as `openai-community/gpt2`.
     Hub(String),
@@ -57,7 +57,7 @@ impl ModelSource {
             return Ok(ModelSource::Tiny);
         }
         if let Some(shape) = spec.strip_prefix("random:") {
-            Gpt2Config::named(shape)?;
+            ModelConfig::named(shape)?;
             return Ok(ModelSource::Random(shape.to_string()));
         }
         let looks_like_path = spec.starts_with('.')
@@ -94,20 +94,22 @@ impl ModelSource {
     pub fn local_dir(&self) -> Result<Option<PathBuf>> {
         match self {
             ModelSource::Dir(d) => {
-                for f in MODEL_FILES {
-                    if !d.join(f).is_file() {
-                        return Err(Error::Io {
-                            path: d.join(f),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                format!(
-                                    "the model directory has no {f} (a Hugging Face GPT-2 \
-                                     directory holds config.json, model.safetensors and \
-                                     tokenizer.json)"
-                                ),
-                            ),
-                        });
-                    }
+                let missing = |f: &str| Error::Io {
+                    path: d.join(f),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "the model directory has no {f} (a Hugging Face model directory \
+                             holds config.json, model.safetensors or {SHARD_INDEX} with its \
+                             shards, and tokenizer.json)"
+                        ),
+                    ),
+                };
+                if !d.join("config.json").is_file() {
+                    return Err(missing("config.json"));
+                }
+                if !d.join("model.safetensors").is_file() && !d.join(SHARD_INDEX).is_file() {
+                    return Err(missing("model.safetensors"));
                 }
                 Ok(Some(d.clone()))
             }
@@ -117,35 +119,62 @@ impl ModelSource {
     }
 
     /// The model's shape.
-    pub fn config(&self) -> Result<Gpt2Config> {
+    pub fn config(&self) -> Result<ModelConfig> {
         match self {
-            ModelSource::Tiny => Gpt2Config::named("tiny"),
-            ModelSource::Random(shape) => Gpt2Config::named(shape),
+            ModelSource::Tiny => ModelConfig::named("tiny"),
+            ModelSource::Random(shape) => ModelConfig::named(shape),
             _ => {
                 let dir = self.local_dir()?.expect("a directory-backed model");
-                Gpt2Config::from_file(&dir.join("config.json"))
+                ModelConfig::from_file(&dir.join("config.json"))
             }
         }
     }
 
     /// The frozen weights on the host (memory-mapped and converted for a checkpoint).
-    pub fn host_weights(&self, config: &Gpt2Config) -> Result<HostWeights> {
-        Ok(match self {
-            ModelSource::Tiny => weights::random(config, TINY_SEED),
-            ModelSource::Random(_) => weights::random(config, RANDOM_SEED),
+    pub fn host_weights(&self, config: &ModelConfig) -> Result<HostWeights> {
+        let random = |seed| match config {
+            ModelConfig::Gpt2(c) => gpt2::weights::random(c, seed),
+            ModelConfig::Llama(c) => llama::weights::random(c, seed),
+        };
+        match self {
+            ModelSource::Tiny => Ok(random(TINY_SEED)),
+            ModelSource::Random(_) => Ok(random(RANDOM_SEED)),
             _ => {
                 let dir = self.local_dir()?.expect("a directory-backed model");
-                weights::load(&dir.join("model.safetensors"), config)?
+                load_weights(&dir, config)
             }
-        })
+        }
     }
 
-    /// The model's tokenizer: its directory's tokenizer.json, else GPT-2's (bundled).
+    /// The model's tokenizer: its directory's tokenizer.json (GPT-2's bundled one for a GPT-2
+    /// directory without one; a Llama-family directory must have its own).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match self.local_dir()? {
-            Some(dir) => Tokenizer::for_model_dir(&dir),
+            Some(dir) => {
+                let file = dir.join("tokenizer.json");
+                if file.is_file() || matches!(self.config()?, ModelConfig::Gpt2(_)) {
+                    Tokenizer::for_model_dir(&dir)
+                } else {
+                    Err(Error::Io {
+                        path: file,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the model directory has no tokenizer.json; copy the one the \
+                             model ships with (its Hugging Face repository has it) into it",
+                        ),
+                    })
+                }
+            }
             None => Tokenizer::gpt2(),
         }
+    }
+}
+
+/// A model directory's weights, checked against `config`.
+pub(crate) fn load_weights(dir: &Path, config: &ModelConfig) -> Result<HostWeights> {
+    match config {
+        ModelConfig::Gpt2(c) => gpt2::weights::load(&dir.join("model.safetensors"), c),
+        ModelConfig::Llama(c) => llama::weights::load(dir, c),
     }
 }
 
@@ -166,9 +195,9 @@ pub struct Model {
     /// Where it came from.
     pub source: ModelSource,
     /// Its shape.
-    pub config: Gpt2Config,
+    pub config: ModelConfig,
     /// The frozen weights on the GPU.
-    pub gpt2: Gpt2,
+    pub transformer: Transformer,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
 }
@@ -180,7 +209,7 @@ impl Model {
     /// # fn main() -> lora_wgpu::Result<()> {
     /// let gpu = lora_wgpu::Gpu::new(&lora_wgpu::GpuOptions::from_env())?;
     /// let model = lora_wgpu::model::Model::load(&gpu, "tiny")?;
-    /// assert_eq!(model.config.n_layer, 4);
+    /// assert_eq!(model.config.hidden_size(), 128);
     /// # Ok(()) }
     /// ```
     pub fn load(gpu: &Gpu, spec: &str) -> Result<Self> {
@@ -208,11 +237,11 @@ impl Model {
         config.validate()?;
         let tokenizer = source.tokenizer()?;
         let host = source.host_weights(&config)?;
-        let gpt2 = Gpt2::upload_with(gpu, &config, &host, storage)?;
+        let transformer = Transformer::upload_with(gpu, &config, &host, storage)?;
         Ok(Model {
             source,
             config,
-            gpt2,
+            transformer,
             tokenizer,
         })
     }
@@ -239,28 +268,42 @@ mod hub {
             ),
         };
         let cache = hf_hub::Cache::from_env().model(id.to_string());
-        let cached: Option<Vec<PathBuf>> = MODEL_FILES.iter().map(|f| cache.get(f)).collect();
-        let files = match cached {
-            Some(files) => files,
-            None => {
-                let api = hf_hub::api::sync::ApiBuilder::from_env()
-                    .with_progress(true)
-                    .build()
-                    .map_err(|e| fail(e.to_string()))?;
-                let repo = api.model(id.to_string());
-                let mut files = Vec::new();
-                for f in MODEL_FILES {
-                    files.push(repo.get(f).map_err(|e| fail(e.to_string()))?);
-                }
-                // Optional: GPT-2's bundled tokenizer is the fallback.
-                let _ = repo.get("tokenizer.json");
-                files
+        if let (Some(config), Some(_)) = (cache.get("config.json"), cache.get("model.safetensors"))
+        {
+            return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
+        }
+        let api = hf_hub::api::sync::ApiBuilder::from_env()
+            .with_progress(true)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let repo = api.model(id.to_string());
+        let config = repo.get("config.json").map_err(|e| fail(e.to_string()))?;
+        // One file, or an index and its shards (models over ~2 GB ship sharded).
+        if repo.get("model.safetensors").is_err() {
+            let index = repo.get(SHARD_INDEX).map_err(|e| fail(e.to_string()))?;
+            let text = std::fs::read_to_string(&index).map_err(|e| fail(e.to_string()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+            let shards: std::collections::BTreeSet<String> = json["weight_map"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            for shard in shards {
+                repo.get(&shard).map_err(|e| fail(e.to_string()))?;
             }
-        };
-        Ok(files[0]
-            .parent()
-            .expect("a cached file has a folder")
-            .to_path_buf())
+        }
+        // Optional files: GPT-2's bundled tokenizer is its fallback; the others say the
+        // special tokens and the chat template.
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        ] {
+            let _ = repo.get(f);
+        }
+        Ok(config.parent().expect("a cached file has a folder").to_path_buf())
     }
 }
 

@@ -95,6 +95,17 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a prompt as transformers' tokenizer gives them by default: with the
+    /// special tokens the tokenizer's post-processor adds (Llama 3's `<|begin_of_text|>`,
+    /// Llama 2's `<s>`; nothing for GPT-2 or Qwen).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| tok_err("encoding text", e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

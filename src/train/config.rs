@@ -111,7 +111,7 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Check every hyperparameter, naming the bad one and its valid range.
-    pub fn validate(&self, model: &crate::model::Gpt2Config) -> Result<()> {
+    pub fn validate(&self, model: &crate::model::ModelConfig) -> Result<()> {
         self.lora.validate(model)?;
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::invalid("learning rate", self.lr, "must be > 0"));
@@ -152,13 +152,13 @@ impl TrainConfig {
             Duration::Steps(0) => return Err(Error::invalid("max steps", 0, "must be at least 1")),
             _ => {}
         }
-        if self.block_size < 2 || self.block_size > model.n_positions {
+        if self.block_size < 2 || self.block_size > model.max_positions() {
             return Err(Error::invalid(
                 "block size",
                 self.block_size,
                 format!(
                     "must be in 2..={} (the model's n_positions)",
-                    model.n_positions
+                    model.max_positions()
                 ),
             ));
         }

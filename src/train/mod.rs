@@ -170,7 +170,7 @@ impl<'a> Trainer<'a> {
         }
         let graph = TrainGraph::new(
             gpu,
-            &model.gpt2,
+            &model.transformer,
             &cfg.lora,
             None,
             cfg.seed,
@@ -576,7 +576,7 @@ pub fn evaluate_model(
     };
     let mut graph = TrainGraph::new_eval(
         gpu,
-        &model.gpt2,
+        &model.transformer,
         &lora,
         params.as_deref(),
         batch_size,

@@ -10,7 +10,7 @@ use super::{LogRecord, TrainerState};
 use crate::error::{Error, Result};
 use crate::fsio::{self, create_dir_all, io_err, write_atomic};
 use crate::lora::{peft, LoraConfig, LoraLayout};
-use crate::model::{Gpt2Config, OptimizerState};
+use crate::model::{ModelConfig, OptimizerState};
 use crate::tensor_file::{self, F32View};
 
 /// The files of an adapter in PEFT's format ([`peft::save`]).
@@ -338,7 +338,7 @@ impl Checkpoint {
     }
 
     /// Its adapter, loaded for `model` ([`peft::load`]).
-    pub(crate) fn adapter(&self, model: &Gpt2Config) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
+    pub(crate) fn adapter(&self, model: &ModelConfig) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
         peft::load(&self.dir, model)
     }
 

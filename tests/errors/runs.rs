@@ -76,7 +76,7 @@ fn a_diverged_run_stops_and_names_the_checkpoint_to_resume() {
 #[test]
 fn hostile_bytes_are_errors_not_panics() {
     use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
-    use lora_wgpu::model::{weights, Gpt2Config};
+    use lora_wgpu::model::{gpt2::weights, Gpt2Config};
     let cfg = Gpt2Config::from_json_bytes(
         br#"{"n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 4, "vocab_size": 5}"#,
     )

@@ -2,7 +2,7 @@
 //! replay of a recorded decode step, with any number of PEFT LoRA adapters applied at once,
 //! each with its own scale, and sampling (greedy, temperature, top-k, top-p) on the CPU.
 //!
-//! The [`Generator`] shares the frozen weights of a [`Gpt2`] (never copied or uploaded
+//! The [`Generator`] shares the frozen weights of a [`Transformer`] (never copied or uploaded
 //! again); it owns the per-layer K and V caches, activations for up to `max_context` rows and
 //! the small LoRA tensors of the adapters set with [`Generator::set_adapters`]. For every
 //! adapted linear layer it computes
@@ -18,13 +18,13 @@
 //! use std::path::Path;
 //! use lora_wgpu::lora::peft;
 //! use lora_wgpu::model::generate::{Generator, SamplingConfig, ScaledAdapter};
-//! use lora_wgpu::model::Gpt2;
+//! use lora_wgpu::model::Transformer;
 //! use lora_wgpu::{Gpu, GpuOptions};
 //!
 //! # fn main() -> lora_wgpu::Result<()> {
 //! let gpu = Gpu::new(&GpuOptions::from_env())?;
 //! let dir = Path::new("tests/fixtures/tiny_gpt2");
-//! let model = Gpt2::load(&gpu, &dir.join("model"))?;
+//! let model = Transformer::load(&gpu, &dir.join("model"))?;
 //! let adapter = peft::load(&dir.join("adapter"), &model.config)?;
 //! let mut generator = Generator::new(&gpu, &model, 32)?;
 //! generator.set_adapters(&gpu, &[ScaledAdapter::of(&adapter, 0.5)])?;
@@ -36,9 +36,8 @@
 
 use std::collections::BTreeMap;
 
-use super::block::{BlockDef, Dense, Place};
-use super::gpt2::Block;
-use super::{Gpt2, Gpt2Config};
+use super::block::{Op, Place};
+use super::{ModelConfig, Transformer};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recording, Tensor};
 use crate::kernels::lora::MAX_RANK;
@@ -111,8 +110,12 @@ struct Acts {
     /// Every other activation of a block, in scratch buffers by (width, index) that every
     /// block shares (see [`BlockDef::places`]).
     scratch: BTreeMap<(usize, usize), Tensor>,
+    /// Norm statistics: rows × the most groups a norm of the block has (heads, for Qwen3's
+    /// q_norm).
     mean: Tensor,
     rstd: Tensor,
+    /// RoPE's cos and sin tables over the context (models with rotary positions).
+    rope: Option<[Tensor; 2]>,
     att: Tensor,
     u: Tensor,
     last: Tensor,
@@ -124,26 +127,24 @@ struct Acts {
     logit_views: Vec<(usize, Tensor)>,
 }
 
-/// Text generation for one GPT-2 with a KV cache (see the [module docs](self)).
+/// Text generation for one model with a KV cache (see the [module docs](self)).
 pub struct Generator {
-    config: Gpt2Config,
+    /// The model's weights (shared, not copied) and its block definition.
+    model: Transformer,
     ctx: usize,
-    wte: Vec<Tensor>,
-    wpe: Tensor,
-    ln_f: Dense,
-    /// The model's blocks (weights shared, not copied) and their definition.
-    blocks: Vec<Block>,
-    def: BlockDef,
     /// Where each activation of a block lives (every block alike).
     places: Vec<Place>,
-    /// Per block: its K and V caches, (ctx, C) each.
+    /// Per block: its K and V caches, (ctx, kv heads · head_dim) each.
     caches: Vec<(Tensor, Tensor)>,
     acts: Acts,
     adapters: Vec<GpuAdapter>,
     /// Recorded passes by row count: 1 (decode) and the last prefill length.
     recordings: BTreeMap<usize, Recording>,
     position: usize,
-    eos: Option<u32>,
+    /// Tokens that end generation (a model may have several).
+    eos: Vec<u32>,
+    /// What an empty prompt starts from.
+    bos: Option<u32>,
     stop: Option<StopReason>,
     allocated: u64,
 }
@@ -161,38 +162,59 @@ impl std::fmt::Debug for Generator {
 
 impl Generator {
     /// A generator for `model` with room for `max_context` tokens (prompt + generated), at most
-    /// the model's `n_positions`. Shares the model's weights; allocates the KV caches
-    /// (2 · n_layer · max_context · n_embd floats) and activations for `max_context` rows.
+    /// the model's longest sequence. Shares the model's weights; allocates the KV caches
+    /// (2 · layers · max_context · kv heads · head_dim floats) and activations for
+    /// `max_context` rows.
     ///
-    /// The end-of-text token is GPT-2's 50256 when the vocabulary has it, else none (see
-    /// [`Generator::set_eos_token`]).
-    pub fn new(gpu: &Gpu, model: &Gpt2, max_context: usize) -> Result<Self> {
+    /// Generation stops at the model's end-of-text tokens: GPT-2's 50256 when the vocabulary
+    /// has it, a Llama-family config's `eos_token_id` (see [`Generator::set_eos_tokens`]).
+    pub fn new(gpu: &Gpu, model: &Transformer, max_context: usize) -> Result<Self> {
         let cfg = &model.config;
-        if max_context == 0 || max_context > cfg.n_positions {
+        if max_context == 0 || max_context > cfg.max_positions() {
             return Err(Error::invalid(
                 "max_context",
                 max_context,
                 format!(
-                    "must be in 1..={} (the model's n_positions)",
-                    cfg.n_positions
+                    "must be in 1..={} (the longest sequence the model takes)",
+                    cfg.max_positions()
                 ),
             ));
         }
-        let (c, nh, ctx) = (cfg.n_embd, cfg.n_head, max_context);
-        let mut allocated = 0u64;
+        let (c, nh, ctx) = (cfg.hidden_size(), cfg.num_heads(), max_context);
+        let kv = cfg.num_kv_heads() * cfg.head_dim();
+        let rope = match cfg.rope_inv_freq() {
+            Some(inv_freq) => {
+                let (cos, sin) = crate::kernels::rope::tables(&inv_freq, ctx);
+                let half = inv_freq.len();
+                let cos = gpu.upload("rope cos", &cos, &[ctx, half])?;
+                let sin = gpu.upload("rope sin", &sin, &[ctx, half])?;
+                Some([cos, sin])
+            }
+            None => None,
+        };
+        let mut allocated = rope.iter().flatten().map(Tensor::bytes).sum::<u64>();
         let mut zeros = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = gpu.zeros(name, shape)?;
             allocated += t.bytes();
             Ok(t)
         };
-        let mut caches = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
+        let mut caches = Vec::with_capacity(model.blocks.len());
+        for l in 0..model.blocks.len() {
             caches.push((
-                zeros(&format!("h.{l}.k_cache"), &[ctx, c])?,
-                zeros(&format!("h.{l}.v_cache"), &[ctx, c])?,
+                zeros(&format!("h.{l}.k_cache"), &[ctx, kv])?,
+                zeros(&format!("h.{l}.v_cache"), &[ctx, kv])?,
             ));
         }
-        let def = model.block.clone();
+        let def = &model.block;
+        let groups = def
+            .ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::RmsNorm { inp, width, .. } => Some(def.acts[inp].width / width),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
         let places = def.places(&vec![false; def.acts.len()]);
         let mut scratch = BTreeMap::new();
         for place in &places {
@@ -233,32 +255,36 @@ impl Generator {
                 zeros("residual b", &[ctx, c])?,
             ],
             scratch,
-            mean: zeros("ln mean", &[ctx])?,
-            rstd: zeros("ln rstd", &[ctx])?,
+            mean: zeros("norm mean", &[ctx * groups])?,
+            rstd: zeros("norm rstd", &[ctx * groups])?,
+            rope,
             att: zeros("attention probabilities", &[ctx, nh, ctx])?,
             u: zeros("lora u", &[ctx, MAX_RANK])?,
             last: zeros("last position", &[1, c])?,
-            lnf: zeros("ln_f (last position)", &[1, c])?,
-            lnf_mean: zeros("ln_f mean", &[1])?,
-            lnf_rstd: zeros("ln_f rstd", &[1])?,
+            lnf: zeros("final norm (last position)", &[1, c])?,
+            lnf_mean: zeros("final norm mean", &[1])?,
+            lnf_rstd: zeros("final norm rstd", &[1])?,
             logits,
             logit_views,
         };
+        let (eos, bos) = match cfg {
+            ModelConfig::Gpt2(c) => {
+                let eot = (c.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
+                (eot.into_iter().collect(), eot)
+            }
+            ModelConfig::Llama(c) => (c.eos_token_ids(), c.bos_token_id),
+        };
         let mut g = Generator {
-            config: cfg.clone(),
+            model: model.clone(),
             ctx,
-            wte: model.wte.clone(),
-            wpe: model.wpe.clone(),
-            ln_f: model.ln_f.clone(),
-            blocks: model.blocks.clone(),
-            def,
             places,
             caches,
             acts,
             adapters: Vec::new(),
             recordings: BTreeMap::new(),
             position: 0,
-            eos: (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT),
+            eos,
+            bos,
             stop: None,
             allocated,
         };
@@ -283,25 +309,35 @@ impl Generator {
         self.allocated + self.adapters.iter().map(|a| a.bytes).sum::<u64>()
     }
 
-    /// The end-of-text token generation stops at (and an empty prompt starts from), if any.
+    /// The first end-of-text token generation stops at, if any.
     pub fn eos_token(&self) -> Option<u32> {
-        self.eos
+        self.eos.first().copied()
     }
 
-    /// Set the end-of-text token (e.g. a model's `eos_token_id` when its vocabulary is not
+    /// Every token generation stops at.
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Set the one end-of-text token (e.g. a model's `eos_token_id` when its vocabulary is not
     /// GPT-2's), or `None` to stop only at `max_new_tokens` or a full context.
     pub fn set_eos_token(&mut self, eos: Option<u32>) -> Result<()> {
-        if let Some(t) = eos {
-            if t as usize >= self.config.vocab_size {
-                return Err(Error::invalid(
-                    "eos token",
-                    t,
-                    format!(
-                        "must be below the vocabulary size {}",
-                        self.config.vocab_size
-                    ),
-                ));
-            }
+        self.set_eos_tokens(eos.into_iter().collect())
+    }
+
+    /// Set every token generation stops at (a chat model often has several: end of text,
+    /// end of turn).
+    pub fn set_eos_tokens(&mut self, eos: Vec<u32>) -> Result<()> {
+        let vocab = self.model.config.vocab_size();
+        if let Some(&t) = eos.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(
+                "eos token",
+                t,
+                format!("must be below the vocabulary size {vocab}"),
+            ));
+        }
+        if self.bos.is_none() || self.model.config.as_gpt2().is_some() {
+            self.bos = eos.first().copied();
         }
         self.eos = eos;
         Ok(())
@@ -319,7 +355,7 @@ impl Generator {
     pub fn set_adapters(&mut self, gpu: &Gpu, adapters: &[ScaledAdapter<'_>]) -> Result<()> {
         let mut out = Vec::with_capacity(adapters.len());
         for (i, a) in adapters.iter().enumerate() {
-            let want = LoraLayout::new(&self.config, a.config)?;
+            let want = LoraLayout::new(&self.model.config, a.config)?;
             if &want != a.layout {
                 return Err(Error::invalid(
                     "adapter",
@@ -350,7 +386,7 @@ impl Generator {
                 .entries
                 .iter()
                 .map(|e| {
-                    let path = e.path();
+                    let path = &e.path;
                     Ok((
                         e.layer,
                         e.linear,
@@ -399,7 +435,7 @@ impl Generator {
                 "feed needs at least one token",
             ));
         }
-        let vocab = self.config.vocab_size;
+        let vocab = self.model.config.vocab_size();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid(
                 "token id",
@@ -412,8 +448,8 @@ impl Generator {
                 "sequence length",
                 self.position + n,
                 format!(
-                    "does not fit the context of {} tokens ({} in the cache + {n} new); shorten the prompt or create the Generator with a longer max_context (at most n_positions = {})",
-                    self.ctx, self.position, self.config.n_positions
+                    "does not fit the context of {} tokens ({} in the cache + {n} new); shorten the prompt or create the Generator with a longer max_context (at most {})",
+                    self.ctx, self.position, self.model.config.max_positions()
                 ),
             ));
         }
@@ -431,7 +467,7 @@ impl Generator {
 
     fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let all = gpu.download(&self.acts.logits)?;
-        let mut out = Vec::with_capacity(self.config.vocab_size);
+        let mut out = Vec::with_capacity(self.model.config.vocab_size());
         for (rows, view) in &self.acts.logit_views {
             let at = (view.offset() - self.acts.logits.offset()) as usize / 4;
             out.extend_from_slice(&all[at..at + rows]);
@@ -446,8 +482,8 @@ impl Generator {
     /// Stops after the end-of-text token (which is returned and passed to `on_token`), after
     /// `max_new_tokens`, or when prompt + generated tokens reach `max_context` (not an error:
     /// [`Generator::stop_reason`] says [`StopReason::ContextFull`]). A prompt longer than
-    /// `max_context` is an error. An empty prompt starts from the end-of-text token, as
-    /// Hugging Face does for GPT-2 (its BOS); without one it is an error.
+    /// `max_context` is an error. An empty prompt starts from the beginning-of-text token
+    /// (GPT-2's is its end-of-text token, as Hugging Face has it); without one it is an error.
     pub fn generate(
         &mut self,
         gpu: &Gpu,
@@ -459,11 +495,11 @@ impl Generator {
         let mut sampler = Sampler::new(cfg)?;
         let bos;
         let prompt = if prompt_ids.is_empty() {
-            bos = [self.eos.ok_or_else(|| {
+            bos = [self.bos.ok_or_else(|| {
                 Error::invalid(
                     "prompt",
                     "empty",
-                    "give at least one token: this model has no end-of-text token to start from (set one with Generator::set_eos_token)",
+                    "give at least one token: this model has no beginning-of-text token to start from",
                 )
             })?];
             &bos[..]
@@ -475,8 +511,8 @@ impl Generator {
                 "prompt length",
                 prompt.len(),
                 format!(
-                    "exceeds the context of {} tokens; shorten the prompt or use a longer max_context (at most n_positions = {})",
-                    self.ctx, self.config.n_positions
+                    "exceeds the context of {} tokens; shorten the prompt or use a longer max_context (at most {})",
+                    self.ctx, self.model.config.max_positions()
                 ),
             ));
         }
@@ -497,7 +533,7 @@ impl Generator {
             out.push(tok);
             let reason = if !on_token(tok) {
                 Some(StopReason::Callback)
-            } else if Some(tok) == self.eos {
+            } else if self.eos.contains(&tok) {
                 Some(StopReason::Eos)
             } else if out.len() >= max_new_tokens {
                 Some(StopReason::MaxTokens)

@@ -7,18 +7,19 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Recording, Tensor};
 use crate::kernels::decode::{self, DecodeShape};
 use crate::kernels::dropout::Dropout;
-use crate::kernels::layernorm;
 use crate::kernels::lora::{self as lk, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::kernels::rope::{self, RopeShape};
 use crate::lora::Linear;
-use crate::model::block::{self, Act, BlockRecorder, Dense, Place};
+use crate::model::block::{self, Act, BlockRecorder, Dense, Op, Place};
 
 impl Generator {
     /// Record the forward pass of n new rows at the position in `acts.pos`, ending with the
     /// logits of the last row.
     pub(super) fn record(&self, gpu: &Gpu, n: usize) -> Result<Recording> {
-        let cfg = &self.config;
-        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
+        let model = &self.model;
+        let cfg = &model.config;
+        let (c, eps) = (cfg.hidden_size(), cfg.norm_eps());
         let a = &self.acts;
         let rows = |t: &Tensor, width: usize| t.view(t.name(), 0, &[n, width]);
         let tokens = a.tokens.view("tokens", 0, &[n])?;
@@ -38,33 +39,22 @@ impl Generator {
                     _ => Ok(None),
                 })
                 .collect::<Result<Vec<_>>>()?,
-            mean: a.mean.view("ln mean", 0, &[n])?,
-            rstd: a.rstd.view("ln rstd", 0, &[n])?,
         };
 
         let mut rec = Recording::new();
-        let wte: Vec<&Tensor> = self.wte.iter().collect();
-        for d in decode::embedding(gpu, &res[0], &a.pos, &tokens, &wte, &self.wpe, c)? {
+        let wte: Vec<&Tensor> = model.embed.iter().collect();
+        let wpe = model.wpe.as_ref();
+        for d in decode::embedding(gpu, &res[0], &a.pos, &tokens, &wte, wpe, c)? {
             rec.push(d);
         }
-        for (l, weights) in self.blocks.iter().enumerate() {
-            block::record_forward(gpu, &mut rec, &mut r, &self.def, weights, l, c, eps)?;
+        for (l, weights) in model.blocks.iter().enumerate() {
+            block::record_forward(gpu, &mut rec, &mut r, &model.block, weights, l, eps)?;
         }
         // The LM head on the last position only.
-        let last = &res[self.blocks.len() % 2];
+        let last = &res[model.blocks.len() % 2];
         rec.push(decode::copy_row(gpu, &a.last, last, n - 1, c)?);
-        rec.push(layernorm::forward(
-            gpu,
-            &a.lnf,
-            &a.lnf_mean,
-            &a.lnf_rstd,
-            &a.last,
-            &self.ln_f.w,
-            &self.ln_f.b,
-            c,
-            eps,
-        )?);
-        for (shard, (shard_rows, out)) in self.wte.iter().zip(&a.logit_views) {
+        rec.push(model.final_norm(gpu, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.last)?);
+        for (shard, (shard_rows, out)) in model.head_shards().iter().zip(&a.logit_views) {
             if c.is_multiple_of(4) {
                 rec.push(decode::gemv_rows(gpu, out, &a.lnf, shard, c, *shard_rows)?);
             } else {
@@ -92,13 +82,11 @@ struct DecodeRecorder<'a> {
     res: [Tensor; 2],
     /// Views of n rows of each scratch activation.
     acts: Vec<Option<Tensor>>,
-    mean: Tensor,
-    rstd: Tensor,
 }
 
 impl BlockRecorder for DecodeRecorder<'_> {
     fn act(&self, layer: usize, act: Act) -> Tensor {
-        let def = &self.g.def;
+        let def = &self.g.model.block;
         if act == def.input {
             self.res[layer % 2].clone()
         } else if act == def.output {
@@ -110,8 +98,36 @@ impl BlockRecorder for DecodeRecorder<'_> {
         }
     }
 
-    fn norm_stats(&self, _layer: usize, _op: usize) -> (Tensor, Tensor) {
-        (self.mean.clone(), self.rstd.clone())
+    fn norm_stats(&self, _layer: usize, op: usize) -> (Option<Tensor>, Tensor) {
+        let def = &self.g.model.block;
+        let rows = match def.ops[op] {
+            Op::RmsNorm { inp, width, .. } => self.n * def.acts[inp].width / width,
+            _ => self.n,
+        };
+        let a = &self.g.acts;
+        let view = |t: &Tensor, what| t.view(what, 0, &[rows]).expect("rows fit the buffer");
+        (Some(view(&a.mean, "norm mean")), view(&a.rstd, "norm rstd"))
+    }
+
+    fn rope(
+        &mut self,
+        rec: &mut Recording,
+        _layer: usize,
+        out: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+    ) -> Result<()> {
+        let g = self.g;
+        let [cos, sin] = g.acts.rope.as_ref().expect("a block with RoPE has its tables");
+        let cfg = &g.model.config;
+        let s = RopeShape {
+            rows: self.n,
+            t: self.n,
+            nh: cfg.num_heads(),
+            nkv: cfg.num_kv_heads(),
+            hs: cfg.head_dim(),
+        };
+        rec.push(rope::forward(self.gpu, out, q, k, v, cos, sin, &g.acts.pos, &s)?);
+        Ok(())
     }
 
     /// out = inp · W + b (+ every adapter's low-rank term), for n rows.
@@ -132,7 +148,7 @@ impl BlockRecorder for DecodeRecorder<'_> {
                 out,
                 inp,
                 &w.w,
-                Some(&w.b),
+                w.b.as_ref(),
                 n,
                 d_in,
                 d_out,
@@ -143,7 +159,7 @@ impl BlockRecorder for DecodeRecorder<'_> {
                 out,
                 inp,
                 &w.w,
-                Some(&w.b),
+                w.b.as_ref(),
                 &MatmulOp::new(n, d_out, d_in).frozen_b(),
             )?);
         }
@@ -181,17 +197,18 @@ impl BlockRecorder for DecodeRecorder<'_> {
         qkv: &Tensor,
     ) -> Result<()> {
         let (gpu, g) = (self.gpu, self.g);
-        let cfg = &g.config;
+        let cfg = &g.model.config;
         let shape = DecodeShape {
             n: self.n,
-            c: cfg.n_embd,
-            nh: cfg.n_head,
+            nh: cfg.num_heads(),
+            nkv: cfg.num_kv_heads(),
+            hs: cfg.head_dim(),
             ctx: g.ctx,
         };
         let att = g
             .acts
             .att
-            .view("attention probabilities", 0, &[self.n, cfg.n_head, g.ctx])?;
+            .view("attention probabilities", 0, &[self.n, shape.nh, g.ctx])?;
         let (k_cache, v_cache) = &g.caches[layer];
         rec.push(decode::kv_store(
             gpu,

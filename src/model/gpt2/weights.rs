@@ -39,8 +39,7 @@ pub fn tensor_shapes(cfg: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// Host copy of every weight as f32, keyed as in [`tensor_shapes`].
-pub type HostWeights = BTreeMap<String, Vec<f32>>;
+pub use crate::model::HostWeights;
 
 /// Whether a checkpoint key is a buffer or tied copy that carries no weight of its own.
 fn ignored(key: &str) -> bool {

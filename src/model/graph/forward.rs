@@ -1,5 +1,5 @@
 //! Recording the training graph's forward: embedding, every block from its definition, the
-//! final LayerNorm, and the LM head fused with the cross-entropy's statistics and loss.
+//! final norm, and the LM head fused with the cross-entropy's statistics and loss.
 
 use super::linear::{adapter, Adapted, Builder};
 use super::plan::{OpStats, Plan};
@@ -8,10 +8,10 @@ use crate::gpu::{Recording, Tensor};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy as ce;
 use crate::kernels::embedding;
-use crate::kernels::layernorm;
+use crate::kernels::rope::{self, RopeShape};
 use crate::lora::Linear;
 use crate::model::block::{self, Act, BlockRecorder, Dense};
-use crate::model::Gpt2;
+use crate::model::Transformer;
 
 /// Records blocks into a training graph's buffers: the plan's activations, LoRA with dropout
 /// when `train`.
@@ -29,11 +29,28 @@ impl BlockRecorder for TrainRecorder<'_, '_> {
         self.plan.blocks[layer].acts[act].clone()
     }
 
-    fn norm_stats(&self, layer: usize, op: usize) -> (Tensor, Tensor) {
+    fn norm_stats(&self, layer: usize, op: usize) -> (Option<Tensor>, Tensor) {
         match &self.plan.blocks[layer].stats[op] {
             Some(OpStats::Norm { mean, rstd }) => (mean.clone(), rstd.clone()),
-            _ => unreachable!("op {op} of the block is a LayerNorm with saved statistics"),
+            _ => unreachable!("op {op} of the block is a norm with saved statistics"),
         }
+    }
+
+    fn rope(
+        &mut self,
+        rec: &mut Recording,
+        _layer: usize,
+        out: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+    ) -> Result<()> {
+        let [cos, sin, pos] = self
+            .plan
+            .rope
+            .as_ref()
+            .expect("a block with RoPE has its tables");
+        let s = self.rope_shape();
+        rec.push(rope::forward(self.bl.gpu, out, q, k, v, cos, sin, pos, &s)?);
+        Ok(())
     }
 
     fn linear(
@@ -67,32 +84,37 @@ impl BlockRecorder for TrainRecorder<'_, '_> {
     }
 }
 
+impl TrainRecorder<'_, '_> {
+    /// The rotary embedding's shape over the graph's rows.
+    pub(super) fn rope_shape(&self) -> RopeShape {
+        let s = &self.shape;
+        RopeShape {
+            rows: self.plan.rows(),
+            t: self.plan.t,
+            nh: s.nh,
+            nkv: s.nkv,
+            hs: s.hs,
+        }
+    }
+}
+
 /// Record the forward pass, from token ids to per-row losses.
-pub(super) fn record(r: &mut TrainRecorder, model: &Gpt2) -> Result<Recording> {
+pub(super) fn record(r: &mut TrainRecorder, model: &Transformer) -> Result<Recording> {
     let gpu = r.bl.gpu;
     let plan = r.plan;
     let cfg = &model.config;
-    let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
+    let (c, eps) = (cfg.hidden_size(), cfg.norm_eps());
     let mut fwd = Recording::new();
-    let wte: Vec<&Tensor> = model.wte.iter().collect();
+    let wte: Vec<&Tensor> = model.embed.iter().collect();
     let res0 = &plan.blocks[0].acts[model.block.input];
-    for d in embedding::forward(gpu, res0, &plan.tokens, &wte, &model.wpe, plan.t, c)? {
+    let wpe = model.wpe.as_ref();
+    for d in embedding::forward(gpu, res0, &plan.tokens, &wte, wpe, plan.t, c)? {
         fwd.push(d);
     }
     for (l, weights) in model.blocks.iter().enumerate() {
-        block::record_forward(gpu, &mut fwd, r, &model.block, weights, l, c, eps)?;
+        block::record_forward(gpu, &mut fwd, r, &model.block, weights, l, eps)?;
     }
-    fwd.push(layernorm::forward(
-        gpu,
-        &plan.lnf,
-        &plan.meanf,
-        &plan.rstdf,
-        &plan.last,
-        &model.ln_f.w,
-        &model.ln_f.b,
-        c,
-        eps,
-    )?);
+    fwd.push(model.final_norm(gpu, &plan.lnf, &plan.meanf, &plan.rstdf, &plan.last)?);
     for (i, (v0, _, lg)) in plan.shards.iter().enumerate() {
         fwd.push(plan.lm_head(gpu, model, i)?);
         fwd.push(ce::stats(gpu, &plan.st, lg, &plan.targets, *v0, i == 0)?);

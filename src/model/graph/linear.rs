@@ -125,7 +125,7 @@ impl<'a> Builder<'a> {
             out,
             inp,
             &d.w,
-            Some(&d.b),
+            d.b.as_ref(),
             &MatmulOp::new(m, d_out, d_in).frozen_b(),
         )?);
         if let Some(l) = lora {
@@ -142,11 +142,12 @@ impl<'a> Builder<'a> {
     }
 
     /// Backward of a linear layer: its LoRA gradients (if adapted, accumulated) and, when
-    /// `dinp` is given, the gradient at its input, dinp = dout · Wᵀ (+ the LoRA path's dx).
+    /// `dinp` = (buffer, accumulate) is given, the gradient at its input, dout · Wᵀ (+ the
+    /// LoRA path's dx), written or, with accumulate, added.
     pub(super) fn linear_backward(
         &mut self,
         rec: &mut Recording,
-        dinp: Option<&Tensor>,
+        dinp: Option<(&Tensor, bool)>,
         du: &Tensor,
         dout: &Tensor,
         inp: &Tensor,
@@ -156,20 +157,15 @@ impl<'a> Builder<'a> {
         scale: f32,
     ) -> Result<()> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
-        if let Some(dinp) = dinp {
-            rec.push(matmul(
-                self.gpu,
-                dinp,
-                dout,
-                &d.w,
-                None,
-                &MatmulOp::new(m, d_in, d_out).trans_b().frozen_b(),
-            )?);
+        if let Some((dinp, accumulate)) = dinp {
+            let mut op = MatmulOp::new(m, d_in, d_out).trans_b().frozen_b();
+            op.accumulate = accumulate;
+            rec.push(matmul(self.gpu, dinp, dout, &d.w, None, &op)?);
         }
         if let Some(l) = lora {
             let s = l.shape(m);
             let g = LoraGrads {
-                dx: dinp,
+                dx: dinp.map(|(d, _)| d),
                 da: &l.da,
                 db: &l.db,
                 du,

@@ -29,7 +29,7 @@ use crate::kernels::cross_entropy::IGNORE;
 use crate::kernels::dropout::Dropout;
 use crate::kernels::reduce;
 use crate::lora::{LoraConfig, LoraLayout};
-use crate::model::Gpt2;
+use crate::model::Transformer;
 use forward::TrainRecorder;
 use linear::{Adapted, Builder};
 use plan::Plan;
@@ -106,7 +106,7 @@ impl TrainGraph {
     /// when `None`, from PEFT's initialisation with `seed`.
     pub fn new(
         gpu: &Gpu,
-        model: &Gpt2,
+        model: &Transformer,
         lora: &LoraConfig,
         init: Option<&[f32]>,
         seed: u64,
@@ -123,7 +123,7 @@ impl TrainGraph {
     /// training calls return an error.
     pub fn new_eval(
         gpu: &Gpu,
-        model: &Gpt2,
+        model: &Transformer,
         lora: &LoraConfig,
         params: Option<&[f32]>,
         b: usize,
@@ -138,7 +138,7 @@ impl TrainGraph {
 
     fn build(
         gpu: &Gpu,
-        model: &Gpt2,
+        model: &Transformer,
         lora: &LoraConfig,
         init: Option<&[f32]>,
         seed: u64,
@@ -151,13 +151,13 @@ impl TrainGraph {
         if b == 0 {
             return Err(Error::invalid("batch size", b, "must be > 0"));
         }
-        if t < 2 || t > cfg.n_positions {
+        if t < 2 || t > cfg.max_positions() {
             return Err(Error::invalid(
                 "block size",
                 t,
                 format!(
-                    "must be in 2..={} (the model's n_positions)",
-                    cfg.n_positions
+                    "must be in 2..={} (the longest sequence the model takes)",
+                    cfg.max_positions()
                 ),
             ));
         }
@@ -176,7 +176,7 @@ impl TrainGraph {
         }
         let mut adapted: Vec<Adapted> = Vec::new();
         for (i, e) in layout.entries.iter().enumerate() {
-            let path = e.path();
+            let path = &e.path;
             adapted.push(Adapted {
                 index: i,
                 entry: e.clone(),
@@ -192,8 +192,9 @@ impl TrainGraph {
         let shape = AttentionShape {
             b,
             t,
-            c: cfg.n_embd,
-            nh: cfg.n_head,
+            nh: cfg.num_heads(),
+            nkv: cfg.num_kv_heads(),
+            hs: cfg.head_dim(),
         };
         let mut rec = TrainRecorder {
             bl: &mut bl,
@@ -422,7 +423,7 @@ impl TrainGraph {
     }
 
     /// Full logits (B·T, V) of the last forward pass, assembled chunk by chunk (waits).
-    pub fn logits(&self, gpu: &Gpu, model: &Gpt2) -> Result<Vec<f32>> {
+    pub fn logits(&self, gpu: &Gpu, model: &Transformer) -> Result<Vec<f32>> {
         let bt = self.plan.rows();
         let v: usize = self.plan.shards.iter().map(|s| s.1).sum();
         let mut out = vec![0.0f32; bt * v];

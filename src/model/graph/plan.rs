@@ -8,8 +8,9 @@ use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor, VIEW_ALIGN};
 use crate::kernels::cross_entropy::CeState;
 use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::kernels::rope;
 use crate::model::block::{Op, Place};
-use crate::model::Gpt2;
+use crate::model::Transformer;
 
 /// Logits up to this size (B·T·V·4 bytes) are kept from forward for backward, which saves one
 /// of the three LM-head products per step (the biggest matmuls of a small model); larger ones
@@ -26,8 +27,8 @@ pub fn keeps_logits(tokens: usize, vocab: usize) -> bool {
 /// What an op of a block saves for its backward besides activations.
 #[derive(Clone)]
 pub(super) enum OpStats {
-    /// LayerNorm's per-row mean and reciprocal standard deviation.
-    Norm { mean: Tensor, rstd: Tensor },
+    /// A norm's per-row reciprocal standard deviation, and LayerNorm's mean.
+    Norm { mean: Option<Tensor>, rstd: Tensor },
     /// Attention's per-row log-sum-exp of the scores (B, NH, T): all the backward keeps of
     /// the softmax.
     Attention { lse: Tensor },
@@ -53,7 +54,10 @@ pub(super) struct Plan {
     pub(super) targets: Tensor,
     /// 1 / (counted targets of the step): the loss gradient of each counted target.
     pub(super) dloss: Tensor,
-    /// The residual stream into the final LayerNorm (the last block's output).
+    /// Rotary positions: the cos and sin tables of positions 0..T and the position offset
+    /// (0), for models with RoPE.
+    pub(super) rope: Option<[Tensor; 3]>,
+    /// The residual stream into the final norm (the last block's output).
     pub(super) last: Tensor,
     pub(super) lnf: Tensor,
     pub(super) meanf: Tensor,
@@ -76,7 +80,7 @@ impl Plan {
     /// between two.
     pub(super) fn new(
         bl: &mut Builder,
-        model: &Gpt2,
+        model: &Transformer,
         adapted: &[Adapted],
         train: bool,
         b: usize,
@@ -84,7 +88,8 @@ impl Plan {
     ) -> Result<Self> {
         let cfg = &model.config;
         let def = &model.block;
-        let (c, nh, bt) = (cfg.n_embd, cfg.n_head, b * t);
+        let (c, nh, bt) = (cfg.hidden_size(), cfg.num_heads(), b * t);
+        let n_layer = model.blocks.len();
         let first = adapted
             .iter()
             .filter_map(|a| {
@@ -101,7 +106,7 @@ impl Plan {
         // Residual l is block l's input (the last one ln_f's): that of a block the backward
         // reaches stays for it; otherwise residual l + 2 reuses its buffer.
         let mut res: Vec<Tensor> = Vec::new();
-        for l in 0..=cfg.n_layer {
+        for l in 0..=n_layer {
             res.push(match res.get(l.wrapping_sub(2)) {
                 Some(r) if !reached(l - 2) => r.clone(),
                 _ => bl.zeros(&format!("residual {l}"), &[bt, c])?,
@@ -110,7 +115,7 @@ impl Plan {
         let mut scratch: BTreeMap<(usize, usize), Tensor> = BTreeMap::new();
         let mut blocks: Vec<BlockBuffers> = Vec::new();
         let mut shared: Option<BlockBuffers> = None;
-        for l in 0..cfg.n_layer {
+        for l in 0..n_layer {
             if let (false, Some(s)) = (reached(l), &shared) {
                 let mut s = s.clone();
                 s.acts[def.input] = res[l].clone();
@@ -138,11 +143,18 @@ impl Plan {
             let mut stats = Vec::with_capacity(def.ops.len());
             for op in &def.ops {
                 let name = def.acts[op.out()].name;
-                stats.push(match op {
+                stats.push(match *op {
                     Op::LayerNorm { .. } => Some(OpStats::Norm {
-                        mean: bl.zeros(&format!("h.{l}.{name}.mean"), &[bt])?,
+                        mean: Some(bl.zeros(&format!("h.{l}.{name}.mean"), &[bt])?),
                         rstd: bl.zeros(&format!("h.{l}.{name}.rstd"), &[bt])?,
                     }),
+                    Op::RmsNorm { inp, width, .. } => {
+                        let rows = bt * def.acts[inp].width / width;
+                        Some(OpStats::Norm {
+                            mean: None,
+                            rstd: bl.zeros(&format!("h.{l}.{name}.rstd"), &[rows])?,
+                        })
+                    }
                     Op::Attention { .. } => Some(OpStats::Attention {
                         lse: bl.zeros(&format!("h.{l}.attn log-sum-exp"), &[b, nh, t])?,
                     }),
@@ -156,9 +168,20 @@ impl Plan {
             blocks.push(buffers);
         }
 
-        let lnf = bl.zeros("ln_f", &[bt, c])?;
-        let meanf = bl.zeros("ln_f.mean", &[bt])?;
-        let rstdf = bl.zeros("ln_f.rstd", &[bt])?;
+        let rope = match cfg.rope_inv_freq() {
+            Some(inv_freq) => {
+                let (cos, sin) = rope::tables(&inv_freq, t);
+                let half = inv_freq.len();
+                let cos = bl.gpu.upload("rope cos", &cos, &[t, half])?;
+                let sin = bl.gpu.upload("rope sin", &sin, &[t, half])?;
+                bl.allocated += cos.bytes() + sin.bytes();
+                Some([cos, sin, bl.zeros("rope position offset", &[1])?])
+            }
+            None => None,
+        };
+        let lnf = bl.zeros("final norm", &[bt, c])?;
+        let meanf = bl.zeros("final norm mean", &[bt])?;
+        let rstdf = bl.zeros("final norm rstd", &[bt])?;
         let ranges = model.shard_ranges();
         let max_rows = ranges.iter().map(|r| r.1).max().unwrap_or(1);
         let vocab: usize = ranges.iter().map(|r| r.1).sum();
@@ -195,7 +218,8 @@ impl Plan {
             tokens,
             targets,
             dloss,
-            last: res[cfg.n_layer].clone(),
+            rope,
+            last: res[n_layer].clone(),
             lnf,
             meanf,
             rstdf,
@@ -210,12 +234,13 @@ impl Plan {
     }
 
     /// The logits of LM-head shard `i`: lnf · shardᵀ into that shard's logits, (B·T, rows).
-    pub(super) fn lm_head(&self, gpu: &Gpu, model: &Gpt2, i: usize) -> Result<Dispatch> {
+    pub(super) fn lm_head(&self, gpu: &Gpu, model: &Transformer, i: usize) -> Result<Dispatch> {
         let (_, rows, logits) = &self.shards[i];
-        let op = MatmulOp::new(self.rows(), *rows, model.config.n_embd)
+        let op = MatmulOp::new(self.rows(), *rows, model.config.hidden_size())
             .trans_b()
             .frozen_b();
-        matmul(gpu, logits, &self.lnf, &model.wte[i], None, &op)
+        let shard = &model.head_shards()[i];
+        matmul(gpu, logits, &self.lnf, shard, None, &op)
     }
 
     /// Rows per activation: B·T.

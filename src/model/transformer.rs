@@ -1,0 +1,310 @@
+//! `Transformer`: a model's frozen weights on the GPU, for any supported family.
+//!
+//! Weights keep their checkpoint's names. Linear weights are stored `[in, out]` on the GPU
+//! (y = x·W + b) whatever the checkpoint's layout: GPT-2's Conv1D already is, `nn.Linear`
+//! weights (`[out, in]`, the Llama family) are transposed once at upload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::block::{BlockDef, BlockWeights, Dense};
+use super::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::kernels::{layernorm, rmsnorm};
+use crate::lora::{AdaptableModel, Linear};
+
+/// Host weights by checkpoint name, f32.
+pub type HostWeights = BTreeMap<String, Vec<f32>>;
+
+/// Most vocabulary rows per embedding / LM-head shard (and per logits chunk of the fused
+/// classifier).
+const MAX_SHARD_ROWS: usize = 4096;
+
+/// One block's weights: its norms in the order the block definition numbers them, and its
+/// linear layers.
+#[derive(Clone, Debug)]
+pub(crate) struct Block {
+    pub(crate) norms: Vec<Dense>,
+    pub(crate) linears: Vec<(Linear, Dense)>,
+}
+
+impl BlockWeights for Block {
+    fn norm(&self, i: usize) -> &Dense {
+        &self.norms[i]
+    }
+
+    fn linear(&self, site: Linear) -> &Dense {
+        &self
+            .linears
+            .iter()
+            .find(|(l, _)| *l == site)
+            .expect("the block definition names only the model's linear layers")
+            .1
+    }
+}
+
+/// How the frozen weights of the blocks' linear layers (most of a model's parameters) are
+/// stored on the GPU. Embeddings, biases and norm weights stay f32; all arithmetic is f32
+/// either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// 32-bit floats, exactly as loaded.
+    #[default]
+    F32,
+    /// Half precision (rounded once at upload): half the memory of those weights. Needs an
+    /// adapter with `SHADER_F16`.
+    F16,
+}
+
+/// A model's frozen weights on the GPU. Clones share the buffers.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    /// The model's shape.
+    pub config: ModelConfig,
+    /// Token embedding in shards of consecutive vocab rows (also the LM head when tied).
+    pub(crate) embed: Vec<Tensor>,
+    /// Learned position embedding (GPT-2).
+    pub(crate) wpe: Option<Tensor>,
+    pub(crate) blocks: Vec<Block>,
+    /// The norm after the last block.
+    pub(crate) norm_f: Dense,
+    /// An untied LM head, in shards like `embed`.
+    pub(crate) head: Option<Vec<Tensor>>,
+    /// The ops of one block, shared by every layer.
+    pub(crate) block: BlockDef,
+}
+
+impl Transformer {
+    /// Upload host weights (as [`crate::model::gpt2::weights`] or
+    /// [`crate::model::llama::weights`] return them), f32.
+    pub fn upload(gpu: &Gpu, config: &impl ToConfig, w: &HostWeights) -> Result<Self> {
+        Self::upload_with(gpu, config, w, WeightStorage::F32)
+    }
+
+    /// [`Transformer::upload`] with the linear layers' weights stored as `storage` says.
+    pub fn upload_with(
+        gpu: &Gpu,
+        config: &impl ToConfig,
+        w: &HostWeights,
+        storage: WeightStorage,
+    ) -> Result<Self> {
+        let config = config.to_config();
+        config.validate()?;
+        let c = config.hidden_size();
+        let host = |name: &str| {
+            w.get(name).ok_or_else(|| {
+                Error::shape("Transformer::upload", format!("missing tensor {name}"))
+            })
+        };
+        let get = |name: &str, shape: &[usize]| gpu.upload(name, host(name)?, shape);
+        let norm = |name: &str, bias: bool, width: usize| -> Result<Dense> {
+            let w_name = format!("{name}.weight");
+            let b_name = format!("{name}.bias");
+            Ok(Dense {
+                w: get(&w_name, &[width])?,
+                b: bias.then(|| get(&b_name, &[width])).transpose()?,
+            })
+        };
+        let linear = |layer: usize, site: Linear, d_in: usize, d_out: usize| -> Result<Dense> {
+            let path = config.module_path(layer, site);
+            let w_name = format!("{path}.weight");
+            let values = host(&w_name)?;
+            if values.len() != d_in * d_out {
+                return Err(Error::shape(
+                    "Transformer::upload",
+                    format!("{w_name} has {} values, expected {d_in} x {d_out}", values.len()),
+                ));
+            }
+            let in_out = if config.fan_in_fan_out() {
+                std::borrow::Cow::Borrowed(values)
+            } else {
+                std::borrow::Cow::Owned(transpose(values, d_out, d_in))
+            };
+            let weight = match storage {
+                WeightStorage::F16 => gpu.upload_f16(&w_name, &in_out, &[d_in, d_out])?,
+                WeightStorage::F32 => gpu.upload(&w_name, &in_out, &[d_in, d_out])?,
+            };
+            let bias = config
+                .linear_bias(site)
+                .then(|| get(&format!("{path}.bias"), &[d_out]))
+                .transpose()?;
+            Ok(Dense { w: weight, b: bias })
+        };
+        let shards = |name: &str| -> Result<Vec<Tensor>> {
+            let rows_fit =
+                (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
+            let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size());
+            let all = host(name)?;
+            if all.len() != config.vocab_size() * c {
+                return Err(Error::shape(
+                    "Transformer::upload",
+                    format!(
+                        "{name} has {} values, expected {} x {c}",
+                        all.len(),
+                        config.vocab_size()
+                    ),
+                ));
+            }
+            all.chunks(shard_rows * c)
+                .enumerate()
+                .map(|(i, rows)| {
+                    gpu.upload(&format!("{name}[shard {i}]"), rows, &[rows.len() / c, c])
+                })
+                .collect()
+        };
+        let block = config.block_def();
+        let rms = config.rms_norm();
+        let mut blocks = Vec::with_capacity(config.num_layers());
+        for l in 0..config.num_layers() {
+            let widths = norm_widths(&block);
+            let norms = config
+                .norm_names(l)
+                .iter()
+                .zip(widths)
+                .map(|((name, bias), width)| norm(name, *bias, width))
+                .collect::<Result<Vec<_>>>()?;
+            let linears = block
+                .linears()
+                .into_iter()
+                .map(|(site, d_in, d_out)| Ok((site, linear(l, site, d_in, d_out)?)))
+                .collect::<Result<Vec<_>>>()?;
+            blocks.push(Block { norms, linears });
+        }
+        let names = config.stem_names();
+        Ok(Transformer {
+            embed: shards(names.embed)?,
+            wpe: names
+                .positions
+                .map(|n| get(n, &[config.max_positions(), c]))
+                .transpose()?,
+            blocks,
+            norm_f: norm(names.norm, !rms, c)?,
+            head: names.head.map(shards).transpose()?,
+            block,
+            config,
+        })
+    }
+
+    /// Load a Hugging Face model directory (`config.json` + `model.safetensors`, or its
+    /// shards), f32.
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let w = super::source::load_weights(dir, &config)?;
+        Self::upload(gpu, &config, &w)
+    }
+
+    /// Bytes of GPU memory the weights take.
+    pub fn allocated_bytes(&self) -> u64 {
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.norms.iter().map(Dense::bytes).sum::<u64>()
+                    + b.linears.iter().map(|(_, d)| d.bytes()).sum::<u64>()
+            })
+            .sum();
+        let shards = |s: &[Tensor]| s.iter().map(Tensor::bytes).sum::<u64>();
+        shards(&self.embed)
+            + self.head.as_deref().map_or(0, shards)
+            + self.wpe.as_ref().map_or(0, Tensor::bytes)
+            + blocks
+            + self.norm_f.bytes()
+    }
+
+    /// The LM head's shards (the embedding's when tied).
+    pub(crate) fn head_shards(&self) -> &[Tensor] {
+        self.head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// Vocabulary rows of each LM-head shard: (first row, rows).
+    pub(crate) fn shard_ranges(&self) -> Vec<(usize, usize)> {
+        let c = self.config.hidden_size();
+        let mut v0 = 0;
+        self.head_shards()
+            .iter()
+            .map(|s| {
+                let r = (v0, s.len() / c);
+                v0 += r.1;
+                r
+            })
+            .collect()
+    }
+
+    /// The final norm of `inp` into `out`, saving its statistics (`mean` is LayerNorm's only).
+    pub(crate) fn final_norm(
+        &self,
+        gpu: &Gpu,
+        out: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        inp: &Tensor,
+    ) -> Result<Dispatch> {
+        let (c, eps) = (self.config.hidden_size(), self.config.norm_eps());
+        let w = &self.norm_f;
+        match &w.b {
+            Some(b) => layernorm::forward(gpu, out, mean, rstd, inp, &w.w, b, c, eps),
+            None => rmsnorm::forward(gpu, out, rstd, inp, &w.w, c, eps),
+        }
+    }
+
+    /// The final norm's input gradient, added to `dinp`.
+    pub(crate) fn final_norm_backward(
+        &self,
+        gpu: &Gpu,
+        dinp: &Tensor,
+        dout: &Tensor,
+        inp: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<Dispatch> {
+        let c = self.config.hidden_size();
+        let w = &self.norm_f;
+        match &w.b {
+            Some(_) => layernorm::backward(gpu, dinp, dout, inp, &w.w, mean, rstd, c),
+            None => rmsnorm::backward(gpu, dinp, dout, inp, &w.w, rstd, c, true),
+        }
+    }
+}
+
+/// The width of each norm the block definition numbers, by norm index.
+fn norm_widths(def: &BlockDef) -> Vec<usize> {
+    use super::block::Op;
+    let mut widths = Vec::new();
+    for op in &def.ops {
+        let (norm, width) = match *op {
+            Op::LayerNorm { inp, norm, .. } => (norm, def.acts[inp].width),
+            Op::RmsNorm { norm, width, .. } => (norm, width),
+            _ => continue,
+        };
+        if widths.len() <= norm {
+            widths.resize(norm + 1, 0);
+        }
+        widths[norm] = width;
+    }
+    widths
+}
+
+/// `[rows, cols]` row-major into `[cols, rows]`.
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for r in 0..rows {
+        for (c, &v) in w[r * cols..(r + 1) * cols].iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
+/// A model config of any family, or one of a family ([`Gpt2Config`](super::Gpt2Config),
+/// [`LlamaConfig`](super::LlamaConfig)): what [`Transformer::upload`] takes.
+pub trait ToConfig {
+    /// The config as a [`ModelConfig`].
+    fn to_config(&self) -> ModelConfig;
+}
+
+impl<T: Clone + Into<ModelConfig>> ToConfig for T {
+    fn to_config(&self) -> ModelConfig {
+        self.clone().into()
+    }
+}
