@@ -20,3 +20,6 @@ pub mod lora;
 pub mod matmul;
 pub mod merge;
 pub mod reduce;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;

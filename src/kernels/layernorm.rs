@@ -33,7 +33,9 @@ impl LayernormVariant {
         }
     }
 
-    fn launch(self, n: usize) -> Result<Launch> {
+    /// Override constants and grid for `n` rows (also used by `rmsnorm`, whose kernels share
+    /// this layout).
+    pub(super) fn launch(self, n: usize) -> Result<Launch> {
         Ok(match self {
             LayernormVariant::Row => (vec![], [groups(n, 64)?, 1, 1]),
             LayernormVariant::Workgroup => {
