@@ -207,7 +207,7 @@ fn bench_lora(c: &mut Criterion) {
 fn bench_attention(c: &mut Criterion) {
     let g = gpu();
     let (b, t, ch, nh) = (4, 128, 768, 12);
-    let s = AttentionShape { b, t, c: ch, nh };
+    let s = AttentionShape::mha(b, t, ch, nh);
     let mut grp = c.benchmark_group(format!("attention/{b}x{t}x{ch}_h{nh}"));
     grp.sample_size(20).warm_up_time(Duration::from_millis(500));
     let qkv = filled(&g, "qkv", &[b, t, 3 * ch]);

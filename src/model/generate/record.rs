@@ -182,12 +182,7 @@ impl BlockRecorder for DecodeRecorder<'_> {
     ) -> Result<()> {
         let (gpu, g) = (self.gpu, self.g);
         let cfg = &g.config;
-        let shape = DecodeShape {
-            n: self.n,
-            c: cfg.n_embd,
-            nh: cfg.n_head,
-            ctx: g.ctx,
-        };
+        let shape = DecodeShape::mha(self.n, cfg.n_embd, cfg.n_head, g.ctx);
         let att = g
             .acts
             .att

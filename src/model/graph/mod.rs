@@ -189,12 +189,7 @@ impl TrainGraph {
             });
         }
         let plan = Plan::new(&mut bl, model, &adapted, train, b, t)?;
-        let shape = AttentionShape {
-            b,
-            t,
-            c: cfg.n_embd,
-            nh: cfg.n_head,
-        };
+        let shape = AttentionShape::mha(b, t, cfg.n_embd, cfg.n_head);
         let mut rec = TrainRecorder {
             bl: &mut bl,
             plan: &plan,
