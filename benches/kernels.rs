@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::adamw::{self, AdamW};
+use lora_wgpu::kernels::attention::{self, AttentionShape};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
 use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant, VEC4};
@@ -199,6 +200,43 @@ fn bench_lora(c: &mut Criterion) {
     }
 }
 
+/// Causal attention of GPT-2 124M (B = 4, T = 128, 12 heads of 64) with the `Gpu`'s
+/// [`AttentionVariant`](lora_wgpu::kernels::attention::AttentionVariant): the forward and the
+/// backward's two dispatches, each timed alone, in FLOP/s of the causal half of q kᵀ and P v
+/// (and their gradients).
+fn bench_attention(c: &mut Criterion) {
+    let g = gpu();
+    let (b, t, ch, nh) = (4, 128, 768, 12);
+    let s = AttentionShape::mha(b, t, ch, nh);
+    let mut grp = c.benchmark_group(format!("attention/{b}x{t}x{ch}_h{nh}"));
+    grp.sample_size(20).warm_up_time(Duration::from_millis(500));
+    let qkv = filled(&g, "qkv", &[b, t, 3 * ch]);
+    let dout = filled(&g, "dout", &[b, t, ch]);
+    let out = g.zeros("out", &[b, t, ch]).unwrap();
+    let lse = g.zeros("lse", &[b, nh, t]).unwrap();
+    let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
+    let dqkv = g.zeros("dqkv", &[b, t, 3 * ch]).unwrap();
+    let fwd = attention::forward(&g, &out, &lse, &qkv, &s).unwrap();
+    let [rows, cols] = attention::backward(&g, &dqkv, &dstat, &dout, &qkv, &out, &lse, &s).unwrap();
+    // A real output, log-sum-exp and D for the backward to read.
+    g.run(&[&fwd, &rows]).unwrap();
+    let variant = g.variants().attention.name();
+    // FLOPs of one causal (T, T) / 2 product of width C per batch (q kᵀ, P v, dS k, ...):
+    // the forward makes 2, backward_rows 3, backward_cols 4.
+    let product = (2 * b * t * t / 2 * ch) as u64;
+    for (name, d, mul) in [
+        ("forward", &fwd, 2),
+        ("backward_rows", &rows, 3),
+        ("backward_cols", &cols, 4),
+    ] {
+        grp.throughput(Throughput::Elements(mul * product));
+        grp.bench_function(BenchmarkId::new(name, variant), |bch| {
+            bch.iter_custom(|it| time(&g, &[d], it))
+        });
+    }
+    grp.finish();
+}
+
 /// Memory-bound kernels, reported in bytes moved per second.
 fn bench_elementwise(c: &mut Criterion) {
     let g = gpu();
@@ -257,6 +295,7 @@ criterion_group!(
     bench_peak,
     bench_matmul,
     bench_lora,
+    bench_attention,
     bench_elementwise
 );
 criterion_main!(benches);

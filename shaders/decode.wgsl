@@ -4,29 +4,33 @@
 //   decode_embedding:  out[r] = wpe[p0 + r] (+ wte[tokens[r]] when the token is in rows v0..v1
 //                      of this shard); flags = 1 on the first shard (writes the position part),
 //                      2 on the first shard of a model without wpe (writes zero first)
-//   kv_store:          k_cache[p0 + r] = qkv[r, C .. 2C],  v_cache[p0 + r] = qkv[r, 2C .. 3C]
-//   decode_attention:  one workgroup per (row r, head h): the query at p0 + r attends causally to
-//                      cache rows 0 ..= p0 + r;  out[r, h] = softmax(q kᵀ · scale) v
+//   kv_store:          k_cache[p0 + r] = the NKV key heads of qkv row r, v_cache[p0 + r] its
+//                      NKV value heads (each kv head stored once, not per query head)
+//   decode_attention:  one workgroup per (row r, query head h): the query at p0 + r attends
+//                      causally to cache rows 0 ..= p0 + r of kv head h / (NH / NKV);
+//                      out[r, h] = softmax(q kᵀ · scale) v
 //   copy_row:          out = inp[row]  (the last position, the only one the LM head needs)
 //   gemv_cols:         y = x · W (+ bias) for a few rows, W stored (K, N) as GPT-2's Conv1D
 //                      (K % 4 == 0, N % 4 == 0); W is read once per ROWS rows
 //   gemv_rows:         y = x · Wᵀ for one row, W stored (N, K) as the tied LM head (K % 4 == 0)
 //
-// Shapes: qkv (n, 3C)   k_cache, v_cache (ctx, C), head h at columns h·HS .. (h+1)·HS
-//         att (n, NH, ctx) scratch probabilities   out (n, C)   tokens (n,) u32   pos (1,) u32
+// Shapes: qkv (n, (NH + 2·NKV)·HS) = [NH query heads | NKV key heads | NKV value heads]
+//         k_cache, v_cache (ctx, NKV·HS), kv head j at columns j·HS .. (j+1)·HS
+//         att (n, NH, ctx) scratch probabilities   out (n, NH·HS) from attention, (n, C) from
+//         the embedding   tokens (n,) u32   pos (1,) u32
 // The host guarantees p0 + n <= ctx; indices are clamped to the cache all the same.
 
 struct Params {
     n: u32,      // rows in this call (gemv: output columns / rows of W)
     c: u32,      // channels (gemv: K)
-    nh: u32,     // heads
+    nh: u32,     // query heads
     ctx: u32,    // rows of each cache
     v0: u32,     // embedding: first vocab row of this shard
     v1: u32,     // embedding: one past its last row
     flags: u32,  // embedding: write the position part; gemv_cols: add the bias
     row: u32,    // copy_row: source row; gemv_cols: last row
     scale: f32,  // attention: 1 / sqrt(HS)
-    _pad0: u32,
+    nkv: u32,    // kv_store, attention: key / value heads (a divisor of nh)
     _pad1: u32,
     _pad2: u32,
 }
@@ -91,21 +95,28 @@ fn decode_embedding(
     out[e] = v;
 }
 
+// Values per row of qkv.
+fn qkv_width() -> u32 {
+    return (p.nh + 2u * p.nkv) * HS;
+}
+
 @compute @workgroup_size(256)
 fn kv_store(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let kvw = p.nkv * HS;
     let e = linear_index(wid, nwg, lid, 256u);
-    if e >= p.n * p.c {
+    if e >= p.n * kvw {
         return;
     }
-    let row = e / p.c;
-    let col = e % p.c;
-    let dst = min(pos[0] + row, p.ctx - 1u) * p.c + col;
-    k_cache[dst] = qkv[row * 3u * p.c + p.c + col];
-    v_cache[dst] = qkv[row * 3u * p.c + 2u * p.c + col];
+    let row = e / kvw;
+    let col = e % kvw;
+    let dst = min(pos[0] + row, p.ctx - 1u) * kvw + col;
+    let src = row * qkv_width() + p.nh * HS + col;
+    k_cache[dst] = qkv[src];
+    v_cache[dst] = qkv[src + kvw];
 }
 
 @compute @workgroup_size(64)
@@ -115,9 +126,11 @@ fn decode_attention(
 ) {
     let r = wid.x;
     let h = wid.y;
+    let kvw = p.nkv * HS;
+    let kv = (h / (p.nh / p.nkv)) * HS;  // column of the kv head in the caches
     let nk = min(pos[0] + r + 1u, p.ctx);
     var q: array<f32, MAX_HS>;
-    let qo = r * 3u * p.c + h * HS;
+    let qo = r * qkv_width() + h * HS;
     for (var i = 0u; i < HS; i++) {
         q[i] = qkv[qo + i];
     }
@@ -126,7 +139,7 @@ fn decode_attention(
     // Scores of this thread's keys, and their maximum over the workgroup.
     var m = -3.402823e38;
     for (var t = lid; t < nk; t += WG) {
-        let ko = t * p.c + h * HS;
+        let ko = t * kvw + kv;
         var d = 0.0;
         for (var i = 0u; i < HS; i++) {
             d = fma(q[i], k_in[ko + i], d);
@@ -169,9 +182,9 @@ fn decode_attention(
     for (var d = lid; d < HS; d += WG) {
         var o = 0.0;
         for (var t = 0u; t < nk; t++) {
-            o = fma(att[arow + t], v_in[t * p.c + h * HS + d], o);
+            o = fma(att[arow + t], v_in[t * kvw + kv + d], o);
         }
-        out[r * p.c + h * HS + d] = o * inv;
+        out[(r * p.nh + h) * HS + d] = o * inv;
     }
 }
 

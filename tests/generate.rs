@@ -7,6 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{assert_close, gpu, random};
+use lora_wgpu::cpu;
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::decode::{self, DecodeShape};
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
@@ -200,7 +201,11 @@ fn decode_attention_matches_a_plain_loop() {
     let pos = g.upload_u32("pos", &[p0 as u32], &[1]).unwrap();
     let out = g.zeros("out", &[n, c]).unwrap();
     let att = g.zeros("att", &[n, nh, ctx]).unwrap();
-    let s = DecodeShape { n, c, nh, ctx };
+    let s = DecodeShape::mha(n, c, nh, ctx);
+    assert_eq!(
+        (s.nkv, s.hs, s.qkv_width(), s.kv_width()),
+        (nh, hs, 3 * c, c)
+    );
     let store = decode::kv_store(g, &kc, &vc, &pos, &t_qkv, &s).unwrap();
     let attn = decode::attention(g, &out, &att, &pos, &t_qkv, &kc, &vc, &s).unwrap();
     g.run(&[&store, &attn]).unwrap();
@@ -237,6 +242,140 @@ fn decode_attention_matches_a_plain_loop() {
         }
     }
     assert_close(&g.download(&out).unwrap(), &want, 1e-5, 1e-5, "attention");
+}
+
+/// The KV-cached attention of n new rows at p0 (kv_store, then decode::attention) against the
+/// training-side CPU forward over the whole sequence 0 .. p0 + n: rows before p0 take their
+/// keys and values from the cache as it was, later ones from the new qkv rows.
+fn check_decode_attention(n: usize, nh: usize, nkv: usize, hs: usize, ctx: usize, p0: usize) {
+    let g = gpu();
+    let s = DecodeShape {
+        n,
+        nh,
+        nkv,
+        hs,
+        ctx,
+    };
+    let (wq, wkv) = (s.qkv_width(), s.kv_width());
+    assert_eq!((wq, wkv), ((nh + 2 * nkv) * hs, nkv * hs));
+    let qkv: Vec<f32> = random(n * wq, 4).iter().map(|x| x * 3.0).collect();
+    let k_old: Vec<f32> = random(ctx * wkv, 5).iter().map(|x| x * 3.0).collect();
+    let v_old = random(ctx * wkv, 6);
+    let t_qkv = g.upload("qkv", &qkv, &[n, wq]).unwrap();
+    let kc = g.upload("k", &k_old, &[ctx, wkv]).unwrap();
+    let vc = g.upload("v", &v_old, &[ctx, wkv]).unwrap();
+    let pos = g.upload_u32("pos", &[p0 as u32], &[1]).unwrap();
+    let out = g.zeros("out", &[n, nh * hs]).unwrap();
+    let att = g.zeros("att", &[n, nh, ctx]).unwrap();
+    let store = decode::kv_store(g, &kc, &vc, &pos, &t_qkv, &s).unwrap();
+    let attn = decode::attention(g, &out, &att, &pos, &t_qkv, &kc, &vc, &s).unwrap();
+    g.run(&[&store, &attn]).unwrap();
+
+    // The caches: rows p0 .. p0 + n are the new rows' kv heads, the rest as they were.
+    let (mut k, mut v) = (k_old.clone(), v_old.clone());
+    for r in 0..n {
+        let src = r * wq + nh * hs;
+        k[(p0 + r) * wkv..][..wkv].copy_from_slice(&qkv[src..src + wkv]);
+        v[(p0 + r) * wkv..][..wkv].copy_from_slice(&qkv[src + wkv..src + 2 * wkv]);
+    }
+    let what = format!("{s:?} at {p0}");
+    assert_close(
+        &g.download(&kc).unwrap(),
+        &k,
+        0.0,
+        0.0,
+        &format!("k cache {what}"),
+    );
+    assert_close(
+        &g.download(&vc).unwrap(),
+        &v,
+        0.0,
+        0.0,
+        &format!("v cache {what}"),
+    );
+
+    // The whole sequence in the training layout; queries before p0 are never looked at.
+    let t = p0 + n;
+    let mut full = random(t * wq, 7);
+    for tt in 0..t {
+        let row = &mut full[tt * wq..(tt + 1) * wq];
+        if tt >= p0 {
+            row.copy_from_slice(&qkv[(tt - p0) * wq..][..wq]);
+        } else {
+            row[nh * hs..nh * hs + wkv].copy_from_slice(&k_old[tt * wkv..][..wkv]);
+            row[nh * hs + wkv..].copy_from_slice(&v_old[tt * wkv..][..wkv]);
+        }
+    }
+    let (mut want, mut lse) = (vec![0.0; t * nh * hs], vec![0.0; nh * t]);
+    cpu::attention::forward(&mut want, &mut lse, &full, 1, t, nh, nkv, hs);
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want[p0 * nh * hs..],
+        1e-5,
+        1e-5,
+        &format!("attention {what}"),
+    );
+}
+
+#[test]
+fn decode_grouped_query_attention_matches_the_cpu_forward() {
+    // (n, NH, NKV, HS, ctx, p0): groups of 2, 6, 1 and 2 query heads per kv head, a prefill at
+    // 0, single rows and short runs at offsets, the last one filling the cache exactly.
+    for (n, nh, nkv, hs, ctx, p0) in [
+        (3, 4, 2, 8, 20, 6),
+        (1, 6, 1, 12, 16, 9),
+        (5, 4, 4, 20, 12, 0),
+        (2, 2, 1, 128, 40, 33),
+        (4, 8, 2, 16, 70, 66),
+    ] {
+        check_decode_attention(n, nh, nkv, hs, ctx, p0);
+    }
+}
+
+#[test]
+fn decode_shapes_are_checked() {
+    let g = gpu();
+    let pos = g.upload_u32("pos", &[0], &[1]).unwrap();
+    let buf = g.zeros("buf", &[4096]).unwrap();
+    for (s, says) in [
+        (
+            DecodeShape {
+                n: 1,
+                nh: 4,
+                nkv: 3,
+                hs: 8,
+                ctx: 4,
+            },
+            "divide",
+        ),
+        (
+            DecodeShape {
+                n: 1,
+                nh: 1,
+                nkv: 1,
+                hs: 130,
+                ctx: 4,
+            },
+            "head size",
+        ),
+        (DecodeShape::mha(1, 10, 3, 4), "split evenly"),
+    ] {
+        let e = decode::kv_store(g, &buf, &buf, &pos, &buf, &s).unwrap_err();
+        assert!(e.to_string().contains(says), "{s:?}: {e}");
+    }
+    // The caches are (ctx, nkv·hs): one of (ctx, nh·hs) is refused.
+    let s = DecodeShape {
+        n: 1,
+        nh: 4,
+        nkv: 2,
+        hs: 8,
+        ctx: 4,
+    };
+    let qkv = g.zeros("qkv", &[1, 64]).unwrap();
+    let wide = g.zeros("cache", &[4, 32]).unwrap();
+    assert!(decode::kv_store(g, &wide, &wide, &pos, &qkv, &s).is_err());
+    let cache = g.zeros("cache", &[4, 16]).unwrap();
+    assert!(decode::kv_store(g, &cache, &cache, &pos, &qkv, &s).is_ok());
 }
 
 #[test]

@@ -122,11 +122,78 @@ fn elementwise_gelu_and_add() {
     assert_close(&g.download(&sum).unwrap(), &ws, 0.0, 0.0, "add");
 }
 
+/// Forward and backward of `s` on variant `v` against the CPU reference (1e-4 + 1e-4·|x|).
+/// Odd T gets larger scores: peaky rows, so the running maximum of the one-pass forward moves
+/// by a lot and late.
+fn check_attention(g: &lora_wgpu::Gpu, s: AttentionShape, v: AttentionVariant) {
+    let AttentionShape { b, t, nh, nkv, hs } = s;
+    let (wq, wo) = (s.qkv_width(), s.out_width());
+    assert_eq!((wq, wo), ((nh + 2 * nkv) * hs, nh * hs));
+    let amp = if t % 2 == 1 { 4.0 } else { 1.0 };
+    let qkv: Vec<f32> = random(b * t * wq, 10).iter().map(|x| x * amp).collect();
+    let dout = random(b * t * wo, 11);
+    let tq = g.upload("qkv", &qkv, &[b, t, wq]).unwrap();
+    let td = g.upload("dout", &dout, &[b, t, wo]).unwrap();
+    let out = g.zeros("out", &[b, t, wo]).unwrap();
+    let lse = g.zeros("lse", &[b, nh, t]).unwrap();
+    let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
+    // Not zeros: the backward writes every element, it does not add.
+    let dqkv = g
+        .upload("dqkv", &random(b * t * wq, 12), &[b, t, wq])
+        .unwrap();
+    let gv = g.with_variants(Variants {
+        attention: v,
+        ..g.variants()
+    });
+    let f = attention::forward(&gv, &out, &lse, &tq, &s).unwrap();
+    let [r, cl] = attention::backward(&gv, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
+    g.run(&[&f, &r, &cl]).unwrap();
+    let (mut want_out, mut want_lse, mut want_dqkv) = (
+        vec![0.0; b * t * wo],
+        vec![0.0; b * nh * t],
+        vec![0.0; b * t * wq],
+    );
+    cpu::attention::forward(&mut want_out, &mut want_lse, &qkv, b, t, nh, nkv, hs);
+    cpu::attention::backward(&mut want_dqkv, &dout, &qkv, b, t, nh, nkv, hs);
+    let what = format!("{v:?} {s:?}");
+    let got = g.download(&out).unwrap();
+    assert_close(
+        &got,
+        &want_out,
+        ATOL,
+        RTOL,
+        &format!("attention out {what}"),
+    );
+    let got_lse = g.download(&lse).unwrap();
+    assert_close(
+        &got_lse,
+        &want_lse,
+        ATOL,
+        RTOL,
+        &format!("attention lse {what}"),
+    );
+    let got_dqkv = g.download(&dqkv).unwrap();
+    assert_close(
+        &got_dqkv,
+        &want_dqkv,
+        ATOL,
+        RTOL,
+        &format!("attention dqkv {what}"),
+    );
+}
+
+const ATTENTION_VARIANTS: [AttentionVariant; 3] = [
+    AttentionVariant::Rows,
+    AttentionVariant::Tiled,
+    AttentionVariant::Image,
+];
+
 #[test]
 fn attention_forward_and_backward() {
     let g = gpu();
-    // T past one 64-key tile and not a multiple of 16 or 32; head sizes 4 .. 128 (the tiled
-    // kernels take up to 64 and fall back to the per-row ones above that).
+    // Multi-head (GPT-2) shapes (B, T, C, NH): T past one 64-key tile and not a multiple of
+    // 16 or 32; head sizes 4 .. 128 (the tiled kernels take up to 64 and fall back to the
+    // per-row ones above that).
     let shapes = [
         (1, 1, 4, 1),
         (2, 9, 24, 3),
@@ -135,55 +202,146 @@ fn attention_forward_and_backward() {
         (1, 135, 96, 2),
         (1, 5, 128, 1),
     ];
-    let variants = [
-        AttentionVariant::Rows,
-        AttentionVariant::Tiled,
-        AttentionVariant::Image,
-    ];
-    for ((b, t, c, nh), v) in shapes
-        .into_iter()
-        .flat_map(|s| variants.map(move |v| (s, v)))
-    {
-        let s = AttentionShape { b, t, c, nh };
-        // Odd T: larger scores, peaky rows, so the running maximum of the one-pass forward
-        // moves by a lot and late.
-        let amp = if t % 2 == 1 { 4.0 } else { 1.0 };
-        let qkv: Vec<f32> = random(b * t * 3 * c, 10).iter().map(|x| x * amp).collect();
-        let dout = random(b * t * c, 11);
-        let tq = g.upload("qkv", &qkv, &[b, t, 3 * c]).unwrap();
-        let td = g.upload("dout", &dout, &[b, t, c]).unwrap();
-        let out = g.zeros("out", &[b, t, c]).unwrap();
-        let lse = g.zeros("lse", &[b, nh, t]).unwrap();
-        let dstat = g.zeros("dstat", &[b, nh, t]).unwrap();
-        let dqkv = g.zeros("dqkv", &[b, t, 3 * c]).unwrap();
-        let gv = g.with_variants(Variants {
-            attention: v,
-            ..g.variants()
-        });
-        let f = attention::forward(&gv, &out, &lse, &tq, &s).unwrap();
-        let [r, cl] = attention::backward(&gv, &dqkv, &dstat, &td, &tq, &out, &lse, &s).unwrap();
-        g.run(&[&f, &r, &cl]).unwrap();
-        let (mut wo, mut wl, mut wd) = (
-            vec![0.0; b * t * c],
-            vec![0.0; b * nh * t],
-            vec![0.0; b * t * 3 * c],
-        );
-        cpu::attention::forward(&mut wo, &mut wl, &qkv, b, t, c, nh);
-        cpu::attention::backward(&mut wd, &dout, &qkv, b, t, c, nh);
-        let what = format!("{v:?} {s:?}");
-        let got = g.download(&out).unwrap();
-        assert_close(&got, &wo, ATOL, RTOL, &format!("attention out {what}"));
-        let got_lse = g.download(&lse).unwrap();
-        assert_close(&got_lse, &wl, ATOL, RTOL, &format!("attention lse {what}"));
-        let got_dqkv = g.download(&dqkv).unwrap();
-        assert_close(
-            &got_dqkv,
-            &wd,
-            ATOL,
-            RTOL,
-            &format!("attention dqkv {what}"),
-        );
+    for (b, t, c, nh) in shapes {
+        let s = AttentionShape::mha(b, t, c, nh);
+        assert_eq!((s.nkv, s.hs, s.qkv_width()), (nh, c / nh, 3 * c));
+        for v in ATTENTION_VARIANTS {
+            check_attention(g, s, v);
+        }
     }
+}
+
+#[test]
+fn attention_grouped_query_heads_forward_and_backward() {
+    let g = gpu();
+    // (B, T, NH, NKV, HS): groups of 2, 6 and 1 query heads per kv head; head sizes that are
+    // no C / NH of GPT-2 (12, 20) and the largest (128, the per-row kernels in Tiled); T odd,
+    // and past one 64-key tile and one 32-query tile.
+    let shapes = [
+        (2, 7, 4, 2, 8),
+        (2, 33, 4, 2, 8),
+        (2, 7, 6, 1, 12),
+        (2, 33, 6, 1, 12),
+        (2, 33, 4, 4, 20),
+        (1, 70, 8, 2, 16),
+        (2, 7, 2, 1, 128),
+        (2, 33, 2, 1, 128),
+        (1, 9, 3, 1, 6),
+    ];
+    for (b, t, nh, nkv, hs) in shapes {
+        let s = AttentionShape { b, t, nh, nkv, hs };
+        for v in ATTENTION_VARIANTS {
+            check_attention(g, s, v);
+        }
+    }
+}
+
+/// L = Σ out ⊙ dout through the CPU forward, in f64.
+fn attention_loss(qkv: &[f32], dout: &[f32], s: AttentionShape) -> f64 {
+    let AttentionShape { b, t, nh, nkv, hs } = s;
+    let (mut out, mut lse) = (vec![0.0; b * t * nh * hs], vec![0.0; b * nh * t]);
+    cpu::attention::forward(&mut out, &mut lse, qkv, b, t, nh, nkv, hs);
+    out.iter()
+        .zip(dout)
+        .map(|(&o, &g)| o as f64 * g as f64)
+        .sum()
+}
+
+#[test]
+fn attention_cpu_backward_matches_finite_differences_of_the_cpu_forward() {
+    for (b, t, nh, nkv, hs) in [(1, 4, 4, 2, 3), (2, 3, 3, 1, 2), (1, 3, 2, 2, 4)] {
+        let s = AttentionShape { b, t, nh, nkv, hs };
+        let n = b * t * s.qkv_width();
+        let qkv: Vec<f32> = random(n, 20).iter().map(|x| x * 2.0).collect();
+        let dout = random(b * t * s.out_width(), 21);
+        let mut dqkv = vec![0.0; n];
+        cpu::attention::backward(&mut dqkv, &dout, &qkv, b, t, nh, nkv, hs);
+        let eps = 1e-3f32;
+        let numeric: Vec<f32> = (0..n)
+            .map(|i| {
+                let (mut plus, mut minus) = (qkv.clone(), qkv.clone());
+                plus[i] += eps;
+                minus[i] -= eps;
+                let step = (plus[i] - minus[i]) as f64;
+                ((attention_loss(&plus, &dout, s) - attention_loss(&minus, &dout, s)) / step) as f32
+            })
+            .collect();
+        assert_close(&dqkv, &numeric, 2e-3, 2e-3, &format!("dqkv {s:?}"));
+        // Every kv head is used, so no part of the gradient is trivially zero.
+        assert!(dqkv.iter().filter(|d| d.abs() > 1e-3).count() > n / 2);
+    }
+}
+
+#[test]
+fn attention_rejects_bad_head_shapes() {
+    let g = gpu();
+    let (b, t) = (1, 4);
+    let bad = [
+        (
+            AttentionShape {
+                b,
+                t,
+                nh: 4,
+                nkv: 3,
+                hs: 8,
+            },
+            "divide",
+        ),
+        (
+            AttentionShape {
+                b,
+                t,
+                nh: 4,
+                nkv: 0,
+                hs: 8,
+            },
+            "positive",
+        ),
+        (
+            AttentionShape {
+                b,
+                t,
+                nh: 2,
+                nkv: 1,
+                hs: 129,
+            },
+            "head size",
+        ),
+        (
+            AttentionShape {
+                b,
+                t,
+                nh: 2,
+                nkv: 2,
+                hs: 0,
+            },
+            "head size",
+        ),
+        (AttentionShape::mha(b, t, 10, 4), "split evenly"),
+    ];
+    for (s, says) in bad {
+        // Buffers of the sizes the shape implies (or one value), so only the heads are wrong.
+        let n = |x: usize| x.max(1);
+        let qkv = g.zeros("qkv", &[n(b * t * s.qkv_width())]).unwrap();
+        let out = g.zeros("out", &[n(b * t * s.out_width())]).unwrap();
+        let lse = g.zeros("lse", &[n(b * s.nh * t)]).unwrap();
+        let e = attention::forward(g, &out, &lse, &qkv, &s).unwrap_err();
+        assert!(e.to_string().contains(says), "{s:?}: {e}");
+        let e = attention::backward(g, &qkv, &lse, &out, &qkv, &out, &lse, &s).unwrap_err();
+        assert!(e.to_string().contains(says), "{s:?}: {e}");
+    }
+    // The output width follows nh·hs, not the qkv width / 3.
+    let s = AttentionShape {
+        b,
+        t,
+        nh: 4,
+        nkv: 2,
+        hs: 8,
+    };
+    let qkv = g.zeros("qkv", &[b * t * 64]).unwrap();
+    let wrong = g.zeros("out", &[b * t * 64 / 3 + 1]).unwrap();
+    let lse = g.zeros("lse", &[b * 4 * t]).unwrap();
+    assert!(attention::forward(g, &wrong, &lse, &qkv, &s).is_err());
 }
 
 #[test]

@@ -147,7 +147,7 @@ fn profile_kinds(
         let ds = std::mem::take(&mut lora_bwd[i]);
         add(&format!("LoRA bwd {what} (2 per layer)"), l, ds);
     }
-    let ashape = AttentionShape { b, t, c, nh };
+    let ashape = AttentionShape::mha(b, t, c, nh);
     let lse = g.zeros("lse", &[b, nh, t])?;
     let dstat = g.zeros("dstat", &[b, nh, t])?;
     let qkv = x("qkv", 3 * c, 15);

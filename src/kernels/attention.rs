@@ -1,5 +1,12 @@
-//! `attention.wgsl`: causal multi-head self-attention and its backward, flash-style: O(T)
-//! memory per head (each row's log-sum-exp), the probabilities recomputed in the backward.
+//! `attention.wgsl`: causal self-attention with grouped-query heads (GQA; multi-head attention
+//! is the case of as many kv heads as query heads) and its backward, flash-style: O(T) memory
+//! per head (each row's log-sum-exp), the probabilities recomputed in the backward.
+//!
+//! Layout of the fused projection: each (batch, position) row of `qkv` is
+//! `[nh query heads | nkv key heads | nkv value heads]`, every head `hs` wide, so
+//! `(nh + 2·nkv)·hs` values; query head `h` attends with kv head `h / (nh / nkv)` (consecutive
+//! query heads share one, as transformers' `repeat_kv`). GPT-2's `[q | k | v]` of C each is
+//! `nkv = nh`, `hs = C / nh`. The output rows are `nh·hs` wide.
 
 use crate::error::{Error, Result};
 use crate::gpu::Access::{Read as R, ReadWrite as W};
@@ -16,17 +23,77 @@ const DOUT_SLOT: u8 = 3;
 /// Largest head size the kernels support.
 pub const MAX_HEAD_SIZE: usize = 128;
 
-/// Shape of one attention call.
+/// Shape of one attention call (see the module doc for the layout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
     /// Batch size.
     pub b: usize,
     /// Sequence length.
     pub t: usize,
-    /// Channels (n_embd).
-    pub c: usize,
-    /// Heads.
+    /// Query heads.
     pub nh: usize,
+    /// Key / value heads: a divisor of `nh`, each shared by `nh / nkv` consecutive query
+    /// heads (`nh` for multi-head attention).
+    pub nkv: usize,
+    /// Head size, at most [`MAX_HEAD_SIZE`]; the scores are scaled by 1/√hs.
+    pub hs: usize,
+}
+
+impl AttentionShape {
+    /// Multi-head attention over `c` channels in `nh` heads (GPT-2): `nkv = nh`,
+    /// `hs = c / nh`. A `c` that does not split evenly gives head size 0, which the
+    /// launchers reject.
+    pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> AttentionShape {
+        AttentionShape {
+            b,
+            t,
+            nh,
+            nkv: nh,
+            hs: head_size(c, nh),
+        }
+    }
+
+    /// Values per row of `qkv`: `(nh + 2·nkv)·hs`.
+    pub fn qkv_width(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hs
+    }
+
+    /// Values per row of the output: `nh·hs`.
+    pub fn out_width(&self) -> usize {
+        self.nh * self.hs
+    }
+}
+
+/// `c / nh` when `nh` heads split `c` channels evenly, else 0 (an invalid head size).
+pub(crate) fn head_size(c: usize, nh: usize) -> usize {
+    match c.checked_rem(nh) {
+        Some(0) => c / nh,
+        _ => 0,
+    }
+}
+
+/// Check a head configuration: `nh` query heads over `nkv` kv heads (a divisor of `nh`), head
+/// size 1 ..= [`MAX_HEAD_SIZE`]. Shared with the decoding kernels.
+pub(crate) fn check_heads(op: &'static str, nh: usize, nkv: usize, hs: usize) -> Result<()> {
+    if nh == 0 || nkv == 0 || !nh.is_multiple_of(nkv) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{nh} query heads over {nkv} key/value heads: both must be positive and the \
+                 kv heads must divide the query heads"
+            ),
+        ));
+    }
+    if hs == 0 || hs > MAX_HEAD_SIZE {
+        return Err(Error::shape(
+            op,
+            format!(
+                "head size {hs} must be 1..={MAX_HEAD_SIZE} (with AttentionShape::mha / \
+                 DecodeShape::mha: the channels must split evenly into the heads)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Largest head size of [`AttentionVariant::Tiled`]; larger heads use the per-row kernels.
@@ -78,18 +145,19 @@ impl AttentionVariant {
     }
 
     fn image(self, s: &AttentionShape) -> bool {
-        self == AttentionVariant::Image && s.nh > 0 && (s.c / s.nh).is_multiple_of(4)
+        self == AttentionVariant::Image && s.hs.is_multiple_of(4)
     }
 
     fn tiled(self, s: &AttentionShape) -> bool {
-        self == AttentionVariant::Tiled && s.nh > 0 && s.c / s.nh <= MAX_TILED_HEAD_SIZE
+        self == AttentionVariant::Tiled && s.hs <= MAX_TILED_HEAD_SIZE
     }
 
-    /// Workgroups of the tiled kernels: one per 16 rows of each (batch, head).
-    fn tiled_grid(s: &AttentionShape) -> Result<[u32; 3]> {
+    /// Workgroups of the tiled kernels: one per 16 rows of each (batch, head) over `heads`
+    /// heads (query heads for the forward and backward_rows, kv heads for backward_cols).
+    fn tiled_grid(s: &AttentionShape, heads: usize) -> Result<[u32; 3]> {
         Ok(groups_1d(u32_of(
             "workgroups",
-            s.b * s.nh * s.t.div_ceil(16),
+            s.b * heads * s.t.div_ceil(16),
         )?))
     }
 }
@@ -100,8 +168,8 @@ impl AttentionVariant {
 pub(crate) struct Params {
     b: u32,
     t: u32,
-    c: u32,
     nh: u32,
+    nkv: u32,
     scale: f32,
     _pad: [u32; 3],
 }
@@ -122,7 +190,8 @@ pub const FORWARD: KernelDef = KernelDef::new(&SHADER, "attention_forward", FWD,
 /// Attention backward over query rows: dq and D = rowsum(dout ⊙ out).
 pub const BACKWARD_ROWS: KernelDef =
     KernelDef::new(&SHADER, "attention_backward_rows", ROWS, PARAMS);
-/// Attention backward over key columns: dk and dv.
+/// Attention backward over key columns: dk and dv, each kv head's summed over the query heads
+/// of its group.
 pub const BACKWARD_COLS: KernelDef =
     KernelDef::new(&SHADER, "attention_backward_cols", COLS, PARAMS);
 /// Causal self-attention forward, 16 query rows per workgroup, keys and values in
@@ -132,7 +201,7 @@ pub const FORWARD_TILED: KernelDef =
 /// Attention backward over blocks of 16 query rows: dq and D (GPUs).
 pub const BACKWARD_ROWS_TILED: KernelDef =
     KernelDef::new(&SHADER, "attention_backward_rows_tiled", ROWS, PARAMS);
-/// Attention backward over blocks of 16 key rows: dk and dv (GPUs).
+/// Attention backward over blocks of 16 key rows of one kv head: dk and dv (GPUs).
 pub const BACKWARD_COLS_TILED: KernelDef =
     KernelDef::new(&SHADER, "attention_backward_cols_tiled", COLS, PARAMS);
 /// [`FORWARD`] reading q, k, v from a packed texture (CPU adapters).
@@ -172,39 +241,42 @@ pub const KERNELS: &[&KernelDef] = &[
     &BACKWARD_COLS_IMAGE,
 ];
 
-/// Uniform parameters, the head-size override constant and the workgroup grid.
-type Prepared = (Params, [(&'static str, f64); 1], [u32; 3]);
+/// Uniform parameters, the head-size override constant and the workgroup grids of the
+/// per-row kernels: one thread per (batch, query head, row), and per (batch, kv head, row)
+/// for backward_cols.
+struct Prepared {
+    params: Params,
+    hs: [(&'static str, f64); 1],
+    grid: [u32; 3],
+    grid_kv: [u32; 3],
+}
 
 impl AttentionShape {
-    fn prepare(&self) -> Result<Prepared> {
-        let AttentionShape { b, t, c, nh } = *self;
-        if nh == 0 || !c.is_multiple_of(nh) || c / nh > MAX_HEAD_SIZE {
-            return Err(Error::shape(
-                "attention",
-                format!("C = {c} must split into {nh} heads of at most {MAX_HEAD_SIZE}"),
-            ));
-        }
-        let hs = c / nh;
+    fn prepare(&self, op: &'static str) -> Result<Prepared> {
+        let AttentionShape { b, t, nh, nkv, hs } = *self;
+        check_heads(op, nh, nkv, hs)?;
         let params = Params {
             b: u32_of("B", b)?,
             t: u32_of("T", t)?,
-            c: u32_of("C", c)?,
             nh: u32_of("heads", nh)?,
+            nkv: u32_of("kv heads", nkv)?,
             scale: 1.0 / (hs as f32).sqrt(),
             _pad: [0; 3],
         };
-        Ok((
+        u32_of("qkv", b * t * self.qkv_width())?;
+        Ok(Prepared {
             params,
-            [("HS", hs as f64)],
-            groups_1d(groups(b * nh * t, 64)?),
-        ))
+            hs: [("HS", hs as f64)],
+            grid: groups_1d(groups(b * nh * t, 64)?),
+            grid_kv: groups_1d(groups(b * nkv * t, 64)?),
+        })
     }
 }
 
-/// out = softmax(q kᵀ / √hs, causal) v per head, and each row's log-sum-exp of the scaled
-/// scores, the only statistic the backward needs (no (T, T) matrix is stored). Kernels of the
-/// `Gpu`'s [`AttentionVariant`].
-///   out: (B, T, C)   lse: (B, NH, T)   qkv: (B, T, 3C)
+/// out = softmax(q kᵀ / √hs, causal) v per query head (k, v of its kv head), and each row's
+/// log-sum-exp of the scaled scores, the only statistic the backward needs (no (T, T) matrix
+/// is stored). Kernels of the `Gpu`'s [`AttentionVariant`].
+///   out: (B, T, NH·HS)   lse: (B, NH, T)   qkv: (B, T, (NH + 2·NKV)·HS)
 pub fn forward(
     gpu: &Gpu,
     out: &Tensor,
@@ -214,30 +286,34 @@ pub fn forward(
 ) -> Result<Dispatch> {
     const OP: &str = "attention::forward";
     let variant = gpu.variants().attention;
-    let AttentionShape { b, t, c, nh } = *s;
-    expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
-    expect_len(OP, "out", out, b * t * c)?;
+    let Prepared {
+        params, hs, grid, ..
+    } = s.prepare(OP)?;
+    let AttentionShape { b, t, nh, .. } = *s;
+    expect_len(OP, "qkv", qkv, b * t * s.qkv_width())?;
+    expect_len(OP, "out", out, b * t * s.out_width())?;
     expect_len(OP, "lse", lse, b * nh * t)?;
-    let (params, hs, grid) = s.prepare()?;
     if variant.image(s) {
-        if let Some((pack, view)) = pack_rows(gpu, qkv, b * t, 3 * c, QKV_SLOT)? {
+        if let Some((pack, view)) = pack_rows(gpu, qkv, b * t, s.qkv_width(), QKV_SLOT)? {
             let k = &FORWARD_IMAGE;
             let d = gpu.dispatch_with_textures(k, &hs, &params, &[out, lse], &[&view], grid)?;
             return Ok(d.after(vec![pack]));
         }
     }
     let (kernel, grid) = if variant.tiled(s) {
-        (&FORWARD_TILED, AttentionVariant::tiled_grid(s)?)
+        (&FORWARD_TILED, AttentionVariant::tiled_grid(s, nh)?)
     } else {
         (&FORWARD, grid)
     };
     gpu.dispatch(kernel, &hs, &params, &[qkv, out, lse], grid)
 }
 
-/// dqkv = ∂attention/∂qkv · dout (written, not added), two dispatches that recompute the
-/// probabilities from `qkv` and `lse`; `dstat` (B, NH, T) is scratch. Kernels of the `Gpu`'s
-/// [`AttentionVariant`].
-///   dqkv: (B, T, 3C)   dout: (B, T, C)   qkv, out, lse as written by [`forward`]
+/// dqkv = ∂attention/∂qkv · dout (written, not added) in `qkv`'s layout, two dispatches that
+/// recompute the probabilities from `qkv` and `lse`: dq per query head, then dk and dv per kv
+/// head, summed over the query heads of its group. `dstat` (B, NH, T) is scratch. Kernels of
+/// the `Gpu`'s [`AttentionVariant`].
+///   dqkv: (B, T, (NH + 2·NKV)·HS)   dout: (B, T, NH·HS)   qkv, out, lse as written by
+///   [`forward`]
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
@@ -251,19 +327,25 @@ pub fn backward(
 ) -> Result<[Dispatch; 2]> {
     const OP: &str = "attention::backward";
     let variant = gpu.variants().attention;
-    let AttentionShape { b, t, c, nh } = *s;
-    expect_len(OP, "qkv", qkv, b * t * 3 * c)?;
-    expect_len(OP, "dqkv", dqkv, b * t * 3 * c)?;
-    expect_len(OP, "dout", dout, b * t * c)?;
-    expect_len(OP, "out", out, b * t * c)?;
+    let Prepared {
+        params,
+        hs,
+        grid,
+        grid_kv,
+    } = s.prepare(OP)?;
+    let AttentionShape { b, t, nh, nkv, .. } = *s;
+    let (w_qkv, w_out) = (s.qkv_width(), s.out_width());
+    expect_len(OP, "qkv", qkv, b * t * w_qkv)?;
+    expect_len(OP, "dqkv", dqkv, b * t * w_qkv)?;
+    expect_len(OP, "dout", dout, b * t * w_out)?;
+    expect_len(OP, "out", out, b * t * w_out)?;
     expect_len(OP, "lse", lse, b * nh * t)?;
     expect_len(OP, "dstat", dstat, b * nh * t)?;
-    let (params, hs, grid) = s.prepare()?;
     if variant.image(s) {
         // Each dispatch packs its own textures: the two may be recorded apart.
         let packs = || -> Result<Option<(Vec<Dispatch>, [wgpu::TextureView; 2])>> {
-            let q = pack_rows(gpu, qkv, b * t, 3 * c, QKV_SLOT)?;
-            let g = pack_rows(gpu, dout, b * t, c, DOUT_SLOT)?;
+            let q = pack_rows(gpu, qkv, b * t, w_qkv, QKV_SLOT)?;
+            let g = pack_rows(gpu, dout, b * t, w_out, DOUT_SLOT)?;
             Ok(q.zip(g)
                 .map(|((pq, vq), (pg, vg))| (vec![pq, pg], [vq, vg])))
         };
@@ -272,18 +354,19 @@ pub fn backward(
             let rows = [lse, out, dstat, dqkv];
             let cols = [lse, dstat, dqkv];
             let r = gpu.dispatch_with_textures(rk, &hs, &params, &rows, &[&q, &g], grid)?;
-            let c = gpu.dispatch_with_textures(ck, &hs, &params, &cols, &[&q, &g], grid)?;
+            let c = gpu.dispatch_with_textures(ck, &hs, &params, &cols, &[&q, &g], grid_kv)?;
             return Ok([r.after(before_r), c.after(before_c)]);
         }
     }
-    let (rows, cols, grid) = if variant.tiled(s) {
+    let (rows, cols, grid, grid_kv) = if variant.tiled(s) {
         (
             &BACKWARD_ROWS_TILED,
             &BACKWARD_COLS_TILED,
-            AttentionVariant::tiled_grid(s)?,
+            AttentionVariant::tiled_grid(s, nh)?,
+            AttentionVariant::tiled_grid(s, nkv)?,
         )
     } else {
-        (&BACKWARD_ROWS, &BACKWARD_COLS, grid)
+        (&BACKWARD_ROWS, &BACKWARD_COLS, grid, grid_kv)
     };
     Ok([
         gpu.dispatch(
@@ -293,6 +376,6 @@ pub fn backward(
             &[dout, qkv, lse, out, dstat, dqkv],
             grid,
         )?,
-        gpu.dispatch(cols, &hs, &params, &[dout, qkv, lse, dstat, dqkv], grid)?,
+        gpu.dispatch(cols, &hs, &params, &[dout, qkv, lse, dstat, dqkv], grid_kv)?,
     ])
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Access::{Read as R, ReadWrite as W};
 use crate::gpu::{groups_1d, Dispatch, Dtype, Gpu, KernelDef, ShaderDef, Tensor};
 
-use super::attention::MAX_HEAD_SIZE;
+use super::attention::{check_heads, head_size};
 use super::{expect_len, f16_build, groups, u32_of};
 
 /// Mirrors `struct Params` in decode.wgsl.
@@ -24,7 +24,8 @@ pub(crate) struct Params {
     flags: u32,
     row: u32,
     scale: f32,
-    _pad: [u32; 3],
+    nkv: u32,
+    _pad: [u32; 2],
 }
 
 const DECODE_WGSL: &str = include_str!("../../shaders/decode.wgsl");
@@ -48,14 +49,14 @@ pub const EMBEDDING: KernelDef = KernelDef::new(
     &[(1, R), (2, R), (3, R), (4, R), (5, W)],
     PARAMS,
 );
-/// Write new keys and values into the KV cache.
+/// Write new keys and values into the KV cache (once per kv head).
 pub const KV_STORE: KernelDef = KernelDef::new(
     &SHADER,
     "kv_store",
     &[(1, R), (6, R), (7, W), (8, W)],
     PARAMS,
 );
-/// Causal attention of new queries over the KV cache.
+/// Causal attention of new queries over the KV cache, query heads grouped over kv heads.
 pub const ATTENTION: KernelDef = KernelDef::new(
     &SHADER,
     "decode_attention",
@@ -88,45 +89,76 @@ pub const KERNELS: &[&KernelDef] = &[
 ];
 
 /// Shape of one decoding call: `n` new rows at positions p0 .. p0 + n of a cache of `ctx` rows.
+/// Rows of `qkv` are `[nh query heads | nkv key heads | nkv value heads]`, each `hs` wide (the
+/// layout of [`AttentionShape`](super::attention::AttentionShape)); the caches hold the `nkv`
+/// kv heads once each, `nkv·hs` values per row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeShape {
     /// New rows (the prompt length in a prefill, 1 per generated token).
     pub n: usize,
-    /// Channels (n_embd).
-    pub c: usize,
-    /// Heads.
+    /// Query heads.
     pub nh: usize,
+    /// Key / value heads: a divisor of `nh`; query head `h` reads kv head `h / (nh / nkv)`.
+    pub nkv: usize,
+    /// Head size, at most [`MAX_HEAD_SIZE`](super::attention::MAX_HEAD_SIZE).
+    pub hs: usize,
     /// Rows of each KV cache (the longest context).
     pub ctx: usize,
 }
 
 impl DecodeShape {
-    fn params(&self) -> Result<Params> {
-        let DecodeShape { n, c, nh, ctx } = *self;
-        if nh == 0 || !c.is_multiple_of(nh) || c / nh > MAX_HEAD_SIZE {
-            return Err(Error::shape(
-                "decode",
-                format!("C = {c} must split into {nh} heads of at most {MAX_HEAD_SIZE}"),
-            ));
+    /// Multi-head attention over `c` channels in `nh` heads (GPT-2): `nkv = nh`,
+    /// `hs = c / nh`. A `c` that does not split evenly gives head size 0, which the
+    /// launchers reject.
+    pub fn mha(n: usize, c: usize, nh: usize, ctx: usize) -> DecodeShape {
+        DecodeShape {
+            n,
+            nh,
+            nkv: nh,
+            hs: head_size(c, nh),
+            ctx,
         }
+    }
+
+    /// Values per row of `qkv`: `(nh + 2·nkv)·hs`.
+    pub fn qkv_width(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hs
+    }
+
+    /// Values per row of each KV cache: `nkv·hs`.
+    pub fn kv_width(&self) -> usize {
+        self.nkv * self.hs
+    }
+
+    fn params(&self) -> Result<Params> {
+        let DecodeShape {
+            n,
+            nh,
+            nkv,
+            hs,
+            ctx,
+        } = *self;
+        check_heads("decode", nh, nkv, hs)?;
         if n == 0 || n > ctx {
             return Err(Error::shape(
                 "decode",
                 format!("{n} new rows for a cache of {ctx} rows (must be 1..={ctx})"),
             ));
         }
+        u32_of("qkv", n * self.qkv_width())?;
+        u32_of("KV cache", ctx * self.kv_width())?;
         Ok(Params {
             n: u32_of("rows", n)?,
-            c: u32_of("C", c)?,
             nh: u32_of("heads", nh)?,
+            nkv: u32_of("kv heads", nkv)?,
             ctx: u32_of("context", ctx)?,
-            scale: 1.0 / ((c / nh) as f32).sqrt(),
+            scale: 1.0 / (hs as f32).sqrt(),
             ..Params::default()
         })
     }
 
     fn head_size(&self) -> [(&'static str, f64); 1] {
-        [("HS", (self.c / self.nh) as f64)]
+        [("HS", self.hs as f64)]
     }
 }
 
@@ -193,7 +225,7 @@ pub fn embedding(
 }
 
 /// Write the keys and values of the new rows into the cache at rows p0 .. p0 + n.
-///   k_cache, v_cache: (ctx, C)   pos: (1,) u32   qkv: (n, 3C)
+///   k_cache, v_cache: (ctx, NKV·HS)   pos: (1,) u32   qkv: (n, (NH + 2·NKV)·HS)
 pub fn kv_store(
     gpu: &Gpu,
     k_cache: &Tensor,
@@ -205,22 +237,23 @@ pub fn kv_store(
     const OP: &str = "decode::kv_store";
     let params = s.params()?;
     expect_len(OP, "pos", pos, 1)?;
-    expect_len(OP, "qkv", qkv, s.n * 3 * s.c)?;
-    expect_len(OP, "k_cache", k_cache, s.ctx * s.c)?;
-    expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
+    expect_len(OP, "qkv", qkv, s.n * s.qkv_width())?;
+    expect_len(OP, "k_cache", k_cache, s.ctx * s.kv_width())?;
+    expect_len(OP, "v_cache", v_cache, s.ctx * s.kv_width())?;
     gpu.dispatch(
         &KV_STORE,
-        &[],
+        &s.head_size(),
         &params,
         &[pos, qkv, k_cache, v_cache],
-        groups_1d(groups(s.n * s.c, 256)?),
+        groups_1d(groups(s.n * s.kv_width(), 256)?),
     )
 }
 
 /// Causal attention of the n new queries (positions p0 + r) over cache rows 0 ..= p0 + r, one
-/// workgroup per (row, head). Run [`kv_store`] first so the new rows are in the cache.
-///   out: (n, C)   att: (n, NH, ctx) scratch   pos: (1,) u32   qkv: (n, 3C)
-///   k_cache, v_cache: (ctx, C)
+/// workgroup per (row, query head), query head h reading kv head h / (nh / nkv). Run
+/// [`kv_store`] first so the new rows are in the cache.
+///   out: (n, NH·HS)   att: (n, NH, ctx) scratch   pos: (1,) u32   qkv: (n, (NH + 2·NKV)·HS)
+///   k_cache, v_cache: (ctx, NKV·HS)
 pub fn attention(
     gpu: &Gpu,
     out: &Tensor,
@@ -234,11 +267,11 @@ pub fn attention(
     const OP: &str = "decode::attention";
     let params = s.params()?;
     expect_len(OP, "pos", pos, 1)?;
-    expect_len(OP, "qkv", qkv, s.n * 3 * s.c)?;
-    expect_len(OP, "out", out, s.n * s.c)?;
+    expect_len(OP, "qkv", qkv, s.n * s.qkv_width())?;
+    expect_len(OP, "out", out, s.n * s.nh * s.hs)?;
     expect_len(OP, "att", att, s.n * s.nh * s.ctx)?;
-    expect_len(OP, "k_cache", k_cache, s.ctx * s.c)?;
-    expect_len(OP, "v_cache", v_cache, s.ctx * s.c)?;
+    expect_len(OP, "k_cache", k_cache, s.ctx * s.kv_width())?;
+    expect_len(OP, "v_cache", v_cache, s.ctx * s.kv_width())?;
     let grid = [u32_of("rows", s.n)?, u32_of("heads", s.nh)?, 1];
     gpu.dispatch(
         &ATTENTION,
