@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     let model = Model::load(&gpu, &model_spec)?;
 
     // A synthetic token sequence that fits any vocabulary, packed into blocks of 16.
-    let v = model.config.vocab_size as u32;
+    let v = model.config.vocab_size() as u32;
     let ids: Vec<u32> = (0..16 * 8).map(|i| (i * 37 + 11) % v).collect();
     let stream = TokenStream {
         is_prompt: vec![false; ids.len()],

@@ -53,7 +53,7 @@ fn main() -> Result<()> {
         .collect();
 
     let tokenizer = &model.tokenizer;
-    let text_mode = tokenizer.vocab_size() == model.config.vocab_size;
+    let text_mode = tokenizer.vocab_size() == model.config.vocab_size();
     let ids = if text_mode {
         tokenizer.encode(prompt.as_deref().unwrap_or("The meaning of life is"))?
     } else {
@@ -69,7 +69,7 @@ fn main() -> Result<()> {
             .collect::<Result<Vec<_>>>()?
     };
 
-    let ctx = model.config.n_positions.min(ids.len() + max_new).max(1);
+    let ctx = model.config.max_positions().min(ids.len() + max_new).max(1);
     let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
     generator.set_adapters(&gpu, &scaled)?;
     eprintln!(

@@ -30,7 +30,7 @@ use crate::fsio::{self, io_err, write_synced};
 use crate::lora::peft;
 use crate::lora::{AdaptableModel, LoraConfig, LoraLayout};
 use crate::model::source::load_weights;
-use crate::model::{gpt2, llama, Gpt2Config, HostWeights, ModelConfig, ModelSource};
+use crate::model::{gpt2, llama, Gpt2Config, HostWeights, ModelConfig, ModelSource, ToConfig};
 use crate::tokenizer::{Tokenizer, EOT};
 
 /// Files of a model directory that say how to tokenize and generate, copied into a merged
@@ -52,10 +52,11 @@ const SIDE_FILES: [&str; 4] = [
 /// Everything is checked before anything is changed: on error `weights` is untouched.
 pub fn merge_into(
     weights: &mut HostWeights,
-    cfg: &ModelConfig,
+    cfg: &impl ToConfig,
     adapter: (&LoraConfig, &LoraLayout, &[f32]),
     scale: f32,
 ) -> Result<usize> {
+    let cfg = &cfg.to_config();
     let (lora, layout, params) = adapter;
     cfg.validate()?;
     if !scale.is_finite() {
@@ -377,12 +378,13 @@ fn write_files(
 /// renamed in, and the old one deleted.
 pub fn save_hf_dir(
     out: &Path,
-    cfg: &ModelConfig,
+    cfg: &impl ToConfig,
     weights: &HostWeights,
     tokenizer: &Tokenizer,
     base: Option<&Path>,
     overwrite: bool,
 ) -> Result<()> {
+    let cfg = &cfg.to_config();
     cfg.validate()?;
     if let ModelConfig::Llama(c) = cfg {
         if !c.raw.is_object() {

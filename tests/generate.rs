@@ -77,7 +77,7 @@ fn greedy_generation_matches_transformers() {
         let m = model(variant == "sharp");
         let (ad, mlp) = adapters(&m);
         // One generator for every configuration: only the adapters switch.
-        let mut gen = Generator::new(gpu(), &m, m.config.n_positions).unwrap();
+        let mut gen = Generator::new(gpu(), &m, m.config.max_positions()).unwrap();
         let configs: [(&str, Vec<ScaledAdapter>); 4] = [
             ("base", vec![]),
             ("adapter", vec![ScaledAdapter::of(&ad, 1.0)]),
@@ -96,7 +96,7 @@ fn greedy_generation_matches_transformers() {
                 let prompt = ids(&case["prompt"]);
                 let want = ids(&case["expected"][variant][*name]);
                 let n = case["max_new_tokens"].as_u64().unwrap() as usize;
-                let fills = prompt.len() + n == m.config.n_positions;
+                let fills = prompt.len() + n == m.config.max_positions();
                 // Where the fixture fills the context, ask for more: generation must stop there.
                 let ask = if fills { n + 10 } else { n };
                 let mut streamed = Vec::new();
@@ -138,7 +138,7 @@ fn kv_cache_logits_match_the_full_sequence_graph() {
     for sharp in [false, true] {
         let m = model(sharp);
         let (ad, _) = adapters(&m);
-        let (v, ctx) = (m.config.vocab_size, m.config.n_positions);
+        let (v, ctx) = (m.config.vocab_size(), m.config.max_positions());
         let tokens: Vec<u32> = (0..ctx as u32).map(|i| (i * 37 + 11) % v as u32).collect();
         // Base: B = 0 leaves only the base model; half: lora_B halved is scale 0.5.
         let mut base = ad.2.clone();
@@ -579,7 +579,7 @@ fn bad_input_is_a_clear_error() {
     );
     assert!(msg.contains("exceeds the context of 8"), "{msg}");
     let msg = invalid(gen.generate(g, &[], &greedy_cfg, 1, |_| true).unwrap_err());
-    assert!(msg.contains("no end-of-text token"), "{msg}");
+    assert!(msg.contains("no beginning-of-text token"), "{msg}");
     let msg = invalid(
         gen.generate(g, &[99], &greedy_cfg, 1, |_| true)
             .unwrap_err(),
@@ -626,7 +626,7 @@ fn bad_input_is_a_clear_error() {
 
     // An adapter whose layout is not this model's, or whose values are short.
     let (ad, _) = adapters(&m);
-    let mut other = m.config.clone();
+    let mut other = m.config.as_gpt2().unwrap().clone();
     other.n_embd = 64;
     let wrong_layout = LoraLayout::new(&other, &ad.0).unwrap();
     let wrong = ScaledAdapter {

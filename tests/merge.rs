@@ -226,7 +226,7 @@ fn saved_dir_round_trips_through_our_loader() {
     let tok = Tokenizer::gpt2().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("nested/merged");
-    save_hf_dir(&out, &cfg, &w, &tok, false).unwrap();
+    save_hf_dir(&out, &cfg, &w, &tok, None, false).unwrap();
 
     assert_eq!(
         Gpt2Config::from_file(&out.join("config.json")).unwrap(),
@@ -294,9 +294,9 @@ fn existing_output_is_refused_unless_overwrite() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     // An empty directory is fine to write into.
-    save_hf_dir(&out, &cfg, &w, &tok, false).unwrap();
+    save_hf_dir(&out, &cfg, &w, &tok, None, false).unwrap();
     std::fs::write(out.join("keep.txt"), "user file").unwrap();
-    let e = save_hf_dir(&out, &cfg, &w, &tok, false).unwrap_err();
+    let e = save_hf_dir(&out, &cfg, &w, &tok, None, false).unwrap_err();
     assert!(
         e.to_string().contains("not empty") && e.to_string().contains("--overwrite"),
         "{e}"
@@ -308,7 +308,7 @@ fn existing_output_is_refused_unless_overwrite() {
     // With overwrite the directory is replaced as a whole.
     let mut w2 = w.clone();
     w2.get_mut("ln_f.bias").unwrap()[0] += 1.0;
-    save_hf_dir(&out, &cfg, &w2, &tok, true).unwrap();
+    save_hf_dir(&out, &cfg, &w2, &tok, None, true).unwrap();
     assert!(!out.join("keep.txt").exists());
     assert_eq!(
         weights::load(&out.join("model.safetensors"), &cfg).unwrap(),
@@ -326,12 +326,12 @@ fn existing_output_is_refused_unless_overwrite() {
     // A file in the way is an error even with overwrite.
     let file = tmp.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    let e = save_hf_dir(&file, &cfg, &w, &tok, true).unwrap_err();
+    let e = save_hf_dir(&file, &cfg, &w, &tok, None, true).unwrap_err();
     assert!(e.to_string().contains("not a directory"), "{e}");
     // Incomplete weights are refused before anything is written.
     let mut short = w.clone();
     short.remove("wpe.weight");
-    let e = save_hf_dir(&tmp.path().join("new"), &cfg, &short, &tok, false).unwrap_err();
+    let e = save_hf_dir(&tmp.path().join("new"), &cfg, &short, &tok, None, false).unwrap_err();
     assert!(e.to_string().contains("wpe.weight"), "{e}");
     assert!(!tmp.path().join("new").exists());
 }

@@ -21,11 +21,11 @@ const FIXTURE: &str = concat!(
 /// are random token ids rather than text.
 fn fixture_model() -> Model {
     let dir = Path::new(FIXTURE);
-    let gpt2 = Transformer::load(gpu(), dir).unwrap();
+    let transformer = Transformer::load(gpu(), dir).unwrap();
     Model {
         source: ModelSource::Dir(dir.to_path_buf()),
-        config: gpt2.config.clone(),
-        gpt2,
+        config: transformer.config.clone(),
+        transformer,
         tokenizer: Tokenizer::gpt2().unwrap(),
     }
 }

@@ -65,10 +65,10 @@ pub fn train(g: &Gpu, args: &Args, model: &Transformer, wbytes: usize, t: usize,
             );
         }
         let tokens: Vec<u32> = (0..b * t)
-            .map(|i| ((i * 7919) % cfg.vocab_size) as u32)
+            .map(|i| ((i * 7919) % cfg.vocab_size()) as u32)
             .collect();
         let targets: Vec<u32> = (0..b * t)
-            .map(|i| ((i * 7919 + 1) % cfg.vocab_size) as u32)
+            .map(|i| ((i * 7919 + 1) % cfg.vocab_size()) as u32)
             .collect();
         for s in 0..args.warmup {
             graph.step(g, &tokens, &targets, s as u64 + 1, 1e-4)?;

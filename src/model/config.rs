@@ -130,6 +130,14 @@ impl ModelConfig {
         }
     }
 
+    /// The config.json key of [`ModelConfig::max_positions`], for messages.
+    pub fn max_positions_key(&self) -> &'static str {
+        match self {
+            ModelConfig::Gpt2(_) => "n_positions",
+            ModelConfig::Llama(_) => "max_position_embeddings",
+        }
+    }
+
     /// The norms' epsilon.
     pub fn norm_eps(&self) -> f32 {
         match self {

@@ -171,7 +171,7 @@ impl ModelSource {
 }
 
 /// A model directory's weights, checked against `config`.
-pub(crate) fn load_weights(dir: &Path, config: &ModelConfig) -> Result<HostWeights> {
+pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<HostWeights> {
     match config {
         ModelConfig::Gpt2(c) => gpt2::weights::load(&dir.join("model.safetensors"), c),
         ModelConfig::Llama(c) => llama::weights::load(dir, c),

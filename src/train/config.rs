@@ -157,8 +157,9 @@ impl TrainConfig {
                 "block size",
                 self.block_size,
                 format!(
-                    "must be in 2..={} (the model's n_positions)",
-                    model.max_positions()
+                    "must be in 2..={} (the model's {})",
+                    model.max_positions(),
+                    model.max_positions_key()
                 ),
             ));
         }

@@ -175,8 +175,9 @@ impl Generator {
                 "max_context",
                 max_context,
                 format!(
-                    "must be in 1..={} (the longest sequence the model takes)",
-                    cfg.max_positions()
+                    "must be in 1..={} (the model's {})",
+                    cfg.max_positions(),
+                    cfg.max_positions_key()
                 ),
             ));
         }

@@ -156,8 +156,9 @@ impl TrainGraph {
                 "block size",
                 t,
                 format!(
-                    "must be in 2..={} (the longest sequence the model takes)",
-                    cfg.max_positions()
+                    "must be in 2..={} (the model's {})",
+                    cfg.max_positions(),
+                    cfg.max_positions_key()
                 ),
             ));
         }
