@@ -9,6 +9,7 @@ pub(crate) mod block;
 pub mod generate;
 pub mod gpt2;
 pub mod graph;
+pub mod llama;
 pub mod source;
 
 pub use generate::{Generator, SamplingConfig, ScaledAdapter, StopReason};
