@@ -33,6 +33,7 @@
 // clearer at the call site than bundling them into one-off structs.
 #![allow(clippy::too_many_arguments)]
 
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -70,7 +70,7 @@ impl ModelConfig {
     pub fn architecture(&self) -> &str {
         match self {
             ModelConfig::Gpt2(_) => "gpt2",
-            ModelConfig::Llama(c) => c.arch.name(),
+            ModelConfig::Llama(c) => c.arch.model_type(),
         }
     }
 
@@ -214,7 +214,7 @@ impl ModelConfig {
             ModelConfig::Llama(c) => match linear {
                 Linear::QProj | Linear::KProj | Linear::VProj => c.qkv_bias(),
                 Linear::OProj => c.o_bias(),
-                _ => c.mlp_bias,
+                _ => c.mlp_has_bias(),
             },
         }
     }

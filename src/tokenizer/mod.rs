@@ -12,6 +12,10 @@ use tokenizers::AddedToken;
 
 use crate::error::{Error, Result};
 
+mod special;
+pub use special::{chat_template, special_tokens, SpecialTokens};
+pub(crate) use special::{token_id, token_ids};
+
 /// GPT-2's end-of-text token, `<|endoftext|>`.
 pub const EOT: u32 = 50256;
 

@@ -273,7 +273,7 @@ impl Generator {
                 let eot = (c.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
                 (eot.into_iter().collect(), eot)
             }
-            ModelConfig::Llama(c) => (c.eos_token_ids(), c.bos_token_id),
+            ModelConfig::Llama(c) => (c.eos_token_id.clone(), c.bos_token_id),
         };
         let mut g = Generator {
             model: model.clone(),
