@@ -442,6 +442,67 @@ mod tests {
             .collect()
     }
 
+    /// GPT-2's block and the Llama family's (plain, and Qwen3's with q/k norms).
+    fn defs() -> Vec<BlockDef> {
+        use crate::model::llama::{self, LlamaConfig};
+        let qwen3 = LlamaConfig::named("qwen3-0.6b").unwrap();
+        let llama = LlamaConfig::named("smollm2-135m").unwrap();
+        assert!(qwen3.qk_norm() && !llama.qk_norm());
+        vec![
+            block_def(8),
+            llama::block_def(&llama),
+            llama::block_def(&qwen3),
+        ]
+    }
+
+    #[test]
+    fn llama_blocks_never_clobber_a_live_value_or_gradient() {
+        for def in defs() {
+            for own in [vec![false; def.acts.len()], def.saved(|_| true)] {
+                let slots: Vec<_> = def
+                    .places(&own)
+                    .iter()
+                    .map(|p| match *p {
+                        Place::Scratch { width, index } => Some((width, index)),
+                        _ => None,
+                    })
+                    .collect();
+                check_no_clobber(&forward_steps(&def), &slots);
+            }
+            let residual = def.grad_root(def.output);
+            let eligible: Vec<bool> = (0..def.acts.len()).map(|a| a != residual).collect();
+            let steps = def.grad_steps();
+            check_no_clobber(&steps, &share_scratch(&steps, &def.widths(), &eligible));
+        }
+    }
+
+    #[test]
+    fn the_backward_keeps_what_it_reads() {
+        for def in defs() {
+            let saved = def.saved(|_| true);
+            for op in &def.ops {
+                let keeps = |a: Act| saved[a] || a == def.input || a == def.output;
+                match *op {
+                    Op::RmsNorm { inp, .. } | Op::LayerNorm { inp, .. } => assert!(keeps(inp)),
+                    Op::SwiGlu { gate, up, .. } => assert!(keeps(gate) && keeps(up)),
+                    Op::Attention { out, qkv } => assert!(keeps(out) && keeps(qkv)),
+                    // RoPE is linear: its backward reads nothing of the forward.
+                    Op::Rope { q, .. } => {
+                        let normed = |o: &Op| matches!(*o, Op::RmsNorm { inp, .. } if inp == q);
+                        assert!(!saved[q] || def.ops.iter().any(normed));
+                    }
+                    _ => {}
+                }
+            }
+            // SwiGLU's output is recomputed for down_proj's LoRA gradient, never kept.
+            for (a, act) in def.acts.iter().enumerate() {
+                if act.name == "mlp.act out" {
+                    assert!(def.recomputed(a) && !saved[a]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn gpt2_scratch_never_clobbers_a_live_value() {
         let def = block_def(8);
