@@ -277,6 +277,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     let adapter = peft::load(out, cfg_model)?;
     let ctx = model.config.max_positions().min(128);
     let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
+    generator.set_eos_tokens(model.special.eos.clone())?;
     generator.set_adapters(&gpu, &[ScaledAdapter::of(&adapter, 1.0)])?;
     println!("sample   (greedy, 24 tokens, with the new adapter):");
     stream(
@@ -426,6 +427,7 @@ fn generate_cmd(
     let wanted = model.tokenizer.encode_prompt(prompt)?.len().max(1) + max_new_tokens;
     let ctx = model.config.max_positions().min(wanted);
     let mut generator = Generator::new(&gpu, &model.transformer, ctx)?;
+    generator.set_eos_tokens(model.special.eos.clone())?;
     generator.set_adapters(&gpu, &scaled)?;
     stream(
         &gpu,

@@ -27,6 +27,7 @@ fn fixture_model() -> Model {
         config: transformer.config.clone(),
         transformer,
         tokenizer: Tokenizer::gpt2().unwrap(),
+        special: Default::default(),
     }
 }
 

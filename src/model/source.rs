@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{gpt2, llama, HostWeights, ModelConfig, Transformer, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{special_tokens, SpecialTokens, Tokenizer, EOT};
 
 /// Seed of the built-in `tiny` model's random weights (fixed, so `tiny` is always the same
 /// model and its adapters stay valid).
@@ -170,6 +170,35 @@ impl ModelSource {
     }
 }
 
+impl ModelSource {
+    /// The model's special tokens: from its directory's config files, else from its config
+    /// (GPT-2's `<|endoftext|>` is both its beginning and end).
+    pub fn special_tokens(&self, config: &ModelConfig, tok: &Tokenizer) -> Result<SpecialTokens> {
+        if let Some(dir) = self.local_dir()? {
+            let mut special = special_tokens(&dir, tok)?;
+            if special.eos.is_empty() && matches!(config, ModelConfig::Gpt2(_)) {
+                special.eos = tok.token_to_id("<|endoftext|>").into_iter().collect();
+            }
+            return Ok(special);
+        }
+        Ok(match config {
+            ModelConfig::Gpt2(c) => {
+                let eot = (c.vocab_size > EOT as usize).then_some(EOT);
+                SpecialTokens {
+                    bos: eot,
+                    eos: eot.into_iter().collect(),
+                    pad: None,
+                }
+            }
+            ModelConfig::Llama(c) => SpecialTokens {
+                bos: c.bos_token_id,
+                eos: c.eos_token_id.clone(),
+                pad: c.pad_token_id,
+            },
+        })
+    }
+}
+
 /// A model directory's weights, checked against `config`.
 pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<HostWeights> {
     match config {
@@ -200,6 +229,8 @@ pub struct Model {
     pub transformer: Transformer,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
+    /// Its beginning, end and padding tokens (generation stops at any end token).
+    pub special: SpecialTokens,
 }
 
 impl Model {
@@ -238,11 +269,13 @@ impl Model {
         let tokenizer = source.tokenizer()?;
         let host = source.host_weights(&config)?;
         let transformer = Transformer::upload_with(gpu, &config, &host, storage)?;
+        let special = source.special_tokens(&config, &tokenizer)?;
         Ok(Model {
             source,
             config,
             transformer,
             tokenizer,
+            special,
         })
     }
 
