@@ -46,6 +46,11 @@ fn rmsnorm_forward_and_backward() {
         (2, 8192),
     ];
     for v in [Row, Workgroup] {
+        let mut shapes = shapes.to_vec();
+        if v == Workgroup {
+            // Over 65535 rows: the grid goes 2-D (q/k norm rows are tokens·heads).
+            shapes.push((70_001, 2));
+        }
         for (n, c) in shapes {
             for accumulate in [false, true] {
                 let x: Vec<f32> = random(n * c, 3).iter().map(|v| v * 3.0 + 0.5).collect();

@@ -25,8 +25,8 @@ pub fn backward(
     c: usize,
     accumulate: bool,
 ) {
-    for row in 0..inp.len() / c {
-        let r = rstd[row] as f64;
+    for (row, &r) in rstd[..inp.len() / c].iter().enumerate() {
+        let r = r as f64;
         let base = row * c;
         let norm = |i: usize| inp[base + i] as f64 * r;
         let dnorm = |i: usize| dout[base + i] as f64 * weight[i] as f64;

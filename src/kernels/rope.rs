@@ -9,7 +9,7 @@ use crate::gpu::{groups_1d, Dispatch, Gpu, KernelDef, ShaderDef, Tensor};
 use super::{expect_len, groups, u32_of};
 
 /// Shape of one rope call: `rows` rows of `nh` query heads and `nkv` key / value heads of size
-/// `hs`; row r is at position pos[0] + r % t.
+/// `hs`; row r is at position `pos[0] + r % t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RopeShape {
     /// Rows: B·T when training, the new rows when decoding.
@@ -33,7 +33,7 @@ impl RopeShape {
     /// Check the shape and the tensors common to both directions (the tables and `pos`);
     /// return the number of qkv elements.
     fn check(&self, op: &'static str, cos: &Tensor, sin: &Tensor, pos: &Tensor) -> Result<usize> {
-        if self.hs == 0 || self.hs % 2 != 0 {
+        if self.hs == 0 || !self.hs.is_multiple_of(2) {
             return Err(Error::shape(
                 op,
                 format!("head size {} must be even and positive", self.hs),
@@ -43,7 +43,7 @@ impl RopeShape {
             return Err(Error::shape(op, "sequence length t must be positive"));
         }
         let half = self.hs / 2;
-        if cos.len() % half != 0 {
+        if !cos.len().is_multiple_of(half) {
             return Err(Error::shape(
                 op,
                 format!(
@@ -106,7 +106,7 @@ pub const KERNELS: &[&KernelDef] = &[&FORWARD, &BACKWARD];
 /// position, v copied.
 ///   qkv: (rows, (nh + 2·nkv)·hs)   q: (rows, nh·hs)   k, v: (rows, nkv·hs)
 ///   cos, sin: (P, hs/2), from [`tables`]   pos: (1,) u32, the position of row 0
-/// Positions pos[0] .. pos[0] + t must be rows of the tables (the caller's check: `pos` is
+/// Positions `pos[0] .. pos[0] + t` must be rows of the tables (the caller's check: `pos` is
 /// only known on the device).
 pub fn forward(
     gpu: &Gpu,
@@ -161,7 +161,7 @@ pub fn backward(
 }
 
 /// The cos and sin tables, each (positions, hs/2) row-major, for `inv_freq` (hs/2 inverse
-/// frequencies), as transformers builds them: the angle (p as f32) · inv_freq[i] is rounded
+/// frequencies), as transformers builds them: the angle `(p as f32) * inv_freq[i]` is rounded
 /// to f32, then its cos and sin are evaluated in f64 and rounded to f32. The tables come from
 /// the host because WGSL's sin and cos lose accuracy on large arguments.
 pub fn tables(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {

@@ -25,7 +25,7 @@ pub struct Variants {
     pub lora: LoraVariant,
     /// Attention ([`AttentionVariant::resolve`]).
     pub attention: AttentionVariant,
-    /// LayerNorm ([`LayernormVariant::resolve`]).
+    /// LayerNorm and RMSNorm, which spread rows alike ([`LayernormVariant::resolve`]).
     pub layernorm: LayernormVariant,
 }
 
