@@ -16,7 +16,10 @@ struct Heads {
 
 /// Split `qkv` (B, T, (nh + 2·nkv)·hs) into `b · nh` [`Heads`], the kv heads repeated.
 fn split(qkv: &[f32], b: usize, t: usize, nh: usize, nkv: usize, hs: usize) -> Vec<Heads> {
-    assert!(nkv > 0 && nh % nkv == 0, "{nh} heads over {nkv} kv heads");
+    assert!(
+        nkv > 0 && nh.is_multiple_of(nkv),
+        "{nh} heads over {nkv} kv heads"
+    );
     let width = (nh + 2 * nkv) * hs;
     assert_eq!(qkv.len(), b * t * width, "qkv length");
     let take = |bb: usize, col: usize| -> Vec<f64> {
