@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use cli::args::{Cli, Command, Demo, DeviceArgs, LoraArgs, TrainArgs};
 use cli::output::{bytes, human, Progress};
-use lora_wgpu::data::{self, Dataset};
+use lora_wgpu::data::{self, DataOptions, Dataset};
 use lora_wgpu::gpu::list_adapters;
 use lora_wgpu::lora::{parse_adapter_spec, peft, ParamTable};
 use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter};
@@ -164,9 +164,14 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
             (t, Some(v))
         }
         Some(path) => {
-            let all = Dataset::from_path(path, tok, block, a.mask_prompt)?;
+            // --mask-prompt forces the mask; without it each format's default applies.
+            let opts = DataOptions {
+                mask_prompt: a.mask_prompt.then_some(true),
+                ..DataOptions::default()
+            };
+            let all = Dataset::from_path(path, tok, block, &opts)?;
             match (&a.valid, a.val_split) {
-                (Some(v), _) => (all, Some(Dataset::from_path(v, tok, block, a.mask_prompt)?)),
+                (Some(v), _) => (all, Some(Dataset::from_path(v, tok, block, &opts)?)),
                 (None, Some(f)) => {
                     let (t, v) = all.split_validation(f, a.seed)?;
                     (t, Some(v))
@@ -301,7 +306,11 @@ fn eval_cmd(
     let gpu = device.gpu()?;
     let model = device.load_model(&gpu, model)?;
     let n = block_size.unwrap_or(1024.min(model.config.n_positions));
-    let data = Dataset::from_path(data_path, &model.tokenizer, n, false)?;
+    let opts = DataOptions {
+        mask_prompt: Some(false),
+        ..DataOptions::default()
+    };
+    let data = Dataset::from_path(data_path, &model.tokenizer, n, &opts)?;
     let loss = train::evaluate_model(&gpu, &model, adapter, &data, batch_size)?;
     let s = data.stats();
     if json {

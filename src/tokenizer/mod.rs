@@ -95,6 +95,20 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with each token's byte range in `text`, from one tokenization of the
+    /// whole text, exactly as [`Tokenizer::encode`] (no special token added; added tokens such as
+    /// `<|im_start|>` are one token each). The ranges let a caller mark which tokens fall in a
+    /// span of the text (e.g. an assistant turn) without tokenising pieces separately, which
+    /// could give other ids at the seams. A byte-level tokenizer that trims offsets may leave
+    /// out a token's leading or trailing spaces (a token of spaces only gets an empty range).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err("encoding text", e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
