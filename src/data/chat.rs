@@ -346,6 +346,27 @@ fn prompt_flags(offsets: &[(usize, usize)], spans: &[std::ops::Range<usize>]) ->
 /// tokenising the whole rendering at once. Errors on a role not in [`ROLES`], when the
 /// template raises or fails, and when the template is not prefix-stable for this conversation
 /// (use [`tokenize_chat_examples`] then).
+///
+/// ```
+/// use lora_wgpu::data::chat::{tokenize_chat, ChatTemplate, Message};
+/// use lora_wgpu::tokenizer::Tokenizer;
+///
+/// # fn main() -> lora_wgpu::Result<()> {
+/// let tpl = ChatTemplate::new(
+///     "{% for m in messages %}{{ m.role + ':\\n' + m.content + '<|endoftext|>' }}{% endfor %}\
+///      {% if add_generation_prompt %}assistant:\n{% endif %}",
+///     None,
+///     None,
+/// )?;
+/// let chat = [Message::new("user", "Hi"), Message::new("assistant", "Hello!")];
+/// assert_eq!(tpl.render(&chat, false)?, "user:\nHi<|endoftext|>assistant:\nHello!<|endoftext|>");
+/// let tok = Tokenizer::gpt2()?;
+/// let (ids, is_prompt) = tokenize_chat(&tpl, &tok, &chat)?;
+/// let learned: Vec<u32> = ids.iter().zip(&is_prompt).filter(|(_, p)| !**p).map(|(t, _)| *t).collect();
+/// assert_eq!(tok.decode(&learned)?, "Hello!<|endoftext|>");
+/// # Ok(())
+/// # }
+/// ```
 pub fn tokenize_chat(
     tpl: &ChatTemplate,
     tok: &Tokenizer,
@@ -630,12 +651,19 @@ mod tests {
     fn prompt_flags_use_overlap_and_trimmed_spaces() {
         // "ab" "Ġc" trimmed to (3, 4) after (0, 2), then a space-only token trimmed to empty.
         let offsets = [(0, 2), (3, 4), (5, 5), (5, 7)];
-        assert_eq!(prompt_flags(&offsets, &[2..4]), [true, false, true, true]);
-        assert_eq!(prompt_flags(&offsets, &[4..6]), [true, true, false, false]);
+        let one = |r: std::ops::Range<usize>| vec![r];
+        assert_eq!(
+            prompt_flags(&offsets, &one(2..4)),
+            [true, false, true, true]
+        );
+        assert_eq!(
+            prompt_flags(&offsets, &one(4..6)),
+            [true, true, false, false]
+        );
         assert_eq!(prompt_flags(&offsets, &[]), [true; 4]);
         // Tokens sharing one character's range (byte fallback) get the same flag.
         assert_eq!(
-            prompt_flags(&[(0, 3), (0, 3), (3, 4)], &[0..3]),
+            prompt_flags(&[(0, 3), (0, 3), (3, 4)], &one(0..3)),
             [false, false, true]
         );
     }

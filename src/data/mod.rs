@@ -250,7 +250,7 @@ impl Dataset {
             return Err(format_err(
                 source,
                 format!(
-                    "no block of {n} tokens has a target to predict: every token after the first of each block is a masked prompt token. Use a larger --block-size, or drop --mask-prompt"
+                    "no block of {n} tokens has a target to predict: every token after the first of each block is a masked prompt token. Use a larger --block-size, or drop --mask-prompt (chat data has the loss on its assistant turns only: check that the conversations have some)"
                 ),
             ));
         }

@@ -18,6 +18,9 @@ pub const EOT: u32 = 50256;
 const ENCODER_JSON: &str = include_str!("gpt2/encoder.json");
 const VOCAB_BPE: &str = include_str!("gpt2/vocab.bpe");
 
+/// The byte range `(start, end)` in the text of each token.
+pub type TokenOffsets = Vec<(usize, usize)>;
+
 /// A text tokenizer for GPT-2 models.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -101,7 +104,7 @@ impl Tokenizer {
     /// span of the text (e.g. an assistant turn) without tokenising pieces separately, which
     /// could give other ids at the seams. A byte-level tokenizer that trims offsets may leave
     /// out a token's leading or trailing spaces (a token of spaces only gets an empty range).
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, TokenOffsets)> {
         let enc = self
             .inner
             .encode(text, false)
