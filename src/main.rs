@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use cli::args::{Cli, Command, Demo, DeviceArgs, LoraArgs, TrainArgs};
 use cli::output::{bytes, human, Progress};
-use lora_wgpu::data::{self, Dataset};
+use lora_wgpu::data::{self, DataOptions, Dataset};
 use lora_wgpu::gpu::list_adapters;
 use lora_wgpu::lora::{parse_adapter_spec, peft, AdaptableModel, ParamTable};
 use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter};
@@ -164,9 +164,21 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
             (t, Some(v))
         }
         Some(path) => {
-            let all = Dataset::from_path(path, tok, block, a.mask_prompt)?;
+            // --mask-prompt / --no-mask-prompt force the mask; without them each format's
+            // default applies (chat: assistant turns only; prompt/completion: everything).
+            let template = data::chat::model_template(&model)?;
+            let opts = DataOptions {
+                chat_template: template.as_ref(),
+                separator: separator(&model),
+                mask_prompt: match (a.mask_prompt, a.no_mask_prompt) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            };
+            let all = Dataset::from_path(path, tok, block, &opts)?;
             match (&a.valid, a.val_split) {
-                (Some(v), _) => (all, Some(Dataset::from_path(v, tok, block, a.mask_prompt)?)),
+                (Some(v), _) => (all, Some(Dataset::from_path(v, tok, block, &opts)?)),
                 (None, Some(f)) => {
                     let (t, v) = all.split_validation(f, a.seed)?;
                     (t, Some(v))
@@ -303,7 +315,13 @@ fn eval_cmd(
     let gpu = device.gpu()?;
     let model = device.load_model(&gpu, model)?;
     let n = block_size.unwrap_or(1024.min(model.config.max_positions()));
-    let data = Dataset::from_path(data_path, &model.tokenizer, n, false)?;
+    let template = data::chat::model_template(&model)?;
+    let opts = DataOptions {
+        chat_template: template.as_ref(),
+        separator: separator(&model),
+        mask_prompt: Some(false),
+    };
+    let data = Dataset::from_path(data_path, &model.tokenizer, n, &opts)?;
     let loss = train::evaluate_model(&gpu, &model, adapter, &data, batch_size)?;
     let s = data.stats();
     if json {
@@ -438,6 +456,16 @@ fn generate_cmd(
         sampling,
     )?;
     Ok(())
+}
+
+/// The token between documents of a dataset: the model's end-of-text token.
+fn separator(model: &Model) -> u32 {
+    model
+        .special
+        .eos
+        .first()
+        .copied()
+        .unwrap_or(lora_wgpu::tokenizer::EOT)
 }
 
 /// Generate from `prompt`, printing the prompt and then the text as it is produced.

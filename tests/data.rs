@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use lora_wgpu::data::{
-    epoch_order, read_tokens, Dataset, Sampler, SamplerState, TokenStream, BUNDLED_CORPUS, EOT,
-    IGNORE,
+    epoch_order, read_tokens, DataOptions, Dataset, Sampler, SamplerState, TokenStream,
+    BUNDLED_CORPUS, EOT, IGNORE,
 };
 use lora_wgpu::tokenizer::Tokenizer;
 
@@ -27,6 +27,14 @@ fn stream(ids: &[u32], prompt: &[bool]) -> TokenStream {
 fn plain(n: u32) -> TokenStream {
     let ids: Vec<u32> = (0..n).collect();
     stream(&ids, &vec![false; n as usize])
+}
+
+/// Reading options with the prompt mask forced on or off.
+fn mask(on: bool) -> DataOptions<'static> {
+    DataOptions {
+        mask_prompt: Some(on),
+        ..DataOptions::default()
+    }
 }
 
 fn err_text<T: std::fmt::Debug>(r: lora_wgpu::Result<T>) -> String {
@@ -129,7 +137,7 @@ fn bad_block_sizes_are_errors() {
 fn too_short_data_says_how_many_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "short.txt", b"Hello world");
-    let e = err_text(Dataset::from_path(&f, tok(), 64, false));
+    let e = err_text(Dataset::from_path(&f, tok(), 64, &mask(false)));
     assert!(
         e.contains("short.txt") && e.contains("2 tokens") && e.contains("64"),
         "{e}"
@@ -141,7 +149,7 @@ fn text_file_tokenizes_without_special_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let text = "The quick brown fox jumps over the lazy dog.\nIt was the best of times.";
     let f = write(dir.path(), "a.txt", text.as_bytes());
-    let s = read_tokens(&f, tok()).unwrap();
+    let s = read_tokens(&f, tok(), &DataOptions::default()).unwrap();
     assert_eq!(s.ids, tok().encode(text).unwrap());
     assert!(!s.ids.contains(&EOT));
     assert_eq!(s.documents, 1);
@@ -152,7 +160,12 @@ fn text_file_tokenizes_without_special_tokens() {
         "bom.txt",
         &[b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat(),
     );
-    assert_eq!(read_tokens(&bom, tok()).unwrap().ids, s.ids);
+    assert_eq!(
+        read_tokens(&bom, tok(), &DataOptions::default())
+            .unwrap()
+            .ids,
+        s.ids
+    );
 }
 
 #[test]
@@ -164,7 +177,7 @@ fn directory_is_read_in_name_order_joined_by_eot() {
     write(dir.path(), "notes.md", b"not training data");
     write(dir.path(), "empty.txt", b"");
     std::fs::create_dir(dir.path().join("sub.txt")).unwrap(); // a directory, not a file
-    let s = read_tokens(dir.path(), tok()).unwrap();
+    let s = read_tokens(dir.path(), tok(), &DataOptions::default()).unwrap();
     let enc = |t: &str| tok().encode(t).unwrap();
     let mut want = enc("zeroth by byte order");
     want.push(EOT);
@@ -178,16 +191,16 @@ fn directory_is_read_in_name_order_joined_by_eot() {
 #[test]
 fn directory_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let e = err_text(read_tokens(dir.path(), tok()));
+    let e = err_text(read_tokens(dir.path(), tok(), &DataOptions::default()));
     assert!(e.contains("empty"), "{e}");
     write(dir.path(), "readme.md", b"x");
-    let e = err_text(read_tokens(dir.path(), tok()));
+    let e = err_text(read_tokens(dir.path(), tok(), &DataOptions::default()));
     assert!(
         e.contains("no .txt files") && e.contains("readme.md"),
         "{e}"
     );
     write(dir.path(), "blank.txt", b"");
-    let e = err_text(read_tokens(dir.path(), tok()));
+    let e = err_text(read_tokens(dir.path(), tok(), &DataOptions::default()));
     assert!(e.contains("empty"), "{e}");
 }
 
@@ -195,10 +208,10 @@ fn directory_errors() {
 fn missing_and_empty_paths_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.txt");
-    let e = err_text(read_tokens(&missing, tok()));
+    let e = err_text(read_tokens(&missing, tok(), &DataOptions::default()));
     assert!(e.contains("nope.txt") && e.contains("not found"), "{e}");
     let empty = write(dir.path(), "empty.txt", b"");
-    let e = err_text(read_tokens(&empty, tok()));
+    let e = err_text(read_tokens(&empty, tok(), &DataOptions::default()));
     assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
 }
 
@@ -206,7 +219,7 @@ fn missing_and_empty_paths_are_errors() {
 fn non_utf8_text_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "latin1.txt", b"hello\nna\xefve caf\xe9\n");
-    let e = err_text(read_tokens(&f, tok()));
+    let e = err_text(read_tokens(&f, tok(), &DataOptions::default()));
     assert!(
         e.contains("latin1.txt")
             && e.contains("UTF-8")
@@ -219,7 +232,7 @@ fn non_utf8_text_says_where() {
     std::fs::create_dir(&sub).unwrap();
     write(&sub, "ok.txt", b"fine");
     write(&sub, "bad.txt", b"\xff");
-    let e = err_text(read_tokens(&sub, tok()));
+    let e = err_text(read_tokens(&sub, tok(), &DataOptions::default()));
     assert!(e.contains("bad.txt") && e.contains("line 1"), "{e}");
 }
 
@@ -235,7 +248,7 @@ fn jsonl_examples_are_prompt_completion_eot() {
 {"prompt": "Hi", "completion": " there"}
 "#,
     );
-    let s = read_tokens(&f, tok()).unwrap();
+    let s = read_tokens(&f, tok(), &DataOptions::default()).unwrap();
     let enc = |t: &str| tok().encode(t).unwrap();
     let mut ids = Vec::new();
     let mut prompt = Vec::new();
@@ -258,7 +271,7 @@ fn jsonl_examples_are_prompt_completion_eot() {
 
     // Through the dataset, with the mask: no target is a prompt token.
     let n = ids.len();
-    let d = Dataset::from_path(&f, tok(), n, true).unwrap();
+    let d = Dataset::from_path(&f, tok(), n, &mask(true)).unwrap();
     let (x, y) = d.block(0).unwrap();
     assert_eq!(x, &ids[..]);
     for i in 0..n - 1 {
@@ -292,7 +305,7 @@ fn jsonl_errors_name_the_line() {
     ];
     for (i, (body, line, words)) in cases.iter().enumerate() {
         let f = write(dir.path(), &format!("bad{i}.jsonl"), body);
-        let e = err_text(read_tokens(&f, tok()));
+        let e = err_text(read_tokens(&f, tok(), &DataOptions::default()));
         assert!(
             e.contains(&format!("bad{i}.jsonl")) && e.contains(line),
             "case {i}: {e}"
@@ -306,7 +319,7 @@ fn jsonl_errors_name_the_line() {
         }
     }
     let empty = write(dir.path(), "blank.jsonl", b"\n\n");
-    let e = err_text(read_tokens(&empty, tok()));
+    let e = err_text(read_tokens(&empty, tok(), &DataOptions::default()));
     assert!(e.contains("no examples"), "{e}");
 }
 
@@ -507,4 +520,34 @@ fn bundled_corpus_is_real_english_text() {
     assert!(s.source_tokens > 30_000, "{s:?}");
     assert_eq!(s.blocks, s.source_tokens / 128);
     assert_eq!(s.predicted, s.blocks * 127);
+}
+
+#[test]
+fn separator_is_the_callers_end_of_sequence_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    write(&docs, "a.txt", b"one");
+    write(&docs, "b.txt", b"two");
+    let jsonl = write(
+        dir.path(),
+        "t.jsonl",
+        b"{\"text\": \"one\"}\n{\"prompt\": \"p\", \"completion\": \"c\"}\n",
+    );
+    let opts = DataOptions {
+        separator: 7,
+        ..DataOptions::default()
+    };
+    let enc = |t: &str| tok().encode(t).unwrap();
+    let s = read_tokens(&docs, tok(), &opts).unwrap();
+    assert_eq!(s.ids, [enc("one"), vec![7], enc("two")].concat());
+    let s = read_tokens(&jsonl, tok(), &opts).unwrap();
+    assert_eq!(
+        s.ids,
+        [enc("one"), vec![7], enc("p"), enc("c"), vec![7]].concat()
+    );
+    assert!(!s.ids.contains(&EOT));
+    // The default is GPT-2's <|endoftext|>.
+    let s = read_tokens(&jsonl, tok(), &DataOptions::default()).unwrap();
+    assert_eq!(s.ids.iter().filter(|&&t| t == EOT).count(), 2);
 }

@@ -153,9 +153,13 @@ pub struct TrainArgs {
     /// Hold out this fraction of the training blocks for validation (when no --valid).
     #[arg(long, conflicts_with = "valid")]
     pub val_split: Option<f64>,
-    /// jsonl prompt/completion: loss on the completion only.
-    #[arg(long)]
+    /// Loss on the answers only: a jsonl completion, a chat's assistant turns (the default for
+    /// chat data).
+    #[arg(long, conflicts_with = "no_mask_prompt")]
     pub mask_prompt: bool,
+    /// Loss on every token, chat data included.
+    #[arg(long, alias = "train-on-inputs")]
+    pub no_mask_prompt: bool,
     /// Tokens per training sequence. Default: min(1024, n_positions); 32 for the demo.
     #[arg(long, alias = "block_size", alias = "max-seq-length")]
     pub block_size: Option<usize>,

@@ -4,18 +4,25 @@
 //! Sources ([`read_tokens`]):
 //! - a text file (any extension but `.jsonl`): one document;
 //! - a directory: its `.txt` files (not recursive), sorted by file name, one document each;
-//! - a `.jsonl` file: one example per line, `{"text": ...}` or `{"prompt": ..., "completion": ...}`
-//!   (blank lines are skipped).
+//! - a `.jsonl` file: one example per line, `{"text": ...}`, `{"prompt": ..., "completion": ...}`
+//!   or a conversation `{"messages": [{"role": ..., "content": ...}, ...]}` ([`chat`]), one
+//!   format per file (blank lines are skipped).
 //!
-//! Documents of a directory are joined with `<|endoftext|>` ([`EOT`]) between them; every jsonl
-//! example is its prompt ids ++ completion ids (or its text ids) ++ [`EOT`]. No other special
-//! token is added.
+//! Documents of a directory are joined with a separator token between them, and every jsonl
+//! example is followed by it: [`DataOptions::separator`], the model's end-of-sequence id
+//! (GPT-2's `<|endoftext|>`, [`EOT`], by default). A text or prompt/completion example is its
+//! prompt ids ++ completion ids (or its text ids) ++ separator; no other special token is
+//! added. A conversation is its rendering through the model's chat template
+//! ([`DataOptions::chat_template`]) tokenised at once, with only the assistant turns not
+//! flagged as prompt, then the separator (flagged as prompt: the template's end-of-turn marker
+//! is what the model learns to stop with).
 //!
 //! Packing ([`Dataset`]): all tokens are concatenated and cut into non-overlapping blocks of
 //! `block_size` (N) tokens; the trailing partial block is dropped. A block's inputs are its N
 //! tokens, `targets[i] = block[i + 1]` for i < N - 1 and `targets[N - 1] = `[`IGNORE`], so a
 //! block predicts N - 1 positions (as Hugging Face's `labels = input_ids` does). With
-//! `mask_prompt`, `targets[i] = IGNORE` wherever token i + 1 is a prompt token. A block whose
+//! `mask_prompt`, `targets[i] = IGNORE` wherever token i + 1 is a prompt token (by default on
+//! for chat data and off for prompt/completion: [`DataOptions::mask_prompt`]). A block whose
 //! targets are all `IGNORE` is dropped. Evaluation uses the same packing: the mean loss is over
 //! all predicted positions.
 //!
@@ -44,6 +51,7 @@
 //! # }
 //! ```
 
+pub mod chat;
 mod sampler;
 mod source;
 
@@ -56,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use sampler::{mix, SPLIT_STREAM};
 use source::{format_err, tokenize};
 
+pub use chat::{ChatTemplate, Message};
 pub use sampler::{epoch_order, Batch, Sampler, SamplerState};
 pub use source::{read_tokens, TokenStream};
 
@@ -72,6 +81,43 @@ pub const BUNDLED_CORPUS: &str = include_str!("../../data/corpus.txt");
 /// A short name of [`BUNDLED_CORPUS`] for logs.
 pub const BUNDLED_CORPUS_NAME: &str =
     "Alice's Adventures in Wonderland (Lewis Carroll, 1865; public domain)";
+
+/// How to read a data source ([`read_tokens`], [`Dataset::from_path`]).
+///
+/// ```
+/// use lora_wgpu::data::DataOptions;
+/// // GPT-2: `<|endoftext|>` between documents, no chat template, the formats' own masking.
+/// let gpt2 = DataOptions::default();
+/// // A chat model: its template and EOS id, and the loss on every token of the conversations.
+/// # let (template, eos_id) = (None, 2);
+/// let chat = DataOptions { chat_template: template, separator: eos_id, mask_prompt: Some(false) };
+/// # let _ = (gpt2, chat);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct DataOptions<'a> {
+    /// The model's chat template, which `{"messages": ...}` jsonl data needs (reading such a
+    /// file without one is an error that says so).
+    pub chat_template: Option<&'a ChatTemplate>,
+    /// The token between documents and after every jsonl example: the model's end-of-sequence
+    /// id. Default: GPT-2's `<|endoftext|>` ([`EOT`]).
+    pub separator: u32,
+    /// Whether prompt tokens carry no loss: `Some(true)` masks them, `Some(false)` trains on
+    /// every token. None takes the format's default: masked for chat data (the loss is on the
+    /// assistant turns only), not masked for `{"prompt", "completion"}`. With `Some(false)` a
+    /// conversation is its whole rendering once, even when the template is not prefix-stable
+    /// ([`chat`]).
+    pub mask_prompt: Option<bool>,
+}
+
+impl Default for DataOptions<'_> {
+    fn default() -> Self {
+        DataOptions {
+            chat_template: None,
+            separator: EOT,
+            mask_prompt: None,
+        }
+    }
+}
 
 /// Counts of a [`Dataset`], for logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,16 +165,17 @@ pub struct Dataset {
 
 impl Dataset {
     /// Read `path` ([`read_tokens`]) and pack it into blocks of `block_size` tokens
-    /// ([`Dataset::from_tokens`]). With `mask_prompt`, jsonl prompt tokens carry no loss.
+    /// ([`Dataset::from_tokens`]). Prompt tokens carry no loss as `opts.mask_prompt` says
+    /// (by default: masked in chat data, not in prompt/completion data).
     pub fn from_path(
         path: &Path,
         tok: &Tokenizer,
         block_size: usize,
-        mask_prompt: bool,
+        opts: &DataOptions,
     ) -> Result<Self> {
         check_block_size(block_size)?;
-        let stream = read_tokens(path, tok)?;
-        Self::from_tokens(&stream, path, block_size, mask_prompt)
+        let (stream, chat) = source::read(path, tok, opts)?;
+        Self::from_tokens(&stream, path, block_size, opts.mask_prompt.unwrap_or(chat))
     }
 
     /// Tokenise one text (no special token added) and pack it; `name` stands for the path in
@@ -203,7 +250,7 @@ impl Dataset {
             return Err(format_err(
                 source,
                 format!(
-                    "no block of {n} tokens has a target to predict: every token after the first of each block is a masked prompt token. Use a larger --block-size, or drop --mask-prompt"
+                    "no block of {n} tokens has a target to predict: every token after the first of each block is a masked prompt token. Use a larger --block-size, or drop --mask-prompt (chat data has the loss on its assistant turns only: check that the conversations have some)"
                 ),
             ));
         }

@@ -1,11 +1,12 @@
 //! Reading a data source into tokens: a text file, a directory of `.txt` files, or a `.jsonl`
-//! file of `{"text"}` or `{"prompt", "completion"}` examples.
+//! file of `{"text"}`, `{"prompt", "completion"}` or `{"messages"}` examples.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::EOT;
+use super::chat::{self, Message, ROLES};
+use super::DataOptions;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -14,8 +15,8 @@ use crate::tokenizer::Tokenizer;
 pub struct TokenStream {
     /// Token ids.   (T,)
     pub ids: Vec<u32>,
-    /// Whether each token is part of a jsonl `prompt` (masked from the loss with
-    /// `mask_prompt`).   (T,)
+    /// Whether each token is part of a jsonl `prompt` or of a conversation's non-assistant
+    /// text (masked from the loss with `mask_prompt`).   (T,)
     pub is_prompt: Vec<bool>,
     /// Documents (text files) or examples (jsonl lines) read.
     pub documents: usize,
@@ -83,11 +84,22 @@ pub(super) fn tokenize(tok: &Tokenizer, path: &Path, text: &str) -> Result<Vec<u
 }
 
 /// Read and tokenise a data source: a text file, a directory of `.txt` files or a `.jsonl` file
-/// (see the [module docs](super) for the rules). Errors name the path and say what to change:
-/// a missing path, an empty file or directory, a directory without `.txt` files, text that is
-/// not UTF-8 (with the byte offset and line), or a jsonl line that is not JSON or lacks the
-/// fields (with its 1-based line number).
-pub fn read_tokens(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
+/// (see the [module docs](super) for the rules), with `opts`' separator and chat template.
+/// Errors name the path and say what to change: a missing path, an empty file or directory, a
+/// directory without `.txt` files, text that is not UTF-8 (with the byte offset and line), a
+/// jsonl line that is not JSON, lacks the fields, mixes formats or has a message with an
+/// unknown role (with its 1-based line number), or chat data without a chat template.
+pub fn read_tokens(path: &Path, tok: &Tokenizer, opts: &DataOptions) -> Result<TokenStream> {
+    read(path, tok, opts).map(|(stream, _)| stream)
+}
+
+/// [`read_tokens`], and whether the source is chat data (whose prompt tokens are masked by
+/// default).
+pub(super) fn read(
+    path: &Path,
+    tok: &Tokenizer,
+    opts: &DataOptions,
+) -> Result<(TokenStream, bool)> {
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             io_err(
@@ -102,9 +114,9 @@ pub fn read_tokens(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
         }
     })?;
     if meta.is_dir() {
-        read_dir(path, tok)
+        Ok((read_dir(path, tok, opts.separator)?, false))
     } else if path.extension().is_some_and(|e| e == "jsonl") {
-        read_jsonl(path, tok)
+        read_jsonl(path, tok, opts)
     } else {
         let bytes = read_file(path)?;
         if bytes.is_empty() {
@@ -119,7 +131,7 @@ pub fn read_tokens(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
             ..TokenStream::default()
         };
         out.push(&tokenize(tok, path, text)?, false);
-        Ok(out)
+        Ok((out, false))
     }
 }
 
@@ -154,7 +166,7 @@ fn txt_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(txt)
 }
 
-fn read_dir(dir: &Path, tok: &Tokenizer) -> Result<TokenStream> {
+fn read_dir(dir: &Path, tok: &Tokenizer, separator: u32) -> Result<TokenStream> {
     let mut out = TokenStream::default();
     for file in txt_files(dir)? {
         let bytes = read_file(&file)?;
@@ -163,7 +175,7 @@ fn read_dir(dir: &Path, tok: &Tokenizer) -> Result<TokenStream> {
             continue; // An empty document adds nothing, not even a separator.
         }
         if out.documents > 0 {
-            out.push(&[EOT], false);
+            out.push(&[separator], false);
         }
         out.push(&tokenize(tok, &file, text)?, false);
         out.documents += 1;
@@ -183,13 +195,17 @@ struct Example {
     text: Option<String>,
     prompt: Option<String>,
     completion: Option<String>,
+    messages: Option<serde_json::Value>,
 }
 
-fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
+const SHAPE: &str = r#"each line must be a JSON object {"text": "..."}, {"prompt": "...", "completion": "..."} or {"messages": [{"role": "...", "content": "..."}, ...]}, one format per file"#;
+
+fn read_jsonl(path: &Path, tok: &Tokenizer, opts: &DataOptions) -> Result<(TokenStream, bool)> {
     let bytes = read_file(path)?;
     let text = utf8(path, &bytes)?;
     let mut out = TokenStream::default();
-    const SHAPE: &str = r#"each line must be a JSON object {"text": "..."} or {"prompt": "...", "completion": "..."}"#;
+    // The line of the first example and whether it is a conversation: the file's format.
+    let mut format: Option<(usize, bool)> = None;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
@@ -207,20 +223,86 @@ fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
                 ),
             )
         })?;
+        let is_chat = ex.messages.is_some();
+        match format {
+            None => format = Some((n, is_chat)),
+            Some((first, chat)) if chat != is_chat => {
+                let kind = |c: bool| {
+                    if c {
+                        "chat data (\"messages\")"
+                    } else {
+                        "text or prompt/completion data"
+                    }
+                };
+                return Err(format_err(
+                    path,
+                    format!(
+                        "line {n} is {} but line {first} is {}: one file holds one format; {SHAPE}",
+                        kind(is_chat),
+                        kind(chat)
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
         match ex {
+            Example {
+                messages: Some(m),
+                text: None,
+                prompt: None,
+                completion: None,
+            } => {
+                let Some(tpl) = opts.chat_template else {
+                    return Err(format_err(
+                        path,
+                        "the file is chat data (messages) but the model has no chat_template in tokenizer_config.json; use a model with a chat template or convert the data to {\"prompt\",\"completion\"}",
+                    ));
+                };
+                let messages = parse_messages(path, n, m)?;
+                let line_err = |e: Error| match e {
+                    Error::Format { detail, .. } => format_err(path, format!("line {n}: {detail}")),
+                    other => other,
+                };
+                if opts.mask_prompt == Some(false) {
+                    // Every token carries loss: the whole rendering, once.
+                    let text = tpl.render(&messages, false).map_err(line_err)?;
+                    out.push(&tokenize(tok, path, &text)?, false);
+                    out.push(&[opts.separator], false);
+                } else {
+                    for (ids, prompt) in
+                        chat::tokenize_chat_examples(tpl, tok, &messages).map_err(line_err)?
+                    {
+                        out.ids.extend_from_slice(&ids);
+                        out.is_prompt.extend_from_slice(&prompt);
+                        out.push(&[opts.separator], true);
+                    }
+                }
+            }
+            Example { messages: Some(_), .. } => {
+                return Err(format_err(
+                    path,
+                    format!("line {n}: has \"messages\" and also \"text\", \"prompt\" or \"completion\"; {SHAPE}"),
+                ))
+            }
             Example {
                 text: None,
                 prompt: Some(p),
                 completion: Some(c),
+                ..
             } => {
                 out.push(&tokenize(tok, path, &p)?, true);
                 out.push(&tokenize(tok, path, &c)?, false);
+                out.push(&[opts.separator], false);
             }
             Example {
                 text: Some(t),
                 prompt: None,
                 completion: None,
-            } => out.push(&tokenize(tok, path, &t)?, false),
+                ..
+            } => {
+                out.push(&tokenize(tok, path, &t)?, false);
+                out.push(&[opts.separator], false);
+            }
             Example { text: Some(_), .. } => {
                 return Err(format_err(
                     path,
@@ -233,7 +315,7 @@ fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
                 let missing = match (prompt, completion) {
                     (Some(_), None) => "\"completion\"",
                     (None, Some(_)) => "\"prompt\"",
-                    _ => "\"text\" (or \"prompt\" and \"completion\")",
+                    _ => "\"text\" (or \"prompt\" and \"completion\", or \"messages\")",
                 };
                 return Err(format_err(
                     path,
@@ -241,14 +323,64 @@ fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<TokenStream> {
                 ));
             }
         }
-        out.push(&[EOT], false);
         out.documents += 1;
     }
-    if out.documents == 0 {
+    let Some((_, chat)) = format else {
         return Err(format_err(
             path,
             format!("the file has no examples: {SHAPE}, one per line"),
         ));
+    };
+    Ok((out, chat))
+}
+
+/// The messages of line `n`'s `"messages"`: a list of objects with a string `"role"` (one of
+/// [`ROLES`]) and a string `"content"`.
+fn parse_messages(path: &Path, n: usize, value: serde_json::Value) -> Result<Vec<Message>> {
+    let shape = r#""messages" must be a list of {"role": "...", "content": "..."}"#;
+    let serde_json::Value::Array(items) = value else {
+        return Err(format_err(path, format!("line {n}: {shape}")));
+    };
+    if items.is_empty() {
+        return Err(format_err(
+            path,
+            format!("line {n}: \"messages\" is empty; {shape}"),
+        ));
     }
-    Ok(out)
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(k, item)| {
+            let k = k + 1;
+            let serde_json::Value::Object(mut obj) = item else {
+                return Err(format_err(
+                    path,
+                    format!("line {n}: message {k} is not an object; {shape}"),
+                ));
+            };
+            let mut field = |name: &str| match obj.remove(name) {
+                Some(serde_json::Value::String(s)) => Ok(s),
+                Some(other) => Err(format_err(
+                    path,
+                    format!("line {n}: message {k} has a \"{name}\" that is not a string ({other}); {shape}"),
+                )),
+                None => Err(format_err(
+                    path,
+                    format!("line {n}: message {k} has no \"{name}\"; {shape}"),
+                )),
+            };
+            let role = field("role")?;
+            let content = field("content")?;
+            if !ROLES.contains(&role.as_str()) {
+                return Err(format_err(
+                    path,
+                    format!(
+                        "line {n}: message {k} has the unknown role {role:?}; roles are {}",
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            Ok(Message { role, content })
+        })
+        .collect()
 }

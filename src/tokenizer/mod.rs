@@ -22,6 +22,9 @@ pub const EOT: u32 = 50256;
 const ENCODER_JSON: &str = include_str!("gpt2/encoder.json");
 const VOCAB_BPE: &str = include_str!("gpt2/vocab.bpe");
 
+/// The byte range `(start, end)` in the text of each token.
+pub type TokenOffsets = Vec<(usize, usize)>;
+
 /// A text tokenizer for GPT-2 models.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -110,6 +113,20 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with each token's byte range in `text`, from one tokenization of the
+    /// whole text, exactly as [`Tokenizer::encode`] (no special token added; added tokens such as
+    /// `<|im_start|>` are one token each). The ranges let a caller mark which tokens fall in a
+    /// span of the text (e.g. an assistant turn) without tokenising pieces separately, which
+    /// could give other ids at the seams. A byte-level tokenizer that trims offsets may leave
+    /// out a token's leading or trailing spaces (a token of spaces only gets an empty range).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, TokenOffsets)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err("encoding text", e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
@@ -125,6 +142,11 @@ impl Tokenizer {
     /// The id of one token of the vocabulary (special tokens included), e.g. `<|endoftext|>`.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The text of token `id` (special tokens included), e.g. `<|im_end|>`.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The tokenizer as a Hugging Face `tokenizer.json` document, which
