@@ -70,13 +70,15 @@ impl LlamaArch {
                     "a GPT-2 config.json is read as a GPT-2 model, not a Llama-family one",
                 ))
             }
-            other => return Err(Error::invalid(
-                "model_type",
-                format!("{other:?}"),
-                format!(
+            other => {
+                return Err(Error::invalid(
+                    "model_type",
+                    format!("{other:?}"),
+                    format!(
                     "this model architecture is not supported (supported: {SUPPORTED_MODEL_TYPES})"
                 ),
-            )),
+                ))
+            }
         })
     }
 
@@ -211,8 +213,8 @@ impl Rope {
                         let smooth = ((1.0f32 / wavelen) * old_len32 - low32) / band;
                         let smoothed =
                             (1.0f32 - smooth) * inv_llama / factor32 + smooth * inv_llama;
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        // `~(wavelen < high) * ~(wavelen > low)`; no NaN can occur here.
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                         if medium {
                             smoothed
                         } else {
@@ -703,13 +705,13 @@ impl LlamaConfig {
                 "model shape",
                 format!(
                     "hidden_size {}, intermediate_size {}, num_hidden_layers {}, \
-                     num_attention_heads {}, head_dim {:?}, max_position_embeddings {}, \
+                     num_attention_heads {}, head_dim {}, max_position_embeddings {}, \
                      vocab_size {}",
                     self.hidden_size,
                     self.intermediate_size,
                     self.num_hidden_layers,
                     self.num_attention_heads,
-                    self.head_dim,
+                    self.head_dim(),
                     self.max_position_embeddings,
                     self.vocab_size
                 ),
@@ -778,21 +780,6 @@ impl LlamaConfig {
             }
         }
         self.rope.validate()?;
-        for (name, id) in [
-            ("bos_token_id", self.bos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ]
-        .into_iter()
-        .chain(self.eos_token_id.iter().map(|&e| ("eos_token_id", Some(e))))
-        {
-            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
-                return Err(Error::invalid(
-                    name,
-                    id,
-                    format!("must be below vocab_size ({})", self.vocab_size),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -845,6 +832,19 @@ impl LlamaConfig {
     }
 
     fn parameters_u128(&self) -> u128 {
+        // With every size below 2^30 no product below overflows; larger is no real model.
+        let sizes = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim(),
+            self.vocab_size,
+        ];
+        if sizes.iter().any(|&s| s > 1 << 30) {
+            return u128::MAX;
+        }
         let c = self.hidden_size as u128;
         let i = self.intermediate_size as u128;
         let q = self.num_attention_heads as u128 * self.head_dim() as u128;
