@@ -70,13 +70,15 @@ impl LlamaArch {
                     "a GPT-2 config.json is read as a GPT-2 model, not a Llama-family one",
                 ))
             }
-            other => return Err(Error::invalid(
-                "model_type",
-                format!("{other:?}"),
-                format!(
+            other => {
+                return Err(Error::invalid(
+                    "model_type",
+                    format!("{other:?}"),
+                    format!(
                     "this model architecture is not supported (supported: {SUPPORTED_MODEL_TYPES})"
                 ),
-            )),
+                ))
+            }
         })
     }
 
@@ -165,7 +167,8 @@ impl Rope {
     /// bit except for `pow`: it is computed in f64 from the f32 operands and rounded once (the
     /// correctly rounded f32 result), where torch's CPU kernel uses SLEEF's `powf` (error below
     /// 1 ulp). The two can differ by 1 ulp in some entries, far below what a forward pass
-    /// resolves.
+    /// resolves (the tests hold Llama 3.2's table equal to transformers' bit for bit, and
+    /// Qwen3's within 1 ulp: one entry of 64 differs).
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
         let d = head_dim as f32;
         let base = self.theta as f32;
@@ -211,8 +214,8 @@ impl Rope {
                         let smooth = ((1.0f32 / wavelen) * old_len32 - low32) / band;
                         let smoothed =
                             (1.0f32 - smooth) * inv_llama / factor32 + smooth * inv_llama;
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        // `~(wavelen < high) * ~(wavelen > low)`; no NaN can occur here.
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                         if medium {
                             smoothed
                         } else {
@@ -703,13 +706,13 @@ impl LlamaConfig {
                 "model shape",
                 format!(
                     "hidden_size {}, intermediate_size {}, num_hidden_layers {}, \
-                     num_attention_heads {}, head_dim {:?}, max_position_embeddings {}, \
+                     num_attention_heads {}, head_dim {}, max_position_embeddings {}, \
                      vocab_size {}",
                     self.hidden_size,
                     self.intermediate_size,
                     self.num_hidden_layers,
                     self.num_attention_heads,
-                    self.head_dim,
+                    self.head_dim(),
                     self.max_position_embeddings,
                     self.vocab_size
                 ),
@@ -778,21 +781,6 @@ impl LlamaConfig {
             }
         }
         self.rope.validate()?;
-        for (name, id) in [
-            ("bos_token_id", self.bos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ]
-        .into_iter()
-        .chain(self.eos_token_id.iter().map(|&e| ("eos_token_id", Some(e))))
-        {
-            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
-                return Err(Error::invalid(
-                    name,
-                    id,
-                    format!("must be below vocab_size ({})", self.vocab_size),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -845,6 +833,19 @@ impl LlamaConfig {
     }
 
     fn parameters_u128(&self) -> u128 {
+        // With every size below 2^30 no product below overflows; larger is no real model.
+        let sizes = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim(),
+            self.vocab_size,
+        ];
+        if sizes.iter().any(|&s| s > 1 << 30) {
+            return u128::MAX;
+        }
         let c = self.hidden_size as u128;
         let i = self.intermediate_size as u128;
         let q = self.num_attention_heads as u128 * self.head_dim() as u128;
@@ -938,6 +939,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sliding_window"));
+    }
+
+    #[test]
+    fn hostile_sizes_fail_validation_without_overflow() {
+        let mut cfg = LlamaConfig::named("llama-tiny").unwrap();
+        cfg.num_key_value_heads = usize::MAX;
+        cfg.head_dim = Some(usize::MAX);
+        assert_eq!(cfg.num_parameters(), usize::MAX);
+        assert!(cfg.validate().is_err());
+        let text = cfg
+            .raw
+            .to_string()
+            .replace("\"num_hidden_layers\":4", "\"num_hidden_layers\":1e30");
+        assert!(LlamaConfig::from_json_bytes(text.as_bytes()).is_err());
+        assert!(LlamaConfig::from_json_bytes(b"\xff").is_err());
+    }
+
+    /// f32 bit patterns of transformers 5.24's inv_freq on CPU (torch 2.15): Llama 3.2's
+    /// llama3 RoPE (theta 5e5, head_dim 64) and Qwen3's default RoPE (theta 1e6, head_dim 128).
+    const TORCH_LLAMA3: [u32; 32] = [
+        1065353216, 1059709382, 1054963644, 1049992931, 1044812720, 1040434848, 1034871981,
+        1030233703, 1025116360, 1020030793, 1015523779, 1010044269, 1005516623, 1000248322,
+        995260192, 984164251, 971060768, 952867063, 933446029, 928558209, 923781368, 918476020,
+        914179523, 908595819, 903811268, 898893515, 893679120, 889347892, 883754919, 879076685,
+        874013863, 868893104,
+    ];
+    const TORCH_QWEN3: [u32; 64] = [
+        1065353216, 1062095789, 1059470816, 1057355503, 1054337179, 1051589887, 1049376004,
+        1046607925, 1043732615, 1041415569, 1038909398, 1035900102, 1033475085, 1031243027,
+        1028093503, 1025555485, 1023510243, 1020314024, 1017657739, 1015517192, 1012562930,
+        1009782866, 1007542573, 1004841542, 1001931932, 999587246, 997151246, 994106053, 991652109,
+        989493488, 986306396, 983738103, 981668463, 978534184, 975846212, 973680130, 970790693,
+        967977467, 965710450, 963077266, 960132947, 957760292, 955395298, 952313781, 949830564,
+        947746260, 944521150, 941922219, 939827890, 936756289, 934036253, 931844333, 929020495,
+        926173710, 923879651, 921315122, 918335681, 915934722, 913641584, 910523307, 908010468,
+        905985516, 902737785, 900107852,
+    ];
+
+    /// Equal to transformers' table, or 1 ulp away where its SLEEF `powf` rounds differently
+    /// from a correctly rounded pow (one entry of Qwen3's 64).
+    #[test]
+    fn inv_freq_matches_transformers_to_the_ulp() {
+        let check = |got: Vec<f32>, want: &[u32], what: &str| {
+            assert_eq!(got.len(), want.len());
+            let mut exact = 0;
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let ulps = g.to_bits().abs_diff(*w);
+                assert!(
+                    ulps <= 1,
+                    "{what}[{i}]: {g} vs {} ({ulps} ulp)",
+                    f32::from_bits(*w)
+                );
+                exact += usize::from(ulps == 0);
+            }
+            exact
+        };
+        let llama = LlamaConfig::named("llama-3.2-1b").unwrap();
+        assert_eq!(check(llama.rope.inv_freq(64), &TORCH_LLAMA3, "llama3"), 32);
+        let qwen = LlamaConfig::named("qwen3-0.6b").unwrap();
+        assert!(check(qwen.rope.inv_freq(128), &TORCH_QWEN3, "qwen3") >= 63);
     }
 
     #[test]
