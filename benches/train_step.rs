@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config, TrainGraph, Transformer};
 use lora_wgpu::{Gpu, GpuOptions};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {

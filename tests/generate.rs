@@ -14,7 +14,7 @@ use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
 use lora_wgpu::model::generate::{
     argmax, candidates, Generator, Sampler, SamplingConfig, ScaledAdapter, StopReason,
 };
-use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config, TrainGraph, Transformer};
 use lora_wgpu::Error;
 use serde_json::Value;
 

@@ -9,7 +9,7 @@ use common::{gpu, random};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::cross_entropy::IGNORE;
 use lora_wgpu::lora::{peft, LoraConfig, LoraEntry, LoraLayout};
-use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config, TrainGraph, Transformer};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {

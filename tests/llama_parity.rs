@@ -209,8 +209,7 @@ fn llama_family_merged_weights_match_peft_merge() {
         let model = Transformer::upload(g, &cfg, &w).unwrap();
         // An adapter with B = 0 adds nothing: the graph computes the merged model alone.
         let zero = vec![0.0f32; layout.len];
-        let mut graph =
-            TrainGraph::new_eval(g, &model, &lora, Some(&zero), c.b, c.t).unwrap();
+        let mut graph = TrainGraph::new_eval(g, &model, &lora, Some(&zero), c.b, c.t).unwrap();
         graph.forward(g, &c.inputs, &c.targets).unwrap();
         let logits = graph.logits(g, &model).unwrap();
         assert_rel(

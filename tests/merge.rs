@@ -11,7 +11,7 @@ use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
 use lora_wgpu::merge::{merge_dirs, merge_into, save_hf_dir};
 use lora_wgpu::model::gpt2::weights::{self, HostWeights};
-use lora_wgpu::model::{Transformer, Gpt2Config, TrainGraph};
+use lora_wgpu::model::{Gpt2Config, TrainGraph, Transformer};
 use lora_wgpu::tokenizer::Tokenizer;
 use serde_json::Value;
 

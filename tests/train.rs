@@ -7,7 +7,7 @@ use std::path::Path;
 use common::gpu;
 use lora_wgpu::data::{Dataset, TokenStream};
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{Transformer, Model, ModelSource};
+use lora_wgpu::model::{Model, ModelSource, Transformer};
 use lora_wgpu::tokenizer::Tokenizer;
 use lora_wgpu::train::{learning_rate, Duration, Event, Schedule, TrainConfig, Trainer};
 use rand::{rngs::StdRng, Rng, SeedableRng};

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::matmul::MatmulVariant;
-use lora_wgpu::model::{gpt2::weights, Transformer, Gpt2Config, WeightStorage};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config, Transformer, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 use serde_json::{json, Value};
 

@@ -8,14 +8,21 @@ use lora_wgpu::kernels::lora::LoraVariant;
 use lora_wgpu::kernels::matmul::MatmulVariant;
 use lora_wgpu::kernels::Variants;
 use lora_wgpu::lora::LoraConfig;
-use lora_wgpu::model::{Transformer, TrainGraph};
+use lora_wgpu::model::{TrainGraph, Transformer};
 use lora_wgpu::Gpu;
 use serde_json::{json, Value};
 
 use crate::{variant_name, Args};
 
 /// Training tokens/s at one (B, T) with the matmul variant `variant` (`default`: the adapter's).
-pub fn train(g: &Gpu, args: &Args, model: &Transformer, wbytes: usize, t: usize, variant: &str) -> Value {
+pub fn train(
+    g: &Gpu,
+    args: &Args,
+    model: &Transformer,
+    wbytes: usize,
+    t: usize,
+    variant: &str,
+) -> Value {
     let b = args.batch;
     let cfg = &model.config;
     let label = format!(

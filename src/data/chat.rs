@@ -353,7 +353,11 @@ pub fn model_template(model: &Model) -> Result<Option<ChatTemplate>> {
     };
     let tok = &model.tokenizer;
     let bos = model.special.bos.and_then(|id| tok.id_to_token(id));
-    let eos = model.special.eos.first().and_then(|&id| tok.id_to_token(id));
+    let eos = model
+        .special
+        .eos
+        .first()
+        .and_then(|&id| tok.id_to_token(id));
     ChatTemplate::new(&text, bos, eos).map(Some)
 }
 

@@ -105,10 +105,7 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
 /// `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight` (GPT-2) or
 /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (Llama).
 pub fn key(layout: &LoraLayout, entry: &LoraEntry, which: &str) -> String {
-    format!(
-        "{}{}.lora_{which}.weight",
-        layout.peft_prefix, entry.path
-    )
+    format!("{}{}.lora_{which}.weight", layout.peft_prefix, entry.path)
 }
 
 /// Read `adapter_model.safetensors` into the flat layout, strictly: every adapted module's A

@@ -303,7 +303,10 @@ mod hub {
         let cache = hf_hub::Cache::from_env().model(id.to_string());
         if let (Some(config), Some(_)) = (cache.get("config.json"), cache.get("model.safetensors"))
         {
-            return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
+            return Ok(config
+                .parent()
+                .expect("a cached file has a folder")
+                .to_path_buf());
         }
         let api = hf_hub::api::sync::ApiBuilder::from_env()
             .with_progress(true)
@@ -319,7 +322,11 @@ mod hub {
                 serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
             let shards: std::collections::BTreeSet<String> = json["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             for shard in shards {
                 repo.get(&shard).map_err(|e| fail(e.to_string()))?;
@@ -336,7 +343,10 @@ mod hub {
         ] {
             let _ = repo.get(f);
         }
-        Ok(config.parent().expect("a cached file has a folder").to_path_buf())
+        Ok(config
+            .parent()
+            .expect("a cached file has a folder")
+            .to_path_buf())
     }
 }
 

@@ -113,7 +113,10 @@ impl Transformer {
             if values.len() != d_in * d_out {
                 return Err(Error::shape(
                     "Transformer::upload",
-                    format!("{w_name} has {} values, expected {d_in} x {d_out}", values.len()),
+                    format!(
+                        "{w_name} has {} values, expected {d_in} x {d_out}",
+                        values.len()
+                    ),
                 ));
             }
             let in_out = if config.fan_in_fan_out() {
@@ -132,8 +135,7 @@ impl Transformer {
             Ok(Dense { w: weight, b: bias })
         };
         let shards = |name: &str| -> Result<Vec<Tensor>> {
-            let rows_fit =
-                (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
+            let rows_fit = (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
             let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size());
             let all = host(name)?;
             if all.len() != config.vocab_size() * c {

@@ -572,7 +572,15 @@ pub fn evaluate_model(
             let (cfg, _, params) = peft::load(dir, &model.config)?;
             (cfg, Some(params))
         }
-        None => (LoraConfig::default(), None),
+        // No adapter: PEFT's initialisation (B = 0) on the family's default targets adds
+        // nothing.
+        None => (
+            LoraConfig {
+                target_modules: model.config.default_targets(),
+                ..LoraConfig::default()
+            },
+            None,
+        ),
     };
     let mut graph = TrainGraph::new_eval(
         gpu,

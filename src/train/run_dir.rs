@@ -338,7 +338,10 @@ impl Checkpoint {
     }
 
     /// Its adapter, loaded for `model` ([`peft::load`]).
-    pub(crate) fn adapter(&self, model: &ModelConfig) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
+    pub(crate) fn adapter(
+        &self,
+        model: &ModelConfig,
+    ) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
         peft::load(&self.dir, model)
     }
 

@@ -117,7 +117,11 @@ impl BlockRecorder for DecodeRecorder<'_> {
         [q, k, v]: [&Tensor; 3],
     ) -> Result<()> {
         let g = self.g;
-        let [cos, sin] = g.acts.rope.as_ref().expect("a block with RoPE has its tables");
+        let [cos, sin] = g
+            .acts
+            .rope
+            .as_ref()
+            .expect("a block with RoPE has its tables");
         let cfg = &g.model.config;
         let s = RopeShape {
             rows: self.n,
@@ -126,7 +130,17 @@ impl BlockRecorder for DecodeRecorder<'_> {
             nkv: cfg.num_kv_heads(),
             hs: cfg.head_dim(),
         };
-        rec.push(rope::forward(self.gpu, out, q, k, v, cos, sin, &g.acts.pos, &s)?);
+        rec.push(rope::forward(
+            self.gpu,
+            out,
+            q,
+            k,
+            v,
+            cos,
+            sin,
+            &g.acts.pos,
+            &s,
+        )?);
         Ok(())
     }
 

@@ -123,4 +123,3 @@ impl AdaptableModel for Gpt2Config {
         true
     }
 }
-

@@ -147,7 +147,14 @@ pub(super) fn record(
                     let w = weights.norm(norm);
                     let c = w.w.len();
                     bwd.push(layernorm::backward(
-                        gpu, &g(inp), &g(out), &x(inp), &w.w, mean, rstd, c,
+                        gpu,
+                        &g(inp),
+                        &g(out),
+                        &x(inp),
+                        &w.w,
+                        mean,
+                        rstd,
+                        c,
                     )?);
                 }
                 Op::RmsNorm {
@@ -162,7 +169,14 @@ pub(super) fn record(
                     let w = &weights.norm(norm).w;
                     let acc = write(inp);
                     bwd.push(rmsnorm::backward(
-                        gpu, &g(inp), &g(out), &x(inp), w, rstd, width, acc,
+                        gpu,
+                        &g(inp),
+                        &g(out),
+                        &x(inp),
+                        w,
+                        rstd,
+                        width,
+                        acc,
                     )?);
                 }
                 Op::Rope { out, q, k, v } => {
@@ -172,7 +186,15 @@ pub(super) fn record(
                     }
                     let s = r.rope_shape();
                     bwd.push(rope::backward(
-                        gpu, &g(q), &g(k), &g(v), &g(out), cos, sin, pos, &s,
+                        gpu,
+                        &g(q),
+                        &g(k),
+                        &g(v),
+                        &g(out),
+                        cos,
+                        sin,
+                        pos,
+                        &s,
                     )?);
                 }
                 Op::Attention { out, qkv } => {
