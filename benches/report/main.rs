@@ -1,6 +1,8 @@
 //! One-run performance report: the adapter, its FMA peak, matmul GFLOP/s of every variant at
 //! GPT-2 shapes and 4096³ (with a simple autotune: the fastest variant per shape), the fused
-//! LoRA forward against the unfused path, and training tokens/s of GPT-2 with LoRA.
+//! LoRA forward against the unfused path, and training tokens/s with LoRA of a GPT-2 or
+//! Llama-family shape (`--shape`: any preset of `ModelConfig::named`, e.g. `smollm2-135m`;
+//! LoRA on the family's default targets, c_attn,c_proj or q_proj,v_proj).
 //! Prints readable lines and writes every figure to a JSON file.
 //!
 //! ```text
@@ -35,7 +37,7 @@ use std::time::Instant;
 
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::matmul::MatmulVariant;
-use lora_wgpu::model::{gpt2::weights, Gpt2Config, Transformer, WeightStorage};
+use lora_wgpu::model::{gpt2, llama, ModelConfig, Transformer, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 use serde_json::{json, Value};
 
@@ -181,8 +183,11 @@ fn main() -> lora_wgpu::Result<()> {
         report["lora_forward"] = lora_fwd(&g, args.quick)?;
     }
     if args.train {
-        let cfg = Gpt2Config::named(&args.shape)?;
-        let host = weights::random(&cfg, 0);
+        let cfg = ModelConfig::named(&args.shape)?;
+        let host = match &cfg {
+            ModelConfig::Gpt2(c) => gpt2::weights::random(c, 0),
+            ModelConfig::Llama(c) => llama::weights::random(c, 0),
+        };
         let storage = if args.f16_weights {
             WeightStorage::F16
         } else {
@@ -191,8 +196,9 @@ fn main() -> lora_wgpu::Result<()> {
         let model = Transformer::upload_with(&g, &cfg, &host, storage)?;
         let wbytes = model.allocated_bytes() as usize;
         drop(host);
-        if args.profile {
-            report["profile"] = profiles(&g, &args, &cfg);
+        // The per-kind profile times GPT-2's kernels.
+        if let (true, Some(c)) = (args.profile, cfg.as_gpt2()) {
+            report["profile"] = profiles(&g, &args, c);
         }
         let mut runs = Vec::new();
         for &t in &args.seqs {

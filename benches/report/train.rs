@@ -44,6 +44,7 @@ pub fn train(
         r: args.rank,
         alpha: 2.0 * args.rank as f32,
         layers_to_transform: args.layers.clone(),
+        target_modules: cfg.default_targets(),
         ..LoraConfig::default()
     };
     let result = (|| -> lora_wgpu::Result<Value> {

@@ -172,12 +172,27 @@ impl ModelSource {
 
 impl ModelSource {
     /// The model's special tokens: from its directory's config files, else from its config
-    /// (GPT-2's `<|endoftext|>` is both its beginning and end).
+    /// (GPT-2's `<|endoftext|>` is both its beginning and end). Ids outside the model's
+    /// vocabulary (a tokenizer that is not the model's own) are left out.
     pub fn special_tokens(&self, config: &ModelConfig, tok: &Tokenizer) -> Result<SpecialTokens> {
+        let mut special = self.declared_special_tokens(config, tok)?;
+        let vocab = config.vocab_size() as u32;
+        special.eos.retain(|&t| t < vocab);
+        special.bos = special.bos.filter(|&t| t < vocab);
+        special.pad = special.pad.filter(|&t| t < vocab);
+        Ok(special)
+    }
+
+    fn declared_special_tokens(
+        &self,
+        config: &ModelConfig,
+        tok: &Tokenizer,
+    ) -> Result<SpecialTokens> {
         if let Some(dir) = self.local_dir()? {
             let mut special = special_tokens(&dir, tok)?;
             if special.eos.is_empty() && matches!(config, ModelConfig::Gpt2(_)) {
                 special.eos = tok.token_to_id("<|endoftext|>").into_iter().collect();
+                special.bos = special.bos.or(special.eos.first().copied());
             }
             return Ok(special);
         }

@@ -115,7 +115,7 @@ impl LlamaArch {
 /// How RoPE's frequencies are scaled (`rope_type` in config.json).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeKind {
-    /// `default`: the original RoPE, inv_freq[i] = theta^(-2i/d).
+    /// `default`: the original RoPE, `inv_freq[i] = theta^(-2i/d)`.
     Default,
     /// `llama3` (Llama 3.1 and later): long wavelengths divided by `factor`, short ones kept,
     /// the band between interpolated.
