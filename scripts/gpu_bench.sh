@@ -79,7 +79,7 @@ for t in matmul gpt2_parity; do
 done
 
 # 4. Real-driver correctness: the kernel and model tests.
-for t in matmul kernels gpt2_ops gpt2_parity; do
+for t in matmul kernels gpt2_ops gpt2_parity llama_ops llama_parity; do
     stamp "test $t"
     timeout 60 "$BIN/$t" --test-threads 4 2>&1 | grep -Ev '^test .* ok$' | tee -a "$OUT/tests.txt" | tail -n 25
     stamp "test $t exit ${PIPESTATUS[0]}" | tee -a "$OUT/tests.txt"
@@ -90,6 +90,21 @@ for t in ${SEQS:-128 1024}; do
     stamp "pytorch+peft T=$t"
     timeout 100 python3 "$PACK/bench_peft.py" --device "${PEFT_DEVICE:-cuda}" --seq "$t" \
         ${PEFT_ARGS:---batch 4 --rank 8 --steps 20 --warmup 3} | tail -n 1 | tee "$OUT/peft_T$t.json"
+done
+
+# 5b. Llama-family shapes (SmolLM2-135M, Qwen2.5-0.5B; LoRA on q_proj,v_proj): ours, then
+# PyTorch + PEFT, then side by side.
+for shape in ${LLAMA_SHAPES:-smollm2-135m qwen2.5-0.5b}; do
+    stamp "report $shape"
+    timeout 120 "$BIN/report" --json "$OUT/report_$shape.json" --no-kernels --no-profile \
+        --shape "$shape" --train-variants default --max-train-seconds 6 ${REPORT_ARGS:-}
+    for t in ${SEQS:-128 1024}; do
+        timeout 100 python3 "$PACK/bench_peft.py" --device "${PEFT_DEVICE:-cuda}" --seq "$t" \
+            --shape "$shape" ${PEFT_ARGS:---batch 4 --rank 8 --steps 20 --warmup 3} | tail -n 1 |
+            tee "$OUT/peft_${shape}_T$t.json"
+    done
+    python3 "$PACK/bench_summary.py" "$OUT/report_$shape.json" "$OUT"/peft_${shape}_T*.json |
+        sed "s/^/$shape: /" | tee -a "$OUT/summary_llama.txt"
 done
 
 # 6. Side by side.

@@ -12,6 +12,7 @@ rm -f "$DEST"/*.xz
 msgs=$(mktemp)
 cargo build --release --bench report --message-format=json-render-diagnostics >"$msgs"
 cargo test --release --no-run --test matmul --test kernels --test gpt2_ops --test gpt2_parity \
+    --test llama_ops --test llama_parity \
     --message-format=json-render-diagnostics >>"$msgs"
 python3 - "$msgs" "$DEST" <<'PY'
 import json, shutil, subprocess, sys

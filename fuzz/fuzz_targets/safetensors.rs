@@ -8,7 +8,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
-use lora_wgpu::model::{weights, Gpt2Config};
+use lora_wgpu::model::{gpt2::weights, Gpt2Config};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = Gpt2Config {
