@@ -63,6 +63,8 @@ pub trait AdaptableModel {
     /// Whether the checkpoint stores linear weights `[in, out]` (GPT-2's Conv1D: PEFT's
     /// `fan_in_fan_out = true`) rather than `[out, in]` (`nn.Linear`).
     fn fan_in_fan_out(&self) -> bool;
+    /// Whether linear layer `linear` has a bias.
+    fn linear_bias(&self, linear: Linear) -> bool;
 }
 
 /// The linear layers of a block, by the name their checkpoint gives them.

@@ -17,7 +17,8 @@ pub struct ModuleParams {
     pub d_out: usize,
     /// LoRA parameters over the adapted blocks: adapted · r · (d_in + d_out).
     pub trainable: usize,
-    /// Frozen weights and biases of the adapted blocks: adapted · (d_in · d_out + d_out).
+    /// Frozen weights and biases of the adapted blocks: adapted · (d_in · d_out (+ d_out with
+    /// a bias)).
     pub frozen: usize,
 }
 
@@ -72,7 +73,8 @@ impl ParamTable {
                     d_in,
                     d_out,
                     trainable: adapted * lora.r * (d_in + d_out),
-                    frozen: adapted * (d_in * d_out + d_out),
+                    frozen: adapted
+                        * (d_in * d_out + usize::from(model.linear_bias(linear)) * d_out),
                 }
             })
             .collect();

@@ -207,18 +207,6 @@ impl ModelConfig {
         }
     }
 
-    /// Whether linear layer `linear` has a bias in the checkpoint.
-    pub(crate) fn linear_bias(&self, linear: Linear) -> bool {
-        match self {
-            ModelConfig::Gpt2(_) => true,
-            ModelConfig::Llama(c) => match linear {
-                Linear::QProj | Linear::KProj | Linear::VProj => c.qkv_bias(),
-                Linear::OProj => c.o_bias(),
-                _ => c.mlp_has_bias(),
-            },
-        }
-    }
-
     /// The checkpoint names of block `layer`'s norm weights, in the order the block definition
     /// numbers them (`norm` of its norm ops), each with whether it has a bias.
     pub(crate) fn norm_names(&self, layer: usize) -> Vec<(String, bool)> {
@@ -308,6 +296,13 @@ impl AdaptableModel for ModelConfig {
         match self {
             ModelConfig::Gpt2(c) => c.fan_in_fan_out(),
             ModelConfig::Llama(c) => c.fan_in_fan_out(),
+        }
+    }
+
+    fn linear_bias(&self, linear: Linear) -> bool {
+        match self {
+            ModelConfig::Gpt2(c) => c.linear_bias(linear),
+            ModelConfig::Llama(c) => c.linear_bias(linear),
         }
     }
 }

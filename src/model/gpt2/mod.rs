@@ -122,4 +122,8 @@ impl AdaptableModel for Gpt2Config {
     fn fan_in_fan_out(&self) -> bool {
         true
     }
+
+    fn linear_bias(&self, _linear: Linear) -> bool {
+        true
+    }
 }

@@ -144,4 +144,12 @@ impl AdaptableModel for LlamaConfig {
     fn fan_in_fan_out(&self) -> bool {
         false
     }
+
+    fn linear_bias(&self, linear: Linear) -> bool {
+        match linear {
+            Linear::QProj | Linear::KProj | Linear::VProj => self.qkv_bias(),
+            Linear::OProj => self.o_bias(),
+            _ => self.mlp_has_bias(),
+        }
+    }
 }
