@@ -184,7 +184,7 @@ pub fn merge_dirs(
     source.local_dir()?;
     let cfg = source.config()?;
     let mut w = load_weights(base, &cfg)?;
-    let tok = source.tokenizer()?;
+    let tok = source.tokenizer_for(&cfg)?;
     let modules = merge_adapters(&mut w, &cfg, adapters)?;
     save_hf_dir(out, &cfg, &w, &tok, Some(base), overwrite)?;
     Ok(MergeSummary {
@@ -225,7 +225,7 @@ pub fn merge_model(
     let cfg = source.config()?;
     let mut w = source.host_weights(&cfg)?;
     let modules = merge_adapters(&mut w, &cfg, adapters)?;
-    save_hf_dir(out, &cfg, &w, &source.tokenizer()?, None, overwrite)?;
+    save_hf_dir(out, &cfg, &w, &source.tokenizer_for(&cfg)?, None, overwrite)?;
     Ok(MergeSummary {
         config: cfg,
         adapters: adapters.len(),

@@ -8,6 +8,7 @@ use super::gpt2::{self, Gpt2Config};
 use super::llama::{self, LlamaConfig};
 use crate::error::{Error, Result};
 use crate::lora::{AdaptableModel, Linear};
+use crate::tokenizer::{SpecialTokens, EOT};
 
 /// The architectures this crate trains, as `model_type` in config.json names them.
 pub const SUPPORTED: &str = "gpt2, llama, qwen2, qwen3, mistral";
@@ -163,6 +164,27 @@ impl ModelConfig {
     /// Parameters of the base model (a tied LM head counted once).
     pub fn num_parameters(&self) -> usize {
         self.base_parameters()
+    }
+
+    /// The special tokens the config itself names: GPT-2's `<|endoftext|>` (its beginning and
+    /// end) when the vocabulary has it, a Llama-family config's `bos_token_id`,
+    /// `eos_token_id` and `pad_token_id`.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        match self {
+            ModelConfig::Gpt2(c) => {
+                let eot = (c.vocab_size > EOT as usize).then_some(EOT);
+                SpecialTokens {
+                    bos: eot,
+                    eos: eot.into_iter().collect(),
+                    pad: None,
+                }
+            }
+            ModelConfig::Llama(c) => SpecialTokens {
+                bos: c.bos_token_id,
+                eos: c.eos_token_id.clone(),
+                pad: c.pad_token_id,
+            },
+        }
     }
 
     /// The modules PEFT adapts when no target is given: c_attn and c_proj for GPT-2,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{gpt2, llama, HostWeights, ModelConfig, Transformer, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::tokenizer::{special_tokens, SpecialTokens, Tokenizer, EOT};
+use crate::tokenizer::{special_tokens, SpecialTokens, Tokenizer};
 
 /// Seed of the built-in `tiny` model's random weights (fixed, so `tiny` is always the same
 /// model and its adapters stay valid).
@@ -149,10 +149,15 @@ impl ModelSource {
     /// The model's tokenizer: its directory's tokenizer.json (GPT-2's bundled one for a GPT-2
     /// directory without one; a Llama-family directory must have its own).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
+        self.tokenizer_for(&self.config()?)
+    }
+
+    /// [`ModelSource::tokenizer`] for a model whose config is already read.
+    pub(crate) fn tokenizer_for(&self, config: &ModelConfig) -> Result<Tokenizer> {
         match self.local_dir()? {
             Some(dir) => {
                 let file = dir.join("tokenizer.json");
-                if file.is_file() || matches!(self.config()?, ModelConfig::Gpt2(_)) {
+                if file.is_file() || matches!(config, ModelConfig::Gpt2(_)) {
                     Tokenizer::for_model_dir(&dir)
                 } else {
                     Err(Error::Io {
@@ -196,21 +201,7 @@ impl ModelSource {
             }
             return Ok(special);
         }
-        Ok(match config {
-            ModelConfig::Gpt2(c) => {
-                let eot = (c.vocab_size > EOT as usize).then_some(EOT);
-                SpecialTokens {
-                    bos: eot,
-                    eos: eot.into_iter().collect(),
-                    pad: None,
-                }
-            }
-            ModelConfig::Llama(c) => SpecialTokens {
-                bos: c.bos_token_id,
-                eos: c.eos_token_id.clone(),
-                pad: c.pad_token_id,
-            },
-        })
+        Ok(config.special_tokens())
     }
 }
 
@@ -281,7 +272,7 @@ impl Model {
     ) -> Result<Self> {
         let config = source.config()?;
         config.validate()?;
-        let tokenizer = source.tokenizer()?;
+        let tokenizer = source.tokenizer_for(&config)?;
         let host = source.host_weights(&config)?;
         let transformer = Transformer::upload_with(gpu, &config, &host, storage)?;
         let special = source.special_tokens(&config, &tokenizer)?;

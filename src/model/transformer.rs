@@ -11,7 +11,7 @@ use super::block::{BlockDef, BlockWeights, Dense};
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::kernels::{layernorm, rmsnorm};
+use crate::kernels::{layernorm, rmsnorm, rope};
 use crate::lora::{AdaptableModel, Linear};
 
 /// Host weights by checkpoint name, f32.
@@ -231,6 +231,20 @@ impl Transformer {
                 r
             })
             .collect()
+    }
+
+    /// RoPE's cos and sin tables over positions `0..positions`, (positions, head_dim / 2) each,
+    /// on the GPU; `None` for a model without rotary positions.
+    pub(crate) fn rope_tables(&self, gpu: &Gpu, positions: usize) -> Result<Option<[Tensor; 2]>> {
+        let Some(inv_freq) = self.config.rope_inv_freq() else {
+            return Ok(None);
+        };
+        let (cos, sin) = rope::tables(&inv_freq, positions);
+        let shape = [positions, inv_freq.len()];
+        Ok(Some([
+            gpu.upload("rope cos", &cos, &shape)?,
+            gpu.upload("rope sin", &sin, &shape)?,
+        ]))
     }
 
     /// The final norm of `inp` into `out`, saving its statistics (`mean` is LayerNorm's only).

@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 
 use super::block::{Op, Place};
-use super::{ModelConfig, Transformer};
+use super::Transformer;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recording, Tensor};
 use crate::kernels::lora::MAX_RANK;
@@ -183,16 +183,7 @@ impl Generator {
         }
         let (c, nh, ctx) = (cfg.hidden_size(), cfg.num_heads(), max_context);
         let kv = cfg.num_kv_heads() * cfg.head_dim();
-        let rope = match cfg.rope_inv_freq() {
-            Some(inv_freq) => {
-                let (cos, sin) = crate::kernels::rope::tables(&inv_freq, ctx);
-                let half = inv_freq.len();
-                let cos = gpu.upload("rope cos", &cos, &[ctx, half])?;
-                let sin = gpu.upload("rope sin", &sin, &[ctx, half])?;
-                Some([cos, sin])
-            }
-            None => None,
-        };
+        let rope = model.rope_tables(gpu, ctx)?;
         let mut allocated = rope.iter().flatten().map(Tensor::bytes).sum::<u64>();
         let mut zeros = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = gpu.zeros(name, shape)?;
@@ -268,13 +259,7 @@ impl Generator {
             logits,
             logit_views,
         };
-        let (eos, bos) = match cfg {
-            ModelConfig::Gpt2(c) => {
-                let eot = (c.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
-                (eot.into_iter().collect(), eot)
-            }
-            ModelConfig::Llama(c) => (c.eos_token_id.clone(), c.bos_token_id),
-        };
+        let special = cfg.special_tokens();
         let mut g = Generator {
             model: model.clone(),
             ctx,
@@ -284,8 +269,8 @@ impl Generator {
             adapters: Vec::new(),
             recordings: BTreeMap::new(),
             position: 0,
-            eos,
-            bos,
+            eos: special.eos,
+            bos: special.bos,
             stop: None,
             allocated,
         };

@@ -8,7 +8,6 @@ use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor, VIEW_ALIGN};
 use crate::kernels::cross_entropy::CeState;
 use crate::kernels::matmul::{matmul, MatmulOp};
-use crate::kernels::rope;
 use crate::model::block::{Op, Place};
 use crate::model::Transformer;
 
@@ -168,12 +167,8 @@ impl Plan {
             blocks.push(buffers);
         }
 
-        let rope = match cfg.rope_inv_freq() {
-            Some(inv_freq) => {
-                let (cos, sin) = rope::tables(&inv_freq, t);
-                let half = inv_freq.len();
-                let cos = bl.gpu.upload("rope cos", &cos, &[t, half])?;
-                let sin = bl.gpu.upload("rope sin", &sin, &[t, half])?;
+        let rope = match model.rope_tables(bl.gpu, t)? {
+            Some([cos, sin]) => {
                 bl.allocated += cos.bytes() + sin.bytes();
                 Some([cos, sin, bl.zeros("rope position offset", &[1])?])
             }
