@@ -241,10 +241,11 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         println!("resume   from step {step} ({})", from.display());
     }
     println!(
-        "lora     r={} alpha={} dropout={} targets={} -> {} trainable parameters ({:.3}% of the model)",
+        "lora     r={} alpha={} dropout={}{} targets={} -> {} trainable parameters ({:.3}% of the model)",
         cfg.lora.r,
         cfg.lora.alpha,
         cfg.lora.dropout,
+        if cfg.lora.use_dora { " dora" } else { "" },
         cfg.lora.target_modules.join(","),
         trainer.graph().layout().num_parameters(),
         100.0 * trainer.graph().layout().num_parameters() as f64
@@ -370,11 +371,12 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
         cfg.vocab_size()
     );
     println!(
-        "LoRA r={} alpha={} (scale {}) dropout={} targets={}{}",
+        "LoRA r={} alpha={} (scale {}) dropout={}{} targets={}{}",
         lora.r,
         lora.alpha,
         lora.scale(),
         lora.dropout,
+        if lora.use_dora { " dora" } else { "" },
         lora.target_modules.join(","),
         lora.layers_to_transform
             .as_ref()

@@ -47,7 +47,8 @@ const SIDE_FILES: [&str; 4] = [
 /// or `model.layers.0.self_attn.q_proj.weight` [out, in]). `adapter` is the adapter's config,
 /// its flat layout (as [`LoraLayout::new`] builds it for `cfg`) and its flat parameters (as
 /// [`peft::load`] returns them). `scale` 1 merges, -1 unmerges; several adapters merge by
-/// calling this once for each.
+/// calling this once for each. A DoRA adapter's weight becomes `m / ‖W + s·B A‖ · (W + s·B A)`
+/// per output feature, as PEFT's merge writes it (the bias is left as it is).
 ///
 /// Everything is checked before anything is changed: on error `weights` is untouched.
 pub fn merge_into(
@@ -107,6 +108,14 @@ pub fn merge_into(
             }
         }
     }
+    if lora.use_dora && scale < 0.0 {
+        return Err(Error::invalid(
+            "merge scale",
+            scale,
+            "a DoRA adapter cannot be taken out again by merging it with a negative scale \
+             (DoRA rescales the whole weight): merge into the original base instead",
+        ));
+    }
     let s = scale as f64 * lora.scale() as f64;
     let fan_in_fan_out = cfg.fan_in_fan_out();
     for e in &layout.entries {
@@ -117,6 +126,16 @@ pub fn merge_into(
         let a = &params[e.a_offset..e.a_offset + r * e.d_in]; // (r, d_in)
         let b = &params[e.b_offset..e.b_offset + e.d_out * r]; // (d_out, r)
         let (d_in, d_out) = (e.d_in, e.d_out);
+        // [in, out] (Conv1D) or [out, in] (nn.Linear).
+        let at = |k: usize, n: usize| {
+            if fan_in_fan_out {
+                k * d_out + n
+            } else {
+                n * d_in + k
+            }
+        };
+        // W + s · B A, in f64.
+        let mut merged: Vec<f64> = w.iter().map(|&v| v as f64).collect();
         let mut a_col = vec![0.0f64; r];
         for k in 0..d_in {
             for (j, v) in a_col.iter_mut().enumerate() {
@@ -128,14 +147,25 @@ pub fn merge_into(
                     .zip(&a_col)
                     .map(|(&bv, &av)| bv as f64 * av)
                     .sum();
-                // [in, out] (Conv1D) or [out, in] (nn.Linear).
-                let at = if fan_in_fan_out {
-                    k * d_out + n
-                } else {
-                    n * d_in + k
-                };
-                w[at] += (s * dot) as f32;
+                merged[at(k, n)] += s * dot;
             }
+        }
+        // DoRA: each output feature's column of W + s · B A rescaled to its magnitude.
+        if let Some(m_offset) = e.m_offset {
+            let magnitude = &params[m_offset..m_offset + d_out];
+            for (n, &mag) in magnitude.iter().enumerate() {
+                let norm = (0..d_in)
+                    .map(|k| merged[at(k, n)].powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let c = mag as f64 / norm;
+                for k in 0..d_in {
+                    merged[at(k, n)] *= c;
+                }
+            }
+        }
+        for (dst, v) in w.iter_mut().zip(merged) {
+            *dst = v as f32;
         }
     }
     Ok(layout.entries.len())

@@ -84,14 +84,10 @@ pub struct LoraArgs {
         default_value_t = 16.0
     )]
     pub alpha: f32,
-    /// Dropout on the adapter input, in [0, 1).
-    #[arg(
-        long,
-        alias = "lora-dropout",
-        alias = "lora_dropout",
-        default_value_t = 0.05
-    )]
-    pub dropout: f32,
+    /// Dropout on the adapter input, in [0, 1). Default 0.05, or 0 with --dora (DoRA trains
+    /// without dropout here).
+    #[arg(long, alias = "lora-dropout", alias = "lora_dropout")]
+    pub dropout: Option<f32>,
     /// Modules to adapt (PEFT names, comma-separated): GPT-2's c_attn, c_proj, c_fc,
     /// attn.c_proj, mlp.c_proj; Llama-family q_proj, k_proj, v_proj, o_proj, gate_proj,
     /// up_proj, down_proj; or all-linear. Default: c_attn,c_proj (GPT-2), q_proj,v_proj
@@ -114,6 +110,10 @@ pub struct LoraArgs {
     /// Rank-stabilised scaling alpha / √r.
     #[arg(long, alias = "use-rslora", alias = "use_rslora")]
     pub rslora: bool,
+    /// DoRA (PEFT's use_dora): a trainable magnitude per output feature over the norm of the
+    /// adapted weight.
+    #[arg(long, alias = "use-dora", alias = "use_dora")]
+    pub dora: bool,
 }
 
 impl LoraArgs {
@@ -122,13 +122,14 @@ impl LoraArgs {
         LoraConfig {
             r: self.rank,
             alpha: self.alpha,
-            dropout: self.dropout,
+            dropout: self.dropout.unwrap_or(if self.dora { 0.0 } else { 0.05 }),
             target_modules: self
                 .targets
                 .clone()
                 .unwrap_or_else(|| model.default_targets()),
             layers_to_transform: self.layers.clone(),
             use_rslora: self.rslora,
+            use_dora: self.dora,
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod dora;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;

@@ -15,6 +15,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod decode;
+pub mod dora;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
@@ -36,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{KernelDef, Tensor};
 
 /// The kernels of every file, by family: what the naga validation test walks.
-pub const FAMILIES: [&[&KernelDef]; 16] = [
+pub const FAMILIES: [&[&KernelDef]; 17] = [
     matmul::KERNELS,
     lora::KERNELS,
     dropout::KERNELS,
@@ -53,6 +54,7 @@ pub const FAMILIES: [&[&KernelDef]; 16] = [
     rmsnorm::KERNELS,
     rope::KERNELS,
     swiglu::KERNELS,
+    dora::KERNELS,
 ];
 
 /// Every kernel this crate launches.

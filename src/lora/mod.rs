@@ -27,6 +27,9 @@ pub struct LoraConfig {
     pub layers_to_transform: Option<Vec<usize>>,
     /// Scale by alpha / √r instead of alpha / r.
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`): each adapted layer's output is rescaled per output feature by
+    /// a trainable magnitude over the norm of W + scale · B A (see [`crate::kernels::dora`]).
+    pub use_dora: bool,
 }
 
 impl Default for LoraConfig {
@@ -38,6 +41,7 @@ impl Default for LoraConfig {
             target_modules: vec!["c_attn".into(), "c_proj".into()],
             layers_to_transform: None,
             use_rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct LoraEntry {
     pub a_offset: usize,
     /// Element offset of B.
     pub b_offset: usize,
+    /// Element offset of DoRA's magnitude vector (d_out,), when the adapter uses DoRA.
+    pub m_offset: Option<usize>,
     /// The module's path in the checkpoint ([`AdaptableModel::module_path`]), e.g.
     /// `h.3.attn.c_attn` or `model.layers.3.self_attn.q_proj`.
     pub path: String,
@@ -239,8 +245,16 @@ impl LoraLayout {
                     d_out,
                     a_offset,
                     b_offset,
+                    m_offset: None,
                     path,
                 });
+            }
+        }
+        // DoRA's magnitudes are 1-D: they come after every matrix (PEFT's LoRA+ puts them in
+        // B's group).
+        if lora.use_dora {
+            for e in &mut entries {
+                e.m_offset = Some(take(e.d_out));
             }
         }
         if entries.is_empty() {
@@ -278,11 +292,13 @@ impl LoraLayout {
     pub fn num_parameters(&self) -> usize {
         self.entries
             .iter()
-            .map(|e| self.r * (e.d_in + e.d_out))
+            .map(|e| self.r * (e.d_in + e.d_out) + e.m_offset.map_or(0, |_| e.d_out))
             .sum()
     }
 
     /// Initial values as PEFT sets them: A Kaiming-uniform (a = √5, so U(±1/√d_in)), B zero.
+    /// DoRA's magnitudes are left zero: they are the weight's norms, which the training graph
+    /// computes on the GPU ([`crate::kernels::dora::norm`]).
     pub fn init(&self, seed: u64) -> Vec<f32> {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(seed);

@@ -23,6 +23,8 @@ struct AdapterConfigJson {
     layers_to_transform: Option<LayerList>,
     #[serde(default)]
     use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
     #[serde(default = "none")]
     bias: String,
 }
@@ -98,14 +100,32 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
             LayerList::Many(v) => v,
         }),
         use_rslora: c.use_rslora,
+        use_dora: c.use_dora,
     })
 }
 
 /// PEFT's key for an entry's A (`which = "A"`) or B, e.g.
 /// `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight` (GPT-2) or
-/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (Llama).
+/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (Llama); `which = "M"` is
+/// DoRA's magnitude vector, `...q_proj.lora_magnitude_vector`.
 pub fn key(layout: &LoraLayout, entry: &LoraEntry, which: &str) -> String {
-    format!("{}{}.lora_{which}.weight", layout.peft_prefix, entry.path)
+    match which {
+        "M" => format!("{}{}.lora_magnitude_vector", layout.peft_prefix, entry.path),
+        _ => format!("{}{}.lora_{which}.weight", layout.peft_prefix, entry.path),
+    }
+}
+
+/// Every tensor of an entry in the adapter file: (which, flat offset, shape), in PEFT's order
+/// (A, B, then DoRA's magnitude).
+fn tensors(layout: &LoraLayout, e: &LoraEntry) -> Vec<(&'static str, usize, Vec<usize>)> {
+    let mut out = vec![
+        ("A", e.a_offset, vec![layout.r, e.d_in]),
+        ("B", e.b_offset, vec![e.d_out, layout.r]),
+    ];
+    if let Some(m) = e.m_offset {
+        out.push(("M", m, vec![e.d_out]));
+    }
+    out
 }
 
 /// Read `adapter_model.safetensors` into the flat layout, strictly: every adapted module's A
@@ -133,18 +153,20 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
     let mut flat = vec![0.0f32; layout.len];
     let mut seen = 0usize;
     for e in &layout.entries {
-        for (which, offset, shape) in [
-            ("A", e.a_offset, [layout.r, e.d_in]),
-            ("B", e.b_offset, [e.d_out, layout.r]),
-        ] {
+        for (which, offset, shape) in tensors(layout, e) {
             let k = key(layout, e, which);
             let view = st.tensor(&k).map_err(|_| {
                 bad(format!("missing tensor {k}: the adapter was made for other target modules or another model"))
             })?;
             if view.shape() != shape {
                 return Err(bad(format!(
-                    "tensor {k} has shape {:?}, expected {shape:?}: the adapter was made for another model or rank",
-                    view.shape()
+                    "tensor {k} has shape {:?}, expected {shape:?}: the adapter was made for another model or rank{}",
+                    view.shape(),
+                    if which == "M" {
+                        " (a DoRA magnitude vector has one value per output feature)"
+                    } else {
+                        ""
+                    }
                 )));
             }
             let values = tensor_file::to_f32(path, &k, view.dtype(), view.data())?;
@@ -157,16 +179,22 @@ pub fn parse_weights(path: &Path, bytes: &[u8], layout: &LoraLayout) -> Result<V
             .names()
             .into_iter()
             .filter(|n| {
-                !layout
-                    .entries
-                    .iter()
-                    .any(|e| key(layout, e, "A") == *n || key(layout, e, "B") == *n)
+                !layout.entries.iter().any(|e| {
+                    tensors(layout, e)
+                        .iter()
+                        .any(|(which, ..)| key(layout, e, which) == *n)
+                })
             })
             .map(str::to_string)
             .collect();
         extra.sort();
+        let dora = if extra.iter().any(|n| n.ends_with(".lora_magnitude_vector")) {
+            " (DoRA magnitude vectors in an adapter whose adapter_config.json has no \"use_dora\": true)"
+        } else {
+            ""
+        };
         return Err(bad(format!(
-            "unexpected tensors for this LoRA configuration: {}",
+            "unexpected tensors for this LoRA configuration: {}{dora}",
             extra.join(", ")
         )));
     }
@@ -214,14 +242,11 @@ pub fn save(
     })?;
     let mut views = Vec::new();
     for e in &layout.entries {
-        for (which, offset, shape) in [
-            ("A", e.a_offset, [layout.r, e.d_in]),
-            ("B", e.b_offset, [e.d_out, layout.r]),
-        ] {
-            let n = shape[0] * shape[1];
+        for (which, offset, shape) in tensors(layout, e) {
+            let n: usize = shape.iter().product();
             let view = F32View {
-                shape: shape.to_vec(),
                 data: &flat[offset..offset + n],
+                shape,
             };
             views.push((key(layout, e, which), view));
         }
@@ -245,7 +270,7 @@ pub fn save(
         "fan_in_fan_out": layout.fan_in_fan_out,
         "bias": "none",
         "use_rslora": cfg.use_rslora,
-        "use_dora": false,
+        "use_dora": cfg.use_dora,
         "lora_bias": false,
         "layers_pattern": null,
         "modules_to_save": null,

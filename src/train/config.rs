@@ -113,6 +113,15 @@ impl TrainConfig {
     /// Check every hyperparameter, naming the bad one and its valid range.
     pub fn validate(&self, model: &crate::model::ModelConfig) -> Result<()> {
         self.lora.validate(model)?;
+        if self.lora.use_dora && self.lora.dropout > 0.0 {
+            return Err(Error::invalid(
+                "lora dropout",
+                self.lora.dropout,
+                "must be 0 with DoRA (--dora): PEFT's DoRA with dropout recomputes the frozen \
+                 product on the dropped-out input, which this trainer does not; leave --dropout \
+                 out or set it to 0",
+            ));
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::invalid("learning rate", self.lr, "must be > 0"));
         }
@@ -185,6 +194,7 @@ impl TrainConfig {
             ("targets", l.target_modules.join(",")),
             ("layers", format!("{:?}", l.layers_to_transform)),
             ("rslora", l.use_rslora.to_string()),
+            ("dora", l.use_dora.to_string()),
             ("batch-size", self.batch_size.to_string()),
             ("grad-accum", self.grad_accum.to_string()),
             ("block-size", self.block_size.to_string()),

@@ -53,3 +53,73 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
 pub const ATOL: f32 = 1e-4;
 /// See [`ATOL`].
 pub const RTOL: f32 = 1e-4;
+
+/// Readers of the JSON fixtures the scripts in `scripts/` write.
+pub mod fixture {
+    use lora_wgpu::kernels::adamw::AdamW;
+    use lora_wgpu::kernels::cross_entropy::IGNORE;
+    use serde_json::Value;
+
+    /// A JSON array of numbers as f32.
+    pub fn floats(v: &Value) -> Vec<f32> {
+        v.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|x| x.as_f64().expect("a number") as f32)
+            .collect()
+    }
+
+    /// A JSON array of token ids.
+    pub fn ids(v: &Value) -> Vec<u32> {
+        v.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|x| x.as_u64().expect("a token id") as u32)
+            .collect()
+    }
+
+    /// Targets with PyTorch's ignored positions (negative) as [`IGNORE`].
+    pub fn targets(v: &Value) -> Vec<u32> {
+        v.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|v| match v.as_i64().expect("a target id") {
+                t if t < 0 => IGNORE,
+                t => t as u32,
+            })
+            .collect()
+    }
+
+    /// The AdamW settings of a fixture's "adamw" object.
+    pub fn adamw(a: &Value) -> AdamW {
+        let f = |k: &str| a[k].as_f64().expect("an AdamW setting") as f32;
+        AdamW {
+            lr: f("lr"),
+            weight_decay: f("weight_decay"),
+            max_grad_norm: f("max_grad_norm"),
+            ..AdamW::default()
+        }
+    }
+
+    /// Max |got - want| within `abs` or `rel` · max |want|, naming the worst element.
+    #[track_caller]
+    pub fn assert_rel(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (i, err) = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .enumerate()
+            .fold(
+                (0, 0.0f32),
+                |m, (i, e)| if e > m.1 || e.is_nan() { (i, e) } else { m },
+            );
+        assert!(
+            err <= abs || err <= rel * scale,
+            "{what}: element {i}: {} vs PyTorch {} (|diff| {err}, max |ref| {scale})",
+            got[i],
+            want[i]
+        );
+    }
+}

@@ -36,10 +36,11 @@
 
 use std::collections::BTreeMap;
 
-use super::block::{Op, Place};
+use super::block::{BlockWeights, Op, Place};
 use super::Transformer;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recording, Tensor};
+use crate::kernels::dora::{self, DoraShape};
 use crate::kernels::lora::MAX_RANK;
 use crate::lora::{Linear, LoraConfig, LoraLayout};
 
@@ -97,8 +98,19 @@ struct GpuAdapter {
     /// alpha / r times the user's multiplier.
     scale: f32,
     r: usize,
-    /// (layer, linear, A view (r, in), B view (out, r)), sharing one flat buffer.
-    modules: Vec<(usize, Linear, Tensor, Tensor)>,
+    /// The adapted modules, sharing one flat buffer.
+    modules: Vec<GpuModule>,
+}
+
+/// One adapted module of a [`GpuAdapter`].
+struct GpuModule {
+    layer: usize,
+    linear: Linear,
+    /// A (r, in) and B (out, r).
+    a: Tensor,
+    b: Tensor,
+    /// DoRA's [c | wn] (2 · out), computed when the adapter is set.
+    dora: Option<Tensor>,
 }
 
 /// Activations for up to `ctx` rows; a call of n rows uses views of the first n.
@@ -339,6 +351,14 @@ impl Generator {
     /// are untouched. Each adapter must have been made for this model (same targets resolve
     /// to the same shapes). Clears the KV cache.
     pub fn set_adapters(&mut self, gpu: &Gpu, adapters: &[ScaledAdapter<'_>]) -> Result<()> {
+        if adapters.len() > 1 && adapters.iter().any(|a| a.config.use_dora) {
+            return Err(Error::invalid(
+                "adapters",
+                adapters.len(),
+                "a DoRA adapter rescales its layers' whole output, so it cannot be stacked with \
+                 other adapters: apply it alone, or merge it into the model first",
+            ));
+        }
         let mut out = Vec::with_capacity(adapters.len());
         for (i, a) in adapters.iter().enumerate() {
             let want = LoraLayout::new(&self.model.config, a.config)?;
@@ -367,23 +387,47 @@ impl Generator {
             }
             let params = gpu.upload(&format!("adapter {i}"), a.params, &[a.params.len()])?;
             let r = a.layout.r;
+            let scale = a.scale * a.config.scale();
+            let mut bytes = params.bytes();
+            let mut norms = Recording::new();
             let modules = a
                 .layout
                 .entries
                 .iter()
                 .map(|e| {
                     let path = &e.path;
-                    Ok((
-                        e.layer,
-                        e.linear,
-                        params.view(&format!("{path}.lora_A"), e.a_offset, &[r, e.d_in])?,
-                        params.view(&format!("{path}.lora_B"), e.b_offset, &[e.d_out, r])?,
-                    ))
+                    let a = params.view(&format!("{path}.lora_A"), e.a_offset, &[r, e.d_in])?;
+                    let b = params.view(&format!("{path}.lora_B"), e.b_offset, &[e.d_out, r])?;
+                    let dora = match e.m_offset {
+                        None => None,
+                        Some(at) => {
+                            let m = params.view(&format!("{path}.magnitude"), at, &[e.d_out])?;
+                            let norm = gpu.zeros(&format!("{path} dora norm"), &[2 * e.d_out])?;
+                            bytes += norm.bytes();
+                            let w = &self.model.blocks[e.layer].linear(e.linear).w;
+                            let s = DoraShape {
+                                k: e.d_in,
+                                n: e.d_out,
+                                r,
+                                rows: 0,
+                            };
+                            norms.push(dora::norm(gpu, &norm, &m, w, &a, &b, &s, scale)?);
+                            Some(norm)
+                        }
+                    };
+                    Ok(GpuModule {
+                        layer: e.layer,
+                        linear: e.linear,
+                        a,
+                        b,
+                        dora,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            norms.run(gpu)?;
             out.push(GpuAdapter {
-                bytes: params.bytes(),
-                scale: a.scale * a.config.scale(),
+                bytes,
+                scale,
                 r,
                 modules,
             });

@@ -6,6 +6,7 @@ use super::Generator;
 use crate::error::Result;
 use crate::gpu::{Gpu, Recording, Tensor};
 use crate::kernels::decode::{self, DecodeShape};
+use crate::kernels::dora::{self, DoraShape};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::lora::{self as lk, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
@@ -156,16 +157,19 @@ impl BlockRecorder for DecodeRecorder<'_> {
     ) -> Result<()> {
         let (gpu, n) = (self.gpu, self.n);
         let (d_in, d_out) = (w.w.shape()[0], w.w.shape()[1]);
+        let modules: Vec<_> = self
+            .g
+            .adapters
+            .iter()
+            .flat_map(|ad| ad.modules.iter().map(move |m| (ad, m)))
+            .filter(|(_, m)| m.layer == layer && m.linear == site)
+            .collect();
+        // With DoRA (then the only adapter) the bias comes after the rescaling.
+        let dora = modules.iter().find_map(|(_, m)| m.dora.as_ref());
+        let bias = if dora.is_some() { None } else { w.b.as_ref() };
         if n <= decode::GEMV_MAX_ROWS && d_in.is_multiple_of(4) && d_out.is_multiple_of(4) {
             rec.push(decode::gemv_cols(
-                gpu,
-                out,
-                inp,
-                &w.w,
-                w.b.as_ref(),
-                n,
-                d_in,
-                d_out,
+                gpu, out, inp, &w.w, bias, n, d_in, d_out,
             )?);
         } else {
             rec.push(matmul(
@@ -173,31 +177,38 @@ impl BlockRecorder for DecodeRecorder<'_> {
                 out,
                 inp,
                 &w.w,
-                w.b.as_ref(),
+                bias,
                 &MatmulOp::new(n, d_out, d_in).frozen_b(),
             )?);
         }
-        for ad in &self.g.adapters {
-            for (_, _, a, b) in ad.modules.iter().filter(|m| m.0 == layer && m.1 == site) {
-                let u = self.g.acts.u.view("lora u", 0, &[n, ad.r])?;
-                let s = LoraShape {
-                    m: n,
-                    k: d_in,
-                    n: d_out,
-                    r: ad.r,
-                };
-                rec.push(lk::forward(
-                    gpu,
-                    out,
-                    &u,
-                    inp,
-                    a,
-                    b,
-                    &s,
-                    ad.scale,
-                    &Dropout::NONE,
-                )?);
-            }
+        for (ad, m) in &modules {
+            let u = self.g.acts.u.view("lora u", 0, &[n, ad.r])?;
+            let s = LoraShape {
+                m: n,
+                k: d_in,
+                n: d_out,
+                r: ad.r,
+            };
+            rec.push(lk::forward(
+                gpu,
+                out,
+                &u,
+                inp,
+                &m.a,
+                &m.b,
+                &s,
+                ad.scale,
+                &Dropout::NONE,
+            )?);
+        }
+        if let (Some(norm), Some((ad, _))) = (dora, modules.first()) {
+            let s = DoraShape {
+                k: d_in,
+                n: d_out,
+                r: ad.r,
+                rows: n,
+            };
+            rec.push(dora::scale(gpu, out, norm, w.b.as_ref(), None, &s)?);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::kernels::cross_entropy as ce;
 use crate::kernels::embedding;
 use crate::kernels::rope::{self, RopeShape};
 use crate::lora::Linear;
-use crate::model::block::{self, Act, BlockRecorder, Dense};
+use crate::model::block::{self, Act, BlockRecorder, BlockWeights, Dense};
 use crate::model::Transformer;
 
 /// Records blocks into a training graph's buffers: the plan's activations, LoRA with dropout
@@ -105,6 +105,8 @@ pub(super) fn record(r: &mut TrainRecorder, model: &Transformer) -> Result<Recor
     let cfg = &model.config;
     let (c, eps) = (cfg.hidden_size(), cfg.norm_eps());
     let mut fwd = Recording::new();
+    let weight = |l: usize, s| &model.blocks[l].linear(s).w;
+    r.bl.dora_norms(&mut fwd, r.adapted, weight, r.scale)?;
     let wte: Vec<&Tensor> = model.embed.iter().collect();
     let res0 = &plan.blocks[0].acts[model.block.input];
     let wpe = model.wpe.as_ref();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Recording, Tensor};
+use crate::kernels::dora::{self, DoraShape};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::lora::{self as lk, LoraGrads, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
@@ -22,6 +23,20 @@ pub(super) struct Adapted {
     pub(super) db: Tensor,
     pub(super) u: Tensor,
     pub(super) dropout: Dropout,
+    /// DoRA's state, when the adapter uses it.
+    pub(super) dora: Option<DoraState>,
+}
+
+/// One DoRA module's buffers.
+pub(super) struct DoraState {
+    /// Magnitude (d_out,) and its gradient: views of the flat parameters and gradients.
+    pub(super) m: Tensor,
+    pub(super) dm: Tensor,
+    /// [c | wn] (2 · d_out,), computed at the start of every forward.
+    pub(super) norm: Tensor,
+    /// The layer's output before DoRA's rescaling, (rows, d_out), saved for dm (training
+    /// graphs only).
+    pub(super) u: Option<Tensor>,
 }
 
 impl Adapted {
@@ -32,6 +47,16 @@ impl Adapted {
             k: self.entry.d_in,
             n: self.entry.d_out,
             r: self.a.shape()[0],
+        }
+    }
+
+    /// The shape of this module's DoRA kernels over `rows` rows.
+    pub(super) fn dora_shape(&self, rows: usize) -> DoraShape {
+        DoraShape {
+            k: self.entry.d_in,
+            n: self.entry.d_out,
+            r: self.a.shape()[0],
+            rows,
         }
     }
 }
@@ -49,6 +74,8 @@ pub(super) struct Builder<'a> {
     pub(super) allocated: u64,
     /// LoRA dispatches whose dropout mask moves every step, with their module index.
     pub(super) reseed: Vec<(usize, lk::Reseed)>,
+    /// DoRA's gradient at u, (rows, width) by width, shared by every module of that width.
+    dora_du: BTreeMap<usize, Tensor>,
 }
 
 impl<'a> Builder<'a> {
@@ -57,6 +84,7 @@ impl<'a> Builder<'a> {
             gpu,
             allocated: 0,
             reseed: Vec::new(),
+            dora_du: BTreeMap::new(),
         }
     }
 
@@ -120,22 +148,59 @@ impl<'a> Builder<'a> {
         train: bool,
     ) -> Result<()> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        let dora = lora.and_then(|l| l.dora.as_ref());
+        // With DoRA the bias comes after the rescaling.
+        let bias = if dora.is_some() { None } else { d.b.as_ref() };
         rec.push(matmul(
             self.gpu,
             out,
             inp,
             &d.w,
-            d.b.as_ref(),
+            bias,
             &MatmulOp::new(m, d_out, d_in).frozen_b(),
         )?);
         if let Some(l) = lora {
             let s = l.shape(m);
             let dropout = if train { l.dropout } else { Dropout::NONE };
-            let d = lk::forward(self.gpu, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout)?;
+            let dsp = lk::forward(self.gpu, out, &l.u, inp, &l.a, &l.b, &s, scale, &dropout)?;
             if train {
-                self.push_lora(rec, d, l, s, scale, false);
+                self.push_lora(rec, dsp, l, s, scale, false);
             } else {
-                rec.push(d);
+                rec.push(dsp);
+            }
+            if let Some(st) = &l.dora {
+                let save = if train { st.u.as_ref() } else { None };
+                let s = l.dora_shape(m);
+                rec.push(dora::scale(
+                    self.gpu,
+                    out,
+                    &st.norm,
+                    d.b.as_ref(),
+                    save,
+                    &s,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// DoRA's weight norms and scales of every DoRA module, from the current parameters:
+    /// recorded at the start of each forward (`weight(layer, site)` is the module's frozen
+    /// weight).
+    pub(super) fn dora_norms<'w>(
+        &self,
+        rec: &mut Recording,
+        adapted: &[Adapted],
+        weight: impl Fn(usize, Linear) -> &'w Tensor,
+        scale: f32,
+    ) -> Result<()> {
+        for l in adapted {
+            if let Some(st) = &l.dora {
+                let w = weight(l.entry.layer, l.entry.linear);
+                let s = l.dora_shape(0);
+                rec.push(dora::norm(
+                    self.gpu, &st.norm, &st.m, w, &l.a, &l.b, &s, scale,
+                )?);
             }
         }
         Ok(())
@@ -157,6 +222,28 @@ impl<'a> Builder<'a> {
         scale: f32,
     ) -> Result<()> {
         let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        // DoRA: the magnitude's gradient, and the gradient at u = c ∘ dout, which the rest of
+        // the backward takes in place of dout.
+        let du_dora;
+        let dout = match lora.and_then(|l| l.dora.as_ref().map(|st| (l, st))) {
+            Some((l, st)) => {
+                du_dora = match self.dora_du.get(&d_out) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = self.zeros(&format!("dora du (B·T, {d_out})"), &[m, d_out])?;
+                        self.dora_du.insert(d_out, t.clone());
+                        t
+                    }
+                };
+                let u = st.u.as_ref().expect("a training graph saves DoRA's u");
+                let s = l.dora_shape(m);
+                rec.push(dora::backward(
+                    self.gpu, &st.dm, &du_dora, dout, u, &st.norm, &s, true,
+                )?);
+                &du_dora
+            }
+            None => dout,
+        };
         if let Some((dinp, accumulate)) = dinp {
             let mut op = MatmulOp::new(m, d_in, d_out).trans_b().frozen_b();
             op.accumulate = accumulate;

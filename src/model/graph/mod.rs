@@ -29,9 +29,10 @@ use crate::kernels::cross_entropy::IGNORE;
 use crate::kernels::dropout::Dropout;
 use crate::kernels::reduce;
 use crate::lora::{LoraConfig, LoraLayout};
+use crate::model::block::BlockWeights;
 use crate::model::Transformer;
 use forward::TrainRecorder;
-use linear::{Adapted, Builder};
+use linear::{Adapted, Builder, DoraState};
 use plan::Plan;
 use queue::StepQueue;
 
@@ -163,6 +164,14 @@ impl TrainGraph {
             ));
         }
         let layout = LoraLayout::new(cfg, lora)?;
+        if lora.use_dora && train && lora.dropout > 0.0 {
+            return Err(Error::invalid(
+                "lora dropout",
+                lora.dropout,
+                "must be 0 with DoRA: PEFT's DoRA with dropout recomputes the frozen product on \
+                 the dropped-out input, which this graph does not; train DoRA with dropout 0",
+            ));
+        }
         let r = lora.r;
         let mut bl = Builder::new(gpu);
 
@@ -187,7 +196,35 @@ impl TrainGraph {
                 db: grads.view(&format!("{path}.lora_B.grad"), e.b_offset, &[e.d_out, r])?,
                 u: bl.zeros(&format!("{path}.u"), &[b * t, r])?,
                 dropout: Dropout::new(lora.dropout, seed, i as u32)?,
+                dora: match e.m_offset {
+                    None => None,
+                    Some(at) => Some(DoraState {
+                        m: params.view(&format!("{path}.lora_magnitude_vector"), at, &[e.d_out])?,
+                        dm: grads.view(
+                            &format!("{path}.lora_magnitude_vector.grad"),
+                            at,
+                            &[e.d_out],
+                        )?,
+                        norm: bl.zeros(&format!("{path} dora norm"), &[2 * e.d_out])?,
+                        u: if train {
+                            Some(bl.zeros(&format!("{path} dora u"), &[b * t, e.d_out])?)
+                        } else {
+                            None
+                        },
+                    }),
+                },
             });
+        }
+        if init.is_none() && lora.use_dora {
+            // PEFT's initial magnitude: the norm of W + scale · B A per output feature.
+            let mut rec = Recording::new();
+            let weight = |l: usize, s| &model.blocks[l].linear(s).w;
+            bl.dora_norms(&mut rec, &adapted, weight, lora.scale())?;
+            rec.run(gpu)?;
+            for st in adapted.iter().filter_map(|a| a.dora.as_ref()) {
+                let norm = gpu.download(&st.norm)?;
+                gpu.write(&st.m, &norm[norm.len() / 2..])?;
+            }
         }
         let plan = Plan::new(&mut bl, model, &adapted, train, b, t)?;
         let shape = AttentionShape {
