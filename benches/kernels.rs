@@ -271,7 +271,7 @@ fn bench_elementwise(c: &mut Criterion) {
         max_grad_norm: 1.0,
         ..AdamW::default()
     };
-    let upd = adamw::update(&g, &param, &grad, &m, &v, &norm, &cfg).unwrap();
+    let upd = adamw::update(&g, &param, &grad, &m, &v, &norm, &cfg, p).unwrap();
     grp.throughput(Throughput::Bytes((7 * 4 * p) as u64));
     grp.bench_function(format!("adamw/{p}"), |b| {
         b.iter_custom(|it| time(&g, &[upd.dispatch()], it))

@@ -352,17 +352,35 @@ fn reduce_sumsq_matches_cpu() {
 fn adamw_ten_steps_match_cpu() {
     let g = gpu();
     let n = 10_007;
-    for cfg in [
-        AdamW {
-            lr: 1e-2,
-            weight_decay: 0.1,
-            ..AdamW::default()
-        },
-        AdamW {
-            lr: 3e-3,
-            max_grad_norm: 1.0,
-            ..AdamW::default()
-        },
+    // (config, first element of group B): one group, then LoRA+'s two with a split that is not
+    // a multiple of the workgroup size.
+    for (cfg, b_start) in [
+        (
+            AdamW {
+                lr: 1e-2,
+                weight_decay: 0.1,
+                ..AdamW::default()
+            },
+            n,
+        ),
+        (
+            AdamW {
+                lr: 3e-3,
+                max_grad_norm: 1.0,
+                ..AdamW::default()
+            },
+            0,
+        ),
+        (
+            AdamW {
+                lr: 1e-3,
+                weight_decay: 0.1,
+                max_grad_norm: 1.0,
+                lr_ratio_b: 16.0,
+                ..AdamW::default()
+            },
+            4_099,
+        ),
     ] {
         let mut p = random(n, 1);
         let tp = g.upload("param", &p, &[n]).unwrap();
@@ -371,7 +389,7 @@ fn adamw_ten_steps_match_cpu() {
         let tv = g.zeros("v", &[n]).unwrap();
         let norm = g.zeros("norm_sq", &[1]).unwrap();
         let [s1, s2] = reduce::sumsq(g, &norm, &tg).unwrap();
-        let upd = adamw::update(g, &tp, &tg, &tm, &tv, &norm, &cfg).unwrap();
+        let upd = adamw::update(g, &tp, &tg, &tm, &tv, &norm, &cfg, b_start).unwrap();
         let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
         for step in 1..=10u64 {
             let grad = random(n, 100 + step);
@@ -387,14 +405,16 @@ fn adamw_ten_steps_match_cpu() {
                 RTOL,
                 "grad norm²",
             );
-            cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq);
+            cpu::adamw::update(
+                &mut p, &grad, &mut m, &mut v, &cfg, step, lr, norm_sq, b_start,
+            );
         }
         assert_close(
             &g.download(&tp).unwrap(),
             &p,
             1e-6,
             0.0,
-            &format!("params {cfg:?}"),
+            &format!("params {cfg:?} b_start {b_start}"),
         );
         assert_close(&g.download(&tm).unwrap(), &m, 1e-6, 0.0, "m");
         assert_close(&g.download(&tv).unwrap(), &v, 1e-6, 0.0, "v");
@@ -404,10 +424,76 @@ fn adamw_ten_steps_match_cpu() {
         ..AdamW::default()
     };
     let t = g.zeros("t", &[1]).unwrap();
-    assert!(adamw::update(g, &t, &t, &t, &t, &t, &bad)
+    assert!(adamw::update(g, &t, &t, &t, &t, &t, &bad, 1)
         .unwrap_err()
         .to_string()
         .contains("learning rate"));
+    for ratio in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let bad = AdamW {
+            lr_ratio_b: ratio,
+            ..AdamW::default()
+        };
+        let e = adamw::update(g, &t, &t, &t, &t, &t, &bad, 1).unwrap_err();
+        assert!(e.to_string().contains("LoRA+ learning-rate ratio"), "{e}");
+    }
+    let e = adamw::update(g, &t, &t, &t, &t, &t, &AdamW::default(), 2).unwrap_err();
+    assert!(e.to_string().contains("group B start"), "{e}");
+}
+
+/// LoRA+ in the CPU reference: group A (before `b_start`) steps exactly as with one learning
+/// rate, group B exactly as with `lr · ratio`, decay included; so a reference that ignored the
+/// split, or scaled only the step and not the decay, fails here.
+#[test]
+fn adamw_reference_splits_the_learning_rate_at_b_start() {
+    let n = 1000;
+    let b_start = 613;
+    let lr = 1e-3;
+    let ratio = 16.0;
+    let plus = AdamW {
+        lr,
+        weight_decay: 0.1,
+        lr_ratio_b: ratio,
+        ..AdamW::default()
+    };
+    let run = |cfg: &AdamW, lr: f32, b_start: usize| {
+        let (mut p, mut m, mut v) = (random(n, 1), vec![0.0; n], vec![0.0; n]);
+        for step in 1..=10u64 {
+            let grad = random(n, 100 + step);
+            let norm_sq = cpu::reduce::sumsq(&grad) as f32;
+            cpu::adamw::update(
+                &mut p, &grad, &mut m, &mut v, cfg, step, lr, norm_sq, b_start,
+            );
+        }
+        p
+    };
+    let got = run(&plus, lr, b_start);
+    let one = AdamW {
+        lr_ratio_b: 1.0,
+        ..plus
+    };
+    let group_a = run(&one, lr, n);
+    let group_b = run(&one, lr * ratio, n);
+    assert_eq!(&got[..b_start], &group_a[..b_start], "group A");
+    assert_eq!(&got[b_start..], &group_b[b_start..], "group B");
+    assert_ne!(
+        &got[b_start..],
+        &group_a[b_start..],
+        "the ratio changes group B"
+    );
+    // PyTorch's AdamW by hand for one element of each group, step 1 from zero moments:
+    // w = w0 (1 - lr_i wd) - lr_i g / (|g| + eps).
+    let (w0, g1) = (random(n, 1), random(n, 101));
+    let (mut p, mut m, mut v) = (w0.clone(), vec![0.0; n], vec![0.0; n]);
+    cpu::adamw::update(&mut p, &g1, &mut m, &mut v, &plus, 1, lr, 1.0, b_start);
+    for (i, lr_i) in [(b_start - 1, lr as f64), (b_start, (lr * ratio) as f64)] {
+        let (w, g) = (w0[i] as f64, g1[i] as f64);
+        let want = w * (1.0 - lr_i * 0.1) - lr_i * g / (g.abs() + 1e-8);
+        assert!(
+            (p[i] as f64 - want).abs() < 1e-6,
+            "element {i}: {} vs {want}",
+            p[i]
+        );
+    }
 }
 
 #[test]
@@ -496,7 +582,7 @@ fn adamw_skips_non_finite_gradients() {
     let tv = g.upload("v", &vec![0.5; n], &[n]).unwrap();
     let norm = g.zeros("norm_sq", &[1]).unwrap();
     let [s1, s2] = reduce::sumsq(g, &norm, &tg).unwrap();
-    let upd = adamw::update(g, &tp, &tg, &tm, &tv, &norm, &cfg).unwrap();
+    let upd = adamw::update(g, &tp, &tg, &tm, &tv, &norm, &cfg, n / 2).unwrap();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut grad = random(n, 9);
         grad[n / 2] = bad;
@@ -511,7 +597,17 @@ fn adamw_skips_non_finite_gradients() {
         );
         assert_eq!(g.download(&tv).unwrap(), vec![0.5; n], "v changed by {bad}");
         let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
-        cpu::adamw::update(&mut p, &grad, &mut m, &mut v, &cfg, 1, cfg.lr, f32::NAN);
+        cpu::adamw::update(
+            &mut p,
+            &grad,
+            &mut m,
+            &mut v,
+            &cfg,
+            1,
+            cfg.lr,
+            f32::NAN,
+            n / 2,
+        );
         assert_eq!(p, p0, "CPU reference must skip too");
     }
 }

@@ -228,6 +228,26 @@ fn lora_targets_follow_peft_matching() {
             "B starts at zero"
         );
     }
+    // Group-major: every A (model order), then every B from b_start on, each piece aligned and
+    // none overlapping; the B group ends the buffer.
+    let l = layout(&["all-linear"], None).unwrap();
+    let align = (lora_wgpu::gpu::VIEW_ALIGN / 4) as usize;
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    for e in &l.entries {
+        assert!(e.a_offset + 2 * e.d_in <= l.b_start && e.b_offset >= l.b_start);
+        pieces.push((e.a_offset, 2 * e.d_in));
+        pieces.push((e.b_offset, 2 * e.d_out));
+    }
+    assert!(l
+        .entries
+        .windows(2)
+        .all(|w| w[0].a_offset < w[1].a_offset && w[0].b_offset < w[1].b_offset));
+    pieces.sort();
+    assert!(pieces.iter().all(|&(at, _)| at % align == 0));
+    assert!(pieces.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+    let (last, n) = pieces[pieces.len() - 1];
+    assert_eq!(l.len, (last + n).div_ceil(align) * align);
+    assert_eq!(l.b_start % align, 0);
     for (r, alpha, dropout) in [
         (0, 16.0, 0.0),
         (9, 16.0, 0.0),

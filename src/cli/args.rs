@@ -172,6 +172,14 @@ pub struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long, alias = "weight_decay", default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// LoRA+: B's learning rate is R times A's (PEFT's loraplus_lr_ratio; its paper suggests 16).
+    #[arg(
+        long,
+        alias = "loraplus_lr_ratio",
+        value_name = "R",
+        allow_negative_numbers = true
+    )]
+    pub loraplus_lr_ratio: Option<f32>,
     /// Warmup steps.
     #[arg(long, alias = "warmup_steps", conflicts_with = "warmup_ratio")]
     pub warmup_steps: Option<u64>,
@@ -387,6 +395,7 @@ impl TrainArgs {
             lora: self.lora.config(model),
             lr: self.lr.unwrap_or(if demo { Demo::LR } else { 2e-4 }),
             weight_decay: self.weight_decay,
+            loraplus_lr_ratio: self.loraplus_lr_ratio,
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio,
             schedule: self.lr_scheduler.parse()?,

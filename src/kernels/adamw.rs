@@ -1,4 +1,5 @@
-//! `adamw.wgsl`: one fused AdamW dispatch over a flat parameter buffer.
+//! `adamw.wgsl`: one fused AdamW dispatch over a flat parameter buffer, in two learning-rate
+//! groups (LoRA+: the elements from `b_start` on take `lr · lr_ratio_b`).
 
 use crate::error::{Error, Result};
 use crate::gpu::Access::{Read as R, ReadWrite as W};
@@ -21,6 +22,10 @@ pub struct AdamW {
     pub weight_decay: f32,
     /// Clip the global gradient norm to this (0 = no clipping).
     pub max_grad_norm: f32,
+    /// The learning rate of group B (the elements from [`update`]'s `b_start` on) as a multiple
+    /// of group A's: LoRA+'s ratio ηB / ηA (PEFT's `loraplus_lr_ratio`). 1 = one learning rate.
+    /// It scales both the step and the decoupled decay, as a per-group `lr` does in PyTorch.
+    pub lr_ratio_b: f32,
 }
 
 impl Default for AdamW {
@@ -32,6 +37,7 @@ impl Default for AdamW {
             eps: 1e-8,
             weight_decay: 0.01,
             max_grad_norm: 0.0,
+            lr_ratio_b: 1.0,
         }
     }
 }
@@ -68,6 +74,13 @@ impl AdamW {
                 "must be >= 0 (0 = off)",
             ));
         }
+        if !(self.lr_ratio_b > 0.0 && self.lr_ratio_b.is_finite()) {
+            return Err(Error::invalid(
+                "LoRA+ learning-rate ratio",
+                self.lr_ratio_b,
+                "must be a finite number > 0 (1 = the same learning rate for A and B)",
+            ));
+        }
         Ok(())
     }
 
@@ -78,6 +91,11 @@ impl AdamW {
         let bc2 = 1.0 - (self.beta2 as f64).powi(t);
         ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
     }
+
+    /// Group B's learning rate for group A's `lr`: `lr · lr_ratio_b`, rounded once from f64.
+    pub fn lr_b(&self, lr: f32) -> f32 {
+        (lr as f64 * self.lr_ratio_b as f64) as f32
+    }
 }
 
 /// Mirrors `struct Params` in adamw.wgsl.
@@ -85,7 +103,8 @@ impl AdamW {
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Params {
     n: u32,
-    _pad: [u32; 3],
+    b_start: u32,
+    _pad: [u32; 2],
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -94,6 +113,9 @@ pub(crate) struct Params {
     step_size: f32,
     bc2_sqrt: f32,
     max_norm: f32,
+    lr_b: f32,
+    step_size_b: f32,
+    _pad_b: [f32; 2],
 }
 
 /// `adamw.wgsl`.
@@ -115,14 +137,18 @@ pub struct AdamWUpdate {
     dispatch: std::sync::Arc<Dispatch>,
     cfg: AdamW,
     n: u32,
+    b_start: u32,
 }
 
 impl Params {
-    fn new(cfg: &AdamW, n: u32, step: u64, lr: f32) -> Self {
+    fn new(cfg: &AdamW, n: u32, b_start: u32, step: u64, lr: f32) -> Self {
         let (step_size, bc2_sqrt) = cfg.bias_correction(step, lr);
+        let lr_b = cfg.lr_b(lr);
+        let (step_size_b, _) = cfg.bias_correction(step, lr_b);
         Params {
             n,
-            _pad: [0; 3],
+            b_start,
+            _pad: [0; 2],
             lr,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -131,6 +157,9 @@ impl Params {
             step_size,
             bc2_sqrt,
             max_norm: cfg.max_grad_norm,
+            lr_b,
+            step_size_b,
+            _pad_b: [0.0; 2],
         }
     }
 }
@@ -148,7 +177,7 @@ impl AdamWUpdate {
                 "must be finite and >= 0",
             ));
         }
-        let params = Params::new(&self.cfg, self.n, step, lr);
+        let params = Params::new(&self.cfg, self.n, self.b_start, step, lr);
         self.dispatch.set_params(gpu, &params);
         Ok(())
     }
@@ -165,7 +194,8 @@ impl AdamWUpdate {
     }
 }
 
-/// param -= AdamW(grad) in place, updating the moments m and v.
+/// param -= AdamW(grad) in place, updating the moments m and v. Elements `b_start..n` are
+/// group B and take the learning rate `lr · cfg.lr_ratio_b` (LoRA+); `b_start = n` is one group.
 ///   param, grad, m, v: (n,)   norm_sq: (1,) squared global grad norm (read when clipping)
 pub fn update(
     gpu: &Gpu,
@@ -175,6 +205,7 @@ pub fn update(
     v: &Tensor,
     norm_sq: &Tensor,
     cfg: &AdamW,
+    b_start: usize,
 ) -> Result<AdamWUpdate> {
     const OP: &str = "adamw";
     cfg.validate()?;
@@ -183,13 +214,22 @@ pub fn update(
     expect_len(OP, "m", m, n)?;
     expect_len(OP, "v", v, n)?;
     expect_len(OP, "norm_sq", norm_sq, 1)?;
+    if b_start > n {
+        return Err(Error::invalid(
+            "AdamW group B start",
+            b_start,
+            format!("must be <= the parameter count {n}"),
+        ));
+    }
     let n = u32_of("parameter count", n)?;
-    let params = Params::new(cfg, n, 1, cfg.lr);
+    let b_start = b_start as u32;
+    let params = Params::new(cfg, n, b_start, 1, cfg.lr);
     let grid = groups_1d(groups(n as usize, 256)?);
     let tensors = [param, grad, m, v, norm_sq];
     Ok(AdamWUpdate {
         dispatch: std::sync::Arc::new(gpu.dispatch(&UPDATE, &[], &params, &tensors, grid)?),
         cfg: *cfg,
         n,
+        b_start,
     })
 }

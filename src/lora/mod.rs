@@ -183,9 +183,9 @@ pub struct LoraEntry {
     pub d_in: usize,
     /// Output features (B is (d_out, r)).
     pub d_out: usize,
-    /// Element offset of A.
+    /// Element offset of A (in the A group, before [`LoraLayout::b_start`]).
     pub a_offset: usize,
-    /// Element offset of B.
+    /// Element offset of B (in the B group, from [`LoraLayout::b_start`] on).
     pub b_offset: usize,
     /// Element offset of DoRA's magnitude vector (d_out,), when the adapter uses DoRA.
     pub m_offset: Option<usize>,
@@ -194,14 +194,20 @@ pub struct LoraEntry {
     pub path: String,
 }
 
-/// Where every adapted module's parameters sit in one flat buffer (each piece starts at a
-/// [`VIEW_ALIGN`] boundary). Grads and AdamW moments share this layout.
+/// Where every adapted module's parameters sit in one flat buffer, group-major: every A
+/// (modules in model order), then every B (same order), each piece starting at a [`VIEW_ALIGN`]
+/// boundary. Grads and AdamW moments share this layout, so an optimizer setting per group
+/// (LoRA+'s learning rate of B) is one split point, [`LoraLayout::b_start`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraLayout {
     /// Rank.
     pub r: usize,
     /// Adapted modules in model order.
     pub entries: Vec<LoraEntry>,
+    /// First element of the B group: every element from here on is in PEFT's LoRA+ group B
+    /// (`create_loraplus_optimizer`'s `groupB`): the B matrices and any 1-D parameters after
+    /// them. Everything before it is group A. A multiple of [`VIEW_ALIGN`] / 4.
+    pub b_start: usize,
     /// Elements in the flat buffer, padding included.
     pub len: usize,
     /// What PEFT puts before a module path in the adapter's tensor names
@@ -219,12 +225,6 @@ impl LoraLayout {
         let linears = model.linear_layers();
         let align = (VIEW_ALIGN / 4) as usize;
         let mut entries = Vec::new();
-        let mut len = 0usize;
-        let mut take = |n: usize| {
-            let at = len;
-            len += n.div_ceil(align) * align;
-            at
-        };
         for layer in 0..model.num_layers() {
             if let Some(ls) = &lora.layers_to_transform {
                 if !ls.contains(&layer) {
@@ -236,25 +236,17 @@ impl LoraLayout {
                 if !lora.target_modules.iter().any(|t| target_matches(t, &path)) {
                     continue;
                 }
-                let a_offset = take(lora.r * d_in);
-                let b_offset = take(d_out * lora.r);
+                // Offsets are assigned below, group by group.
                 entries.push(LoraEntry {
                     layer,
                     linear,
                     d_in,
                     d_out,
-                    a_offset,
-                    b_offset,
+                    a_offset: 0,
+                    b_offset: 0,
                     m_offset: None,
                     path,
                 });
-            }
-        }
-        // DoRA's magnitudes are 1-D: they come after every matrix (PEFT's LoRA+ puts them in
-        // B's group).
-        if lora.use_dora {
-            for e in &mut entries {
-                e.m_offset = Some(take(e.d_out));
             }
         }
         if entries.is_empty() {
@@ -279,9 +271,31 @@ impl LoraLayout {
                 ),
             ));
         }
+        // Group-major: all A, then all B (LoRA+'s groups A and B), then DoRA's 1-D magnitudes,
+        // which PEFT's LoRA+ also puts in group B (decayed like the rest).
+        let r = lora.r;
+        let mut len = 0usize;
+        let mut take = |n: usize| {
+            let at = len;
+            len += n.div_ceil(align) * align;
+            at
+        };
+        for e in &mut entries {
+            e.a_offset = take(r * e.d_in);
+        }
+        let b_start = take(0);
+        for e in &mut entries {
+            e.b_offset = take(e.d_out * r);
+        }
+        if lora.use_dora {
+            for e in &mut entries {
+                e.m_offset = Some(take(e.d_out));
+            }
+        }
         Ok(LoraLayout {
-            r: lora.r,
+            r,
             entries,
+            b_start,
             len,
             peft_prefix: model.peft_prefix(),
             fan_in_fan_out: model.fan_in_fan_out(),

@@ -53,8 +53,15 @@ pub struct TrainConfig {
     pub lora: LoraConfig,
     /// Peak learning rate.
     pub lr: f32,
-    /// AdamW's decoupled weight decay.
+    /// AdamW's decoupled weight decay (every LoRA parameter decays; under LoRA+ this is PEFT's
+    /// `loraplus_weight_decay`).
     pub weight_decay: f32,
+    /// LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this many times A's, in
+    /// the step and in the weight decay. None (or 1) trains A and B at `lr`. PEFT's separate
+    /// embedding-layer rate (`loraplus_lr_embedding`) has nothing to apply to: only linear
+    /// layers are adapted.
+    #[serde(default)]
+    pub loraplus_lr_ratio: Option<f32>,
     /// Warmup steps (wins over `warmup_ratio` when set).
     pub warmup_steps: Option<u64>,
     /// Warmup as a fraction of the total steps.
@@ -91,6 +98,7 @@ impl Default for TrainConfig {
             lora: LoraConfig::default(),
             lr: 2e-4,
             weight_decay: 0.0,
+            loraplus_lr_ratio: None,
             warmup_steps: None,
             warmup_ratio: 0.0,
             schedule: Schedule::Linear,
@@ -131,6 +139,15 @@ impl TrainConfig {
                 self.weight_decay,
                 "must be >= 0",
             ));
+        }
+        if let Some(ratio) = self.loraplus_lr_ratio {
+            if !(ratio > 0.0 && ratio.is_finite()) {
+                return Err(Error::invalid(
+                    "loraplus_lr_ratio (--loraplus-lr-ratio)",
+                    ratio,
+                    "must be a finite number > 0; PEFT's paper suggests 16",
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return Err(Error::invalid(
@@ -180,13 +197,20 @@ impl TrainConfig {
             lr: self.lr,
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
+            lr_ratio_b: self.loraplus_lr_ratio.unwrap_or(1.0),
             ..AdamW::default()
         }
     }
 
-    /// The settings a resumed run must share with the original, as `name=value` pairs.
+    /// The settings a resumed run must share with the original, as `name=value` pairs. A
+    /// setting added after checkpoints existed appears only when set, so those still resume.
     pub(crate) fn fingerprint(&self) -> Vec<(String, String)> {
         let l = &self.lora;
+        // Settings added later appear only when set, so older checkpoints still resume.
+        let loraplus = self
+            .loraplus_lr_ratio
+            .map(|r| ("loraplus-lr-ratio", r.to_string()));
+        let dora = l.use_dora.then(|| ("dora", "true".to_string()));
         [
             ("rank", l.r.to_string()),
             ("alpha", l.alpha.to_string()),
@@ -194,16 +218,40 @@ impl TrainConfig {
             ("targets", l.target_modules.join(",")),
             ("layers", format!("{:?}", l.layers_to_transform)),
             ("rslora", l.use_rslora.to_string()),
-            ("dora", l.use_dora.to_string()),
             ("batch-size", self.batch_size.to_string()),
             ("grad-accum", self.grad_accum.to_string()),
             ("block-size", self.block_size.to_string()),
             ("seed", self.seed.to_string()),
         ]
         .into_iter()
+        .chain(loraplus)
+        .chain(dora)
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// Where two [`TrainConfig::fingerprint`]s differ, as `--name was THEN, now NOW`, by name: a
+/// setting one side lacks (one added later, and unset) reads `unset`.
+pub(crate) fn fingerprint_diffs(
+    now: &[(String, String)],
+    then: &[(String, String)],
+) -> Vec<String> {
+    let get = |list: &[(String, String)], k: &str| {
+        list.iter()
+            .find(|(name, _)| name == k)
+            .map_or_else(|| "unset".to_string(), |(_, v)| v.clone())
+    };
+    let mut seen = std::collections::HashSet::new();
+    now.iter()
+        .chain(then)
+        .map(|(k, _)| k)
+        .filter(|k| seen.insert(*k))
+        .filter_map(|k| {
+            let (n, t) = (get(now, k), get(then, k));
+            (n != t).then(|| format!("--{k} was {t}, now {n}"))
+        })
+        .collect()
 }
 
 /// The learning rate of optimizer step `step` (1-based) out of `total`, Hugging Face's way:
@@ -230,4 +278,52 @@ fn warmup_steps(cfg: &TrainConfig, total: u64) -> u64 {
     let ratio: f64 = cfg.warmup_ratio.to_string().parse().unwrap_or(0.0);
     cfg.warmup_steps
         .unwrap_or_else(|| (ratio * total as f64).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gpt2Config, ModelConfig};
+
+    #[test]
+    fn loraplus_ratio_is_checked_passed_to_adamw_and_fingerprinted() {
+        let model = ModelConfig::from(Gpt2Config::named("tiny").unwrap());
+        let plain = TrainConfig {
+            block_size: 16,
+            ..TrainConfig::default()
+        };
+        assert_eq!(plain.adamw().lr_ratio_b, 1.0);
+        for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let cfg = TrainConfig {
+                loraplus_lr_ratio: Some(bad),
+                ..plain.clone()
+            };
+            let e = cfg.validate(&model).unwrap_err().to_string();
+            assert!(
+                e.contains("--loraplus-lr-ratio") && e.contains("finite number > 0"),
+                "{e}"
+            );
+        }
+        let plus = TrainConfig {
+            loraplus_lr_ratio: Some(16.0),
+            ..plain.clone()
+        };
+        plus.validate(&model).unwrap();
+        assert_eq!(plus.adamw().lr_ratio_b, 16.0);
+        // A checkpoint from before the setting existed resumes a run without it, not one with it.
+        let (now, then) = (plus.fingerprint(), plain.fingerprint());
+        assert!(fingerprint_diffs(&then, &then).is_empty());
+        assert_eq!(
+            fingerprint_diffs(&now, &then),
+            ["--loraplus-lr-ratio was unset, now 16"]
+        );
+        let other = TrainConfig {
+            loraplus_lr_ratio: Some(4.0),
+            ..plain
+        };
+        assert_eq!(
+            fingerprint_diffs(&other.fingerprint(), &now),
+            ["--loraplus-lr-ratio was 16, now 4"]
+        );
+    }
 }

@@ -255,13 +255,8 @@ impl<'a> Trainer<'a> {
         let dir = checkpoint.dir().to_path_buf();
         let state = checkpoint.trainer_state()?;
         let ours = self.cfg.fingerprint();
-        let diffs: Vec<String> = ours
-            .iter()
-            .zip(&state.fingerprint)
-            .filter(|(a, b)| a != b)
-            .map(|((k, now), (_, then))| format!("--{k} was {then}, now {now}"))
-            .collect();
-        if !diffs.is_empty() || ours.len() != state.fingerprint.len() {
+        let diffs = config::fingerprint_diffs(&ours, &state.fingerprint);
+        if !diffs.is_empty() {
             return Err(Error::Checkpoint {
                 path: dir,
                 detail: format!(
@@ -278,7 +273,7 @@ impl<'a> Trainer<'a> {
                 detail: "the adapter's layout differs from this run's LoRA settings".into(),
             });
         }
-        let moments = checkpoint.moments(params.len())?;
+        let moments = checkpoint.moments(&layout)?;
         self.graph.write_state(
             self.gpu,
             &OptimizerState {

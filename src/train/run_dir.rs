@@ -22,6 +22,10 @@ const BEST: &str = "best";
 const CHECKPOINTS: &str = "checkpoints";
 const LATEST: &str = "latest";
 const OPTIMIZER: &str = "optimizer.safetensors";
+/// The metadata key and value that say the moments are in [`LoraLayout`]'s group-major order
+/// (every A, then every B). Files without it come from versions that interleaved A and B per
+/// module; they are reordered when read.
+const MOMENTS_LAYOUT: (&str, &str) = ("layout", "group-major");
 
 /// Files every complete checkpoint directory holds.
 const CHECKPOINT_FILES: [&str; 4] = [TRAINER_STATE, OPTIMIZER, ADAPTER_FILES[0], ADAPTER_FILES[1]];
@@ -345,9 +349,9 @@ impl Checkpoint {
         peft::load(&self.dir, model)
     }
 
-    /// AdamW's first and second moments, `n` values each.
-    pub(crate) fn moments(&self, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        read_moments(&self.dir.join(OPTIMIZER), n)
+    /// AdamW's first and second moments, `layout.len` values each, in `layout`'s order.
+    pub(crate) fn moments(&self, layout: &LoraLayout) -> Result<(Vec<f32>, Vec<f32>)> {
+        read_moments(&self.dir.join(OPTIMIZER), layout)
     }
 }
 
@@ -431,19 +435,40 @@ fn write_moments(path: &Path, m: &[f32], v: &[f32]) -> Result<()> {
         let shape = vec![data.len()];
         (k, F32View { shape, data })
     });
-    let data = safetensors::serialize(views, None).map_err(|e| Error::Checkpoint {
+    let meta = [MOMENTS_LAYOUT]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
     write_atomic(path, &data)
 }
 
-fn read_moments(path: &Path, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+fn read_moments(path: &Path, layout: &LoraLayout) -> Result<(Vec<f32>, Vec<f32>)> {
+    let n = layout.len;
     let bad = |detail: String| Error::Checkpoint {
         path: path.to_path_buf(),
         detail,
     };
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let order = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(MOMENTS_LAYOUT.0).cloned());
+    let reorder = match order.as_deref() {
+        Some(o) if o == MOMENTS_LAYOUT.1 => false,
+        None => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "the moments are in layout `{other}`, which this version does not know                  (it writes `{}`)",
+                MOMENTS_LAYOUT.1
+            )))
+        }
+    };
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let get = |k: &str| -> Result<Vec<f32>> {
         let t = st.tensor(k).map_err(|e| bad(format!("tensor {k}: {e}")))?;
@@ -454,9 +479,33 @@ fn read_moments(path: &Path, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
                 t.shape()
             )));
         }
-        tensor_file::to_f32(path, k, t.dtype(), t.data())
+        let values = tensor_file::to_f32(path, k, t.dtype(), t.data())?;
+        Ok(if reorder {
+            from_interleaved(layout, &values)
+        } else {
+            values
+        })
     };
     Ok((get("m")?, get("v")?))
+}
+
+/// `old`, in the order of versions before the group-major layout (each module's A then its B,
+/// every piece aligned as now), rearranged into `layout`'s order. Both orders have the same
+/// length.
+fn from_interleaved(layout: &LoraLayout, old: &[f32]) -> Vec<f32> {
+    let align = (crate::gpu::VIEW_ALIGN / 4) as usize;
+    let mut out = vec![0.0f32; layout.len];
+    let mut at = 0usize;
+    for e in &layout.entries {
+        for (to, n) in [
+            (e.a_offset, layout.r * e.d_in),
+            (e.b_offset, e.d_out * layout.r),
+        ] {
+            out[to..to + n].copy_from_slice(&old[at..at + n]);
+            at += n.div_ceil(align) * align;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -468,6 +517,53 @@ mod tests {
             std::env::temp_dir().join(format!("lora-wgpu-rundir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         RunDir::new(dir)
+    }
+
+    /// Moments written with the layout marker read back as written; a file without it (an
+    /// older version's, A and B interleaved per module) is reordered into the group-major layout.
+    #[test]
+    fn moments_read_back_in_the_group_major_layout() {
+        let model = crate::model::Gpt2Config::named("tiny").unwrap();
+        let lora = LoraConfig {
+            r: 2,
+            target_modules: vec!["all-linear".into()],
+            ..LoraConfig::default()
+        };
+        let layout = LoraLayout::new(&model, &lora).unwrap();
+        let dir = scratch("moments");
+        create_dir_all(dir.root()).unwrap();
+        let path = dir.root().join(OPTIMIZER);
+        let m: Vec<f32> = (0..layout.len).map(|i| i as f32).collect();
+        let v: Vec<f32> = m.iter().map(|x| -x).collect();
+        write_moments(&path, &m, &v).unwrap();
+        assert_eq!(
+            read_moments(&path, &layout).unwrap(),
+            (m.clone(), v.clone())
+        );
+
+        // The old order: module by module, A then B; each value names its module and matrix.
+        let align = (crate::gpu::VIEW_ALIGN / 4) as usize;
+        let mut old = Vec::new();
+        let mut want = vec![0.0f32; layout.len];
+        for (i, e) in layout.entries.iter().enumerate() {
+            for (j, to, n) in [
+                (0, e.a_offset, layout.r * e.d_in),
+                (1, e.b_offset, e.d_out * layout.r),
+            ] {
+                let tag = (2 * i + j + 1) as f32;
+                old.extend(std::iter::repeat_n(tag, n));
+                old.resize(old.len().div_ceil(align) * align, 0.0);
+                want[to..to + n].fill(tag);
+            }
+        }
+        assert_eq!(old.len(), layout.len);
+        let views = [("m", &old), ("v", &old)].map(|(k, data)| {
+            let shape = vec![data.len()];
+            (k, F32View { shape, data })
+        });
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        assert_eq!(read_moments(&path, &layout).unwrap(), (want.clone(), want));
+        std::fs::remove_dir_all(dir.root()).unwrap();
     }
 
     #[test]

@@ -57,6 +57,21 @@ fn bad_hyperparameters_are_clear_errors() {
             "step",
             &["lr scheduler", "linear, cosine or constant"],
         ),
+        (
+            "--loraplus-lr-ratio",
+            "0",
+            &["--loraplus-lr-ratio) = 0", "finite number > 0", "16"],
+        ),
+        (
+            "--loraplus-lr-ratio",
+            "-1",
+            &["--loraplus-lr-ratio) = -1", "finite number > 0"],
+        ),
+        (
+            "--loraplus-lr-ratio",
+            "inf",
+            &["--loraplus-lr-ratio) = inf"],
+        ),
     ] {
         let mut args = train_args(&model, &text, outs);
         // A second --rank/--batch-size/--block-size would be a clap error: drop the value
@@ -68,6 +83,10 @@ fn bad_hyperparameters_are_clear_errors() {
         args.push(&arg);
         fails(&args, expect, &[&out]);
     }
+    // A negative ratio after a space reaches the check too (not clap's "unexpected argument").
+    let mut args = train_args(&model, &text, outs);
+    args.extend(["--loraplus-lr-ratio", "-1"]);
+    fails(&args, &["--loraplus-lr-ratio) = -1"], &[&out]);
     // eval checks its window and batch too.
     fails(
         &[

@@ -258,7 +258,16 @@ impl TrainGraph {
             (Recording::new(), Recording::new())
         };
         let [n1, n2] = reduce::sumsq(gpu, &plan.norm_sq, &grads)?;
-        let optimizer = adamw::update(gpu, &params, &grads, &m, &v, &plan.norm_sq, opt)?;
+        let optimizer = adamw::update(
+            gpu,
+            &params,
+            &grads,
+            &m,
+            &v,
+            &plan.norm_sq,
+            opt,
+            layout.b_start,
+        )?;
         let mut update = Recording::new();
         update.push(n1);
         update.push(n2);
