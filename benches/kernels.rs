@@ -12,6 +12,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::attention::{self, AttentionShape};
+use lora_wgpu::kernels::dora::{self, DoraShape};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
 use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant, VEC4};
@@ -200,6 +201,45 @@ fn bench_lora(c: &mut Criterion) {
     }
 }
 
+/// DoRA's kernels on GPT-2 124M's linear layers at B·T = 512, r = 8: the weight norm (once per
+/// step per module), the output rescale (with bias and the saved u) and the magnitude's
+/// gradient with the gradient at u; each its extra cost over the layer's LoRA path
+/// (`lora_r8`).
+fn bench_dora(c: &mut Criterion) {
+    let g = gpu();
+    let r = 8;
+    for (m, k, n, layer) in GPT2_SHAPES {
+        let s = DoraShape { k, n, r, rows: m };
+        let mut grp = c.benchmark_group(format!("dora_r8/{m}x{k}x{n}"));
+        grp.sample_size(20).warm_up_time(Duration::from_millis(500));
+        let w = filled(&g, "w", &[k, n]);
+        let a = filled(&g, "lora_A", &[r, k]);
+        let b = filled(&g, "lora_B", &[n, r]);
+        let mag = filled(&g, "m", &[n]);
+        let norm = g.zeros("norm", &[2 * n]).unwrap();
+        let nd = dora::norm(&g, &norm, &mag, &w, &a, &b, &s, 2.0).unwrap();
+        grp.throughput(Throughput::Elements((2 * k * n * (r + 1)) as u64));
+        grp.bench_function(BenchmarkId::new("norm", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &[&nd], it))
+        });
+        let y = filled(&g, "y", &[m, n]);
+        let u = g.zeros("u", &[m, n]).unwrap();
+        let bias = filled(&g, "bias", &[n]);
+        let sc = dora::scale(&g, &y, &norm, Some(&bias), Some(&u), &s).unwrap();
+        grp.throughput(Throughput::Bytes((12 * m * n) as u64));
+        grp.bench_function(BenchmarkId::new("scale", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &[&sc], it))
+        });
+        let (dm, du) = (g.zeros("dm", &[n]).unwrap(), g.zeros("du", &[m, n]).unwrap());
+        let bk = dora::backward(&g, &dm, &du, &y, &u, &norm, &s, true).unwrap();
+        grp.throughput(Throughput::Bytes((12 * m * n) as u64));
+        grp.bench_function(BenchmarkId::new("backward", layer), |bch| {
+            bch.iter_custom(|it| time(&g, &[&bk], it))
+        });
+        grp.finish();
+    }
+}
+
 /// Causal attention of GPT-2 124M (B = 4, T = 128, 12 heads of 64) with the `Gpu`'s
 /// [`AttentionVariant`](lora_wgpu::kernels::attention::AttentionVariant): the forward and the
 /// backward's two dispatches, each timed alone, in FLOP/s of the causal half of q kᵀ and P v
@@ -295,6 +335,7 @@ criterion_group!(
     bench_peak,
     bench_matmul,
     bench_lora,
+    bench_dora,
     bench_attention,
     bench_elementwise
 );

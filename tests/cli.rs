@@ -352,3 +352,95 @@ fn model_and_data_go_together() {
         "{stderr}"
     );
 }
+
+/// `--dora` end to end on the demo model: the adapter is written in PEFT's DoRA format, eval
+/// applies it, the merged model evaluates the same, generate runs with it; DoRA with dropout
+/// and a target that matches nothing are clear errors that write nothing.
+#[test]
+fn dora_train_then_eval_merge_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--dora",
+            "--max-steps",
+            "2",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-2",
+            "--out",
+            out_s,
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    for (extra, want) in [
+        (&["--dropout", "0.1"][..], "must be 0 with DoRA"),
+        (&["--targets", "no_such_module"][..], "matches no module"),
+    ] {
+        let (ok, _, stderr) = train(extra);
+        assert!(!ok && stderr.contains(want), "{extra:?}: {stderr}");
+        assert!(!out.join("adapter_config.json").exists(), "{extra:?}");
+    }
+    let (ok, stdout, stderr) = train(&[]);
+    assert!(ok, "DoRA train failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("dropout=0 dora"), "{stdout}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["use_dora"], true);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let magnitudes = st
+        .names()
+        .iter()
+        .filter(|n| n.ends_with(".lora_magnitude_vector"))
+        .count();
+    assert_eq!(magnitudes * 3, st.len(), "A, B and a magnitude per module");
+
+    let data = tmp.path().join("eval.txt");
+    std::fs::write(
+        &data,
+        "Alice was beginning to get very tired of sitting by her sister on the bank, and of \
+         having nothing to do: once or twice she had peeped into the book her sister was reading.",
+    )
+    .unwrap();
+    let data_s = data.to_str().unwrap();
+    let eval = |model: &str, adapter: Option<&str>| {
+        let mut args = vec!["eval", "--model", model, "--data", data_s, "--block-size", "16"];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        args.push("--json");
+        eval_json(&args)["loss"].as_f64().unwrap()
+    };
+    let (base, tuned) = (eval("tiny", None), eval("tiny", Some(out_s)));
+    assert!((base - tuned).abs() > 1e-4, "DoRA changed nothing: {base}");
+    let merged = tmp.path().join("merged");
+    let merged_s = merged.to_str().unwrap();
+    let (ok, _, stderr) = run(&[
+        "merge", "--model", "tiny", "--adapter", out_s, "--out", merged_s,
+    ]);
+    assert!(ok, "merge failed: {stderr}");
+    let lm = eval(merged_s, None);
+    assert!((lm - tuned).abs() < 1e-4, "merged {lm} vs base + DoRA {tuned}");
+    let (ok, stdout, stderr) = run(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--adapter",
+        out_s,
+        "--prompt",
+        "Alice said",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+    assert!(ok && stdout.starts_with("Alice said"), "{stdout}\n{stderr}");
+}
