@@ -230,7 +230,10 @@ fn bench_dora(c: &mut Criterion) {
         grp.bench_function(BenchmarkId::new("scale", layer), |bch| {
             bch.iter_custom(|it| time(&g, &[&sc], it))
         });
-        let (dm, du) = (g.zeros("dm", &[n]).unwrap(), g.zeros("du", &[m, n]).unwrap());
+        let (dm, du) = (
+            g.zeros("dm", &[n]).unwrap(),
+            g.zeros("du", &[m, n]).unwrap(),
+        );
         let bk = dora::backward(&g, &dm, &du, &y, &u, &norm, &s, true).unwrap();
         grp.throughput(Throughput::Bytes((12 * m * n) as u64));
         grp.bench_function(BenchmarkId::new("backward", layer), |bch| {

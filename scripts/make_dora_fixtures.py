@@ -25,7 +25,8 @@ tests/fixtures/dora/<case>/ holds:
                   DoRA adapter with B = 0: ‖W‖ per output feature, keyed like the grads), adamw and
                   losses (10 AdamW steps with grad-norm clipping, as make_fixtures.py),
                   merged_logits (merge_and_unload on the same inputs), generate (greedy ids of
-                  model.generate with the adapter from a fixed prompt)
+                  model.generate with the adapter from a fixed prompt), trainable_params and
+                  all_params (PEFT's get_nb_trainable_parameters)
 
 Deterministic: fixed seeds, CPU, one thread, deterministic algorithms, eager attention.
 """
@@ -77,6 +78,7 @@ def make_case(seed, name, base_dir, targets_kw):
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, bias="none",
                       task_type="CAUSAL_LM", **targets_kw)
     peft_model = get_peft_model(base, lora)
+    trainable, all_params = peft_model.get_nb_trainable_parameters()
     init_magnitude = {name_of(n): p.detach().flatten().tolist()
                       for n, p in peft_model.named_parameters() if "lora_magnitude_vector" in n}
     with torch.no_grad():
@@ -147,6 +149,8 @@ def make_case(seed, name, base_dir, targets_kw):
         "losses": losses,
         "merged_logits": merged_logits.flatten().tolist(),
         "generate": {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS, "expected": gen},
+        "trainable_params": trainable,
+        "all_params": all_params,
     }
     (out / "expected.json").write_text(json.dumps(fixture))
     print(f"{name}: loss {loss.item():.6f}, losses {losses[0]:.4f} -> {losses[-1]:.4f}, merged |diff| {d:.1e}, "

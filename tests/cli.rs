@@ -412,7 +412,15 @@ fn dora_train_then_eval_merge_generate() {
     .unwrap();
     let data_s = data.to_str().unwrap();
     let eval = |model: &str, adapter: Option<&str>| {
-        let mut args = vec!["eval", "--model", model, "--data", data_s, "--block-size", "16"];
+        let mut args = vec![
+            "eval",
+            "--model",
+            model,
+            "--data",
+            data_s,
+            "--block-size",
+            "16",
+        ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a]);
         }
@@ -424,11 +432,20 @@ fn dora_train_then_eval_merge_generate() {
     let merged = tmp.path().join("merged");
     let merged_s = merged.to_str().unwrap();
     let (ok, _, stderr) = run(&[
-        "merge", "--model", "tiny", "--adapter", out_s, "--out", merged_s,
+        "merge",
+        "--model",
+        "tiny",
+        "--adapter",
+        out_s,
+        "--out",
+        merged_s,
     ]);
     assert!(ok, "merge failed: {stderr}");
     let lm = eval(merged_s, None);
-    assert!((lm - tuned).abs() < 1e-4, "merged {lm} vs base + DoRA {tuned}");
+    assert!(
+        (lm - tuned).abs() < 1e-4,
+        "merged {lm} vs base + DoRA {tuned}"
+    );
     let (ok, stdout, stderr) = run(&[
         "generate",
         "--model",

@@ -12,7 +12,7 @@ use common::{assert_close, gpu, random};
 use lora_wgpu::cpu;
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::dora::{self, DoraShape};
-use lora_wgpu::lora::{peft, LoraConfig, LoraLayout};
+use lora_wgpu::lora::{peft, LoraConfig, LoraLayout, ParamTable};
 use lora_wgpu::merge::merge_into;
 use lora_wgpu::model::source::load_weights;
 use lora_wgpu::model::{
@@ -382,6 +382,22 @@ fn dora_greedy_generation_matches_transformers() {
     ];
     let err = generator.set_adapters(g, &two).unwrap_err().to_string();
     assert!(err.contains("DoRA"), "{err}");
+}
+
+/// `info`'s counts include the magnitudes, as PEFT's `print_trainable_parameters` does.
+#[test]
+fn dora_parameter_counts_match_peft() {
+    for name in CASES {
+        let c = load(name);
+        let (lora, ..) = c.adapter();
+        let table = ParamTable::new(&c.model.config, &lora).unwrap();
+        let want = |k: &str| c.json[k].as_u64().unwrap() as usize;
+        assert_eq!(
+            (table.trainable, table.all),
+            (want("trainable_params"), want("all_params")),
+            "{name}: (trainable, all) vs PEFT"
+        );
+    }
 }
 
 // ---- the adapter format ----

@@ -15,7 +15,8 @@ pub struct ModuleParams {
     pub d_in: usize,
     /// Output features.
     pub d_out: usize,
-    /// LoRA parameters over the adapted blocks: adapted · r · (d_in + d_out).
+    /// LoRA parameters over the adapted blocks: adapted · r · (d_in + d_out), plus adapted ·
+    /// d_out DoRA magnitudes.
     pub trainable: usize,
     /// Frozen weights and biases of the adapted blocks: adapted · (d_in · d_out (+ d_out with
     /// a bias)).
@@ -72,7 +73,8 @@ impl ParamTable {
                     adapted,
                     d_in,
                     d_out,
-                    trainable: adapted * lora.r * (d_in + d_out),
+                    trainable: adapted
+                        * (lora.r * (d_in + d_out) + usize::from(lora.use_dora) * d_out),
                     frozen: adapted
                         * (d_in * d_out + usize::from(model.linear_bias(linear)) * d_out),
                 }
