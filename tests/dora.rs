@@ -494,7 +494,7 @@ fn dora_bad_adapters_are_clear_errors() {
         dropout: 0.1,
         ..cfg
     };
-    let err = TrainGraph::new(
+    let graph = TrainGraph::new(
         gpu(),
         &c.model,
         &with_dropout,
@@ -503,9 +503,10 @@ fn dora_bad_adapters_are_clear_errors() {
         1,
         4,
         &AdamW::default(),
-    )
-    .err()
-    .expect("DoRA with dropout is refused")
-    .to_string();
+    );
+    let Err(err) = graph else {
+        panic!("DoRA with dropout is refused");
+    };
+    let err = err.to_string();
     assert!(err.contains("dropout") && err.contains("DoRA"), "{err}");
 }

@@ -9,9 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::fixture::{self, assert_rel, floats, ids};
 use common::gpu;
 use lora_wgpu::kernels::adamw::AdamW;
-use lora_wgpu::kernels::cross_entropy::IGNORE;
 use lora_wgpu::lora::{peft, ParamTable};
 use lora_wgpu::merge::merge_into;
 use lora_wgpu::model::source::load_weights;
@@ -39,22 +39,6 @@ fn json(case: &str, file: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 struct Case {
     name: &'static str,
     model: Transformer,
@@ -67,15 +51,7 @@ struct Case {
 
 fn load(name: &'static str) -> Case {
     let json = json(name, "expected.json");
-    let targets = json["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| match v.as_i64().unwrap() {
-            t if t < 0 => IGNORE,
-            t => t as u32,
-        })
-        .collect();
+    let targets = fixture::targets(&json["targets"]);
     Case {
         name,
         model: Transformer::load(gpu(), &dir(name).join("model")).unwrap(),
@@ -88,37 +64,12 @@ fn load(name: &'static str) -> Case {
 }
 
 fn adamw(c: &Case) -> AdamW {
-    let a = &c.json["adamw"];
-    AdamW {
-        lr: a["lr"].as_f64().unwrap() as f32,
-        weight_decay: a["weight_decay"].as_f64().unwrap() as f32,
-        max_grad_norm: a["max_grad_norm"].as_f64().unwrap() as f32,
-        ..AdamW::default()
-    }
+    fixture::adamw(&c.json["adamw"])
 }
 
 fn graph(c: &Case, opt: &AdamW) -> TrainGraph {
     let (cfg, _, init) = peft::load(&dir(c.name).join("adapter"), &c.model.config).unwrap();
     TrainGraph::new(gpu(), &c.model, &cfg, Some(&init), 0, c.b, c.t, opt).unwrap()
-}
-
-/// Max |got - want| against max |want|, naming the worst element.
-#[track_caller]
-fn assert_rel(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let (i, err) = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .enumerate()
-        .fold((0, 0.0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
-    assert!(
-        err <= abs || err <= rel * scale,
-        "{what}: element {i}: {} vs PyTorch {} (|diff| {err}, max |ref| {scale})",
-        got[i],
-        want[i]
-    );
 }
 
 #[test]
