@@ -1,10 +1,12 @@
 //! LoRA configuration, PEFT's target matching, the flat parameter layout, and PEFT adapter I/O.
 
+pub mod init;
 mod params;
 pub mod peft;
 
 use std::path::{Path, PathBuf};
 
+pub use init::LoraInit;
 pub use params::{ModuleParams, ParamTable};
 
 use crate::error::{Error, Result};
@@ -27,6 +29,8 @@ pub struct LoraConfig {
     pub layers_to_transform: Option<Vec<usize>>,
     /// Scale by alpha / √r instead of alpha / r.
     pub use_rslora: bool,
+    /// How A and B start (PEFT's `init_lora_weights`; [`LoraInit`]).
+    pub init: LoraInit,
 }
 
 impl Default for LoraConfig {
@@ -38,6 +42,7 @@ impl Default for LoraConfig {
             target_modules: vec!["c_attn".into(), "c_proj".into()],
             layers_to_transform: None,
             use_rslora: false,
+            init: LoraInit::Kaiming,
         }
     }
 }
@@ -131,6 +136,7 @@ impl LoraConfig {
 
     /// Check the hyperparameters against the model.
     pub fn validate(&self, model: &impl AdaptableModel) -> Result<()> {
+        self.init.validate(self, model)?;
         let min_dim = model
             .linear_layers()
             .iter()
