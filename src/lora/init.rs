@@ -283,7 +283,6 @@ pub fn subtract_principal(
     a0b0: &[f32],
 ) -> Result<()> {
     expect_len("subtract_principal", layout, a0b0)?;
-    let r = layout.r;
     let residuals = layout
         .entries
         .par_iter()
@@ -302,7 +301,6 @@ pub fn subtract_principal(
                     w[at] -= scale * product[(o, i)];
                 }
             }
-            let _ = r;
             Ok((format!("{}.weight", e.path), w))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -345,25 +343,41 @@ pub(crate) fn residual_transformer(
     model.transformer.with_linear_weights(gpu, &host, &sites)
 }
 
-/// What a training run starts from: the frozen weights it trains on (`model.transformer`, or
-/// the residual for PiSSA / OLoRA), the initial A and B (None: the graph's Kaiming init from
-/// the seed), and A0, B0 for PiSSA / OLoRA (what saving converts with).
+/// What a training run starts from ([`prepare_training`]).
+pub(crate) struct TrainingStart {
+    /// The frozen weights it trains on: `model.transformer`, or the residual (PiSSA / OLoRA).
+    pub(crate) base: Transformer,
+    /// The initial A and B (None: the graph's Kaiming init from the seed).
+    pub(crate) params: Option<Vec<f32>>,
+    /// A0, B0 for PiSSA / OLoRA: what saving converts with.
+    pub(crate) principal: Option<Vec<f32>>,
+}
+
+/// The base, initial values and A0, B0 of a run with `lora` on `model`.
 pub(crate) fn prepare_training(
     gpu: &Gpu,
     model: &Model,
     lora: &LoraConfig,
     seed: u64,
-) -> Result<(Transformer, Option<Vec<f32>>, Option<Vec<f32>>)> {
+) -> Result<TrainingStart> {
+    let plain = |params| TrainingStart {
+        base: model.transformer.clone(),
+        params,
+        principal: None,
+    };
     match lora.init {
-        LoraInit::Kaiming => Ok((model.transformer.clone(), None, None)),
+        LoraInit::Kaiming => Ok(plain(None)),
         LoraInit::Gaussian => {
             let layout = LoraLayout::new(&model.config, lora)?;
-            let params = initial_params(lora.init, &layout, seed)?;
-            Ok((model.transformer.clone(), Some(params), None))
+            Ok(plain(Some(initial_params(lora.init, &layout, seed)?)))
         }
         _ => {
-            let (transformer, a0b0) = residual_model(gpu, model, lora, seed)?;
-            Ok((transformer, Some(a0b0.clone()), Some(a0b0)))
+            let (base, a0b0) = residual_model(gpu, model, lora, seed)?;
+            Ok(TrainingStart {
+                base,
+                params: Some(a0b0.clone()),
+                principal: Some(a0b0),
+            })
         }
     }
 }
@@ -665,7 +679,7 @@ mod tests {
         let wt = w.transpose().to_owned();
         let (a3, b3) = decompose(LoraInit::PissaNiter(8), wt.as_ref(), r, scale, 5);
         let p3 = product(&a3, &b3, r, n, m) * faer::Scale(scale);
-        assert!(max_abs((&p.transpose() - &p3).as_ref()) <= 1e-4 * max_abs(p.as_ref()));
+        assert!(max_abs((p.transpose() - &p3).as_ref()) <= 1e-4 * max_abs(p.as_ref()));
     }
 
     #[test]

@@ -174,7 +174,11 @@ impl<'a> Trainer<'a> {
                 format!("the trainer was configured for {}", cfg.block_size),
             ));
         }
-        let (base, params, principal) = init::prepare_training(gpu, model, &cfg.lora, cfg.seed)?;
+        let init::TrainingStart {
+            base,
+            params,
+            principal,
+        } = init::prepare_training(gpu, model, &cfg.lora, cfg.seed)?;
         let graph = TrainGraph::new(
             gpu,
             &base,
