@@ -229,7 +229,17 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     let progress = Progress::new(std::io::stderr().is_terminal());
     // Build the graph (where a too-large shape fails) before touching --out, so a failed start
     // leaves no directory behind and an --overwrite'd run is only deleted once training can run.
+    let started = std::time::Instant::now();
     let trainer = Trainer::new(&gpu, &model, cfg.clone(), train_data)?;
+    if cfg.lora.init.mutates_base() {
+        println!(
+            "init     {} of {} modules on the CPU in {:.2} s (adapters are saved converted: rank {}, for the original base)",
+            cfg.lora.init,
+            trainer.graph().layout().entries.len(),
+            started.elapsed().as_secs_f64(),
+            2 * cfg.lora.r
+        );
+    }
     run_dir.prepare(existing)?;
     let mut trainer = trainer.with_output(out);
     if let Some(v) = valid {
@@ -241,11 +251,12 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         println!("resume   from step {step} ({})", from.display());
     }
     println!(
-        "lora     r={} alpha={} dropout={}{} targets={} -> {} trainable parameters ({:.3}% of the model)",
+        "lora     r={} alpha={} dropout={}{} init={} targets={} -> {} trainable parameters ({:.3}% of the model)",
         cfg.lora.r,
         cfg.lora.alpha,
         cfg.lora.dropout,
         if cfg.lora.use_dora { " dora" } else { "" },
+        cfg.lora.init,
         cfg.lora.target_modules.join(","),
         trainer.graph().layout().num_parameters(),
         100.0 * trainer.graph().layout().num_parameters() as f64

@@ -510,3 +510,52 @@ fn dora_bad_adapters_are_clear_errors() {
     let err = err.to_string();
     assert!(err.contains("dropout") && err.contains("DoRA"), "{err}");
 }
+
+/// A fresh DoRA run with the Gaussian init gets PEFT's magnitudes too, and DoRA refuses the
+/// inits that move the base (PiSSA, OLoRA).
+#[test]
+fn dora_with_other_inits() {
+    use lora_wgpu::lora::init::{initial_params, LoraInit};
+    let g = gpu();
+    let c = load("gpt2");
+    let (cfg, layout, _) = c.adapter();
+    let gauss = LoraConfig {
+        init: LoraInit::Gaussian,
+        ..cfg.clone()
+    };
+    let start = initial_params(LoraInit::Gaussian, &layout, 5).unwrap();
+    let graph = TrainGraph::new(
+        g,
+        &c.model,
+        &gauss,
+        Some(&start),
+        5,
+        c.b,
+        c.t,
+        &AdamW::default(),
+    )
+    .unwrap();
+    let params = g.download(&graph.params).unwrap();
+    let want = c.json["init_magnitude"].as_object().unwrap();
+    for e in &layout.entries {
+        let key = peft::key(&layout, e, "M");
+        let at = e.m_offset.unwrap();
+        assert_rel(
+            &params[at..at + e.d_out],
+            &floats(&want[&key]),
+            1e-5,
+            0.0,
+            &key,
+        );
+    }
+    for init in [LoraInit::Pissa, LoraInit::Olora] {
+        let bad = LoraConfig {
+            init,
+            ..cfg.clone()
+        };
+        let err = LoraLayout::new(&c.model.config, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DoRA"), "{err}");
+    }
+}

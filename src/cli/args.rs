@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lora_wgpu::gpu::GpuOptions;
-use lora_wgpu::lora::LoraConfig;
+use lora_wgpu::lora::{LoraConfig, LoraInit};
 use lora_wgpu::model::{Model, ModelConfig, WeightStorage};
 use lora_wgpu::train::{Duration, ExistingRun, RunDir, TrainConfig};
 use lora_wgpu::Gpu;
@@ -114,6 +114,17 @@ pub struct LoraArgs {
     /// adapted weight.
     #[arg(long, alias = "use-dora", alias = "use_dora")]
     pub dora: bool,
+    /// How A and B start (PEFT's init_lora_weights): true (Kaiming A, B = 0), gaussian, pissa,
+    /// pissa_niter_N (randomized SVD, N power iterations) or olora. PiSSA and OLoRA train on a
+    /// residual base and save adapters converted to apply to the original one (rank 2r); see
+    /// docs/lora-init.md.
+    #[arg(
+        long,
+        alias = "init-lora-weights",
+        alias = "init_lora_weights",
+        default_value = "true"
+    )]
+    pub init: LoraInit,
 }
 
 impl LoraArgs {
@@ -130,6 +141,7 @@ impl LoraArgs {
             layers_to_transform: self.layers.clone(),
             use_rslora: self.rslora,
             use_dora: self.dora,
+            init: self.init,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! LoRA configuration, PEFT's target matching, the flat parameter layout, and PEFT adapter I/O.
 
+pub mod init;
 mod params;
 pub mod peft;
 
 use std::path::{Path, PathBuf};
 
+pub use init::LoraInit;
 pub use params::{ModuleParams, ParamTable};
 
 use crate::error::{Error, Result};
@@ -30,6 +32,8 @@ pub struct LoraConfig {
     /// DoRA (PEFT's `use_dora`): each adapted layer's output is rescaled per output feature by
     /// a trainable magnitude over the norm of W + scale · B A (see [`crate::kernels::dora`]).
     pub use_dora: bool,
+    /// How A and B start (PEFT's `init_lora_weights`; [`LoraInit`]).
+    pub init: LoraInit,
 }
 
 impl Default for LoraConfig {
@@ -42,6 +46,7 @@ impl Default for LoraConfig {
             layers_to_transform: None,
             use_rslora: false,
             use_dora: false,
+            init: LoraInit::Kaiming,
         }
     }
 }
@@ -135,6 +140,14 @@ impl LoraConfig {
 
     /// Check the hyperparameters against the model.
     pub fn validate(&self, model: &impl AdaptableModel) -> Result<()> {
+        self.init.validate(self, model)?;
+        if self.use_dora && self.init.mutates_base() {
+            return Err(Error::invalid(
+                "init",
+                self.init,
+                "is not supported with DoRA: use the default init (true) or gaussian with --dora",
+            ));
+        }
         let min_dim = model
             .linear_layers()
             .iter()

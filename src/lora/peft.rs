@@ -27,6 +27,8 @@ struct AdapterConfigJson {
     use_dora: bool,
     #[serde(default = "none")]
     bias: String,
+    #[serde(default)]
+    init_lora_weights: Option<serde_json::Value>,
 }
 
 fn none() -> String {
@@ -87,6 +89,7 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
             c.bias
         )));
     }
+    let init = super::init::from_peft_value(c.init_lora_weights.as_ref()).map_err(bad)?;
     Ok(LoraConfig {
         r: c.r,
         alpha: c.lora_alpha,
@@ -101,6 +104,7 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<LoraConfig> {
         }),
         use_rslora: c.use_rslora,
         use_dora: c.use_dora,
+        init,
     })
 }
 
@@ -274,7 +278,7 @@ pub fn save(
         "lora_bias": false,
         "layers_pattern": null,
         "modules_to_save": null,
-        "init_lora_weights": true,
+        "init_lora_weights": cfg.init.peft_value(),
         "inference_mode": true,
         "rank_pattern": {},
         "alpha_pattern": {},

@@ -110,24 +110,7 @@ impl Transformer {
             let path = config.module_path(layer, site);
             let w_name = format!("{path}.weight");
             let values = host(&w_name)?;
-            if values.len() != d_in * d_out {
-                return Err(Error::shape(
-                    "Transformer::upload",
-                    format!(
-                        "{w_name} has {} values, expected {d_in} x {d_out}",
-                        values.len()
-                    ),
-                ));
-            }
-            let in_out = if config.fan_in_fan_out() {
-                std::borrow::Cow::Borrowed(values)
-            } else {
-                std::borrow::Cow::Owned(transpose(values, d_out, d_in))
-            };
-            let weight = match storage {
-                WeightStorage::F16 => gpu.upload_f16(&w_name, &in_out, &[d_in, d_out])?,
-                WeightStorage::F32 => gpu.upload(&w_name, &in_out, &[d_in, d_out])?,
-            };
+            let weight = upload_linear(gpu, &config, &w_name, values, d_in, d_out, storage)?;
             let bias = config
                 .linear_bias(site)
                 .then(|| get(&format!("{path}.bias"), &[d_out]))
@@ -186,6 +169,54 @@ impl Transformer {
             block,
             config,
         })
+    }
+
+    /// A copy whose linear layers at `sites` (block, layer) take their weights from `w` (host
+    /// weights by checkpoint name, checkpoint layout), stored as the current ones are; every
+    /// other weight is shared with `self`. PiSSA / OLoRA train on such a residual base.
+    pub fn with_linear_weights(
+        &self,
+        gpu: &Gpu,
+        w: &HostWeights,
+        sites: &[(usize, Linear)],
+    ) -> Result<Self> {
+        let mut out = self.clone();
+        for &(layer, site) in sites {
+            let (_, d_in, d_out) = self
+                .block
+                .linears()
+                .into_iter()
+                .find(|(l, ..)| *l == site)
+                .ok_or_else(|| {
+                    Error::shape(
+                        "Transformer::with_linear_weights",
+                        format!("the model has no {site:?} layer"),
+                    )
+                })?;
+            let w_name = format!("{}.weight", self.config.module_path(layer, site));
+            let values = w.get(&w_name).ok_or_else(|| {
+                Error::shape(
+                    "Transformer::with_linear_weights",
+                    format!("missing tensor {w_name}"),
+                )
+            })?;
+            let dense = out
+                .blocks
+                .get_mut(layer)
+                .and_then(|b| b.linears.iter_mut().find(|(l, _)| *l == site))
+                .ok_or_else(|| {
+                    Error::shape(
+                        "Transformer::with_linear_weights",
+                        format!("the model has no block {layer}"),
+                    )
+                })?;
+            let storage = match dense.1.w.dtype() {
+                crate::gpu::Dtype::F16 => WeightStorage::F16,
+                _ => WeightStorage::F32,
+            };
+            dense.1.w = upload_linear(gpu, &self.config, &w_name, values, d_in, d_out, storage)?;
+        }
+        Ok(out)
     }
 
     /// Load a Hugging Face model directory (`config.json` + `model.safetensors`, or its
@@ -299,6 +330,37 @@ fn norm_widths(def: &BlockDef) -> Vec<usize> {
         widths[norm] = width;
     }
     widths
+}
+
+/// Upload one linear layer's weight `values` (checkpoint layout, d_in x d_out values) as
+/// `[in, out]`, stored as `storage` says.
+fn upload_linear(
+    gpu: &Gpu,
+    config: &ModelConfig,
+    name: &str,
+    values: &[f32],
+    d_in: usize,
+    d_out: usize,
+    storage: WeightStorage,
+) -> Result<Tensor> {
+    if values.len() != d_in * d_out {
+        return Err(Error::shape(
+            "Transformer::upload",
+            format!(
+                "{name} has {} values, expected {d_in} x {d_out}",
+                values.len()
+            ),
+        ));
+    }
+    let in_out = if config.fan_in_fan_out() {
+        std::borrow::Cow::Borrowed(values)
+    } else {
+        std::borrow::Cow::Owned(transpose(values, d_out, d_in))
+    };
+    match storage {
+        WeightStorage::F16 => gpu.upload_f16(name, &in_out, &[d_in, d_out]),
+        WeightStorage::F32 => gpu.upload(name, &in_out, &[d_in, d_out]),
+    }
 }
 
 /// `[rows, cols]` row-major into `[cols, rows]`.

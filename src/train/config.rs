@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels::adamw::AdamW;
-use crate::lora::LoraConfig;
+use crate::lora::{LoraConfig, LoraInit};
 
 /// Learning-rate schedule after warmup (Hugging Face's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -226,6 +226,8 @@ impl TrainConfig {
         .into_iter()
         .chain(loraplus)
         .chain(dora)
+        // The default init is left out, so checkpoints written before --init existed resume.
+        .chain((l.init != LoraInit::Kaiming).then(|| ("init", l.init.to_string())))
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }

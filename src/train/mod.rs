@@ -23,8 +23,8 @@ pub use run_dir::{Checkpoint, ExistingRun, RunDir};
 use crate::data::{Dataset, Sampler, SamplerState};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::lora::{peft, LoraConfig};
-use crate::model::{MicroBatch, Model, OptimizerState, StepStats, TrainGraph};
+use crate::lora::{init, peft, LoraConfig, LoraLayout};
+use crate::model::{MicroBatch, Model, OptimizerState, StepStats, TrainGraph, Transformer};
 
 /// Something the trainer reports while it runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -155,6 +155,12 @@ pub struct Trainer<'a> {
     window_start: Instant,
     /// Stop (with a checkpoint) after this step, before the end of the run.
     stop_at: Option<u64>,
+    /// The frozen weights the graph trains on: `model.transformer`, or PiSSA's / OLoRA's
+    /// residual.
+    base: Transformer,
+    /// PiSSA's / OLoRA's A0, B0 (the layout's flat buffer): every saved adapter is converted
+    /// with them ([`init::convert`]).
+    principal: Option<Vec<f32>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -168,11 +174,16 @@ impl<'a> Trainer<'a> {
                 format!("the trainer was configured for {}", cfg.block_size),
             ));
         }
+        let init::TrainingStart {
+            base,
+            params,
+            principal,
+        } = init::prepare_training(gpu, model, &cfg.lora, cfg.seed)?;
         let graph = TrainGraph::new(
             gpu,
-            &model.transformer,
+            &base,
             &cfg.lora,
-            None,
+            params.as_deref(),
             cfg.seed,
             cfg.batch_size,
             cfg.block_size,
@@ -203,6 +214,8 @@ impl<'a> Trainer<'a> {
             window: Vec::new(),
             window_start: Instant::now(),
             stop_at: None,
+            base,
+            principal,
         })
     }
 
@@ -266,14 +279,31 @@ impl<'a> Trainer<'a> {
                 ),
             });
         }
-        let (_, layout, params) = checkpoint.adapter(&self.model.config)?;
-        if layout != *self.graph.layout() {
-            return Err(Error::Checkpoint {
-                path: dir,
-                detail: "the adapter's layout differs from this run's LoRA settings".into(),
-            });
-        }
-        let moments = checkpoint.moments(&layout)?;
+        let (_, layout, saved) = checkpoint.adapter(&self.model.config)?;
+        let params =
+            match &self.principal {
+                None if layout != *self.graph.layout() => {
+                    return Err(Error::Checkpoint {
+                        path: dir,
+                        detail: "the adapter's layout differs from this run's LoRA settings".into(),
+                    })
+                }
+                None => saved,
+                Some(ours) => {
+                    // PiSSA / OLoRA: the checkpoint holds [A; A0] and [B, -B0]. Train on the
+                    // residual of the saved A0, B0, whatever this machine's SVD / QR gave.
+                    let (params, a0b0) = init::split(self.graph.layout(), &layout, &saved)
+                        .map_err(|e| Error::Checkpoint {
+                            path: dir.clone(),
+                            detail: format!("{e}: not an adapter of this run's LoRA settings"),
+                        })?;
+                    if a0b0 != *ours {
+                        self.rebuild_residual(&a0b0)?;
+                    }
+                    params
+                }
+            };
+        let moments = checkpoint.moments(self.graph.layout())?;
         self.graph.write_state(
             self.gpu,
             &OptimizerState {
@@ -299,6 +329,37 @@ impl<'a> Trainer<'a> {
             out.truncate_metrics(self.step)?;
         }
         Ok(self.step)
+    }
+
+    /// Train on the residual of `a0b0` (A0, B0 of a checkpoint that differ from this run's):
+    /// the base and the graph are rebuilt.
+    fn rebuild_residual(&mut self, a0b0: &[f32]) -> Result<()> {
+        let layout = self.graph.layout().clone();
+        let host = self.model.host_weights()?;
+        let scale = self.cfg.lora.scale();
+        self.base = init::residual_transformer(self.gpu, self.model, &layout, scale, a0b0, host)?;
+        self.graph = TrainGraph::new(
+            self.gpu,
+            &self.base,
+            &self.cfg.lora,
+            Some(a0b0),
+            self.cfg.seed,
+            self.cfg.batch_size,
+            self.cfg.block_size,
+            &self.cfg.adamw(),
+        )?;
+        self.principal = Some(a0b0.to_vec());
+        Ok(())
+    }
+
+    /// The adapter as saved from the trained `params`: as it is, or for PiSSA / OLoRA
+    /// converted to apply to the original base ([`init::convert`]).
+    fn adapter_to_save(&self, params: Vec<f32>) -> Result<(LoraConfig, LoraLayout, Vec<f32>)> {
+        let layout = self.graph.layout();
+        match &self.principal {
+            Some(a0b0) => init::convert(&self.cfg.lora, layout, &self.model.config, &params, a0b0),
+            None => Ok((self.cfg.lora.clone(), layout.clone(), params)),
+        }
     }
 
     fn emit(&mut self, e: Event) {
@@ -498,14 +559,16 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Save the current adapter in PEFT's format into `dir` (each file atomically).
+    /// Save the current adapter in PEFT's format into `dir` (each file atomically). With PiSSA /
+    /// OLoRA it is the converted adapter (rank 2r), which applies to the original base.
     pub fn save_adapter(&self, dir: &Path) -> Result<()> {
         let params = self.graph.read_params(self.gpu)?;
+        let (cfg, layout, flat) = self.adapter_to_save(params)?;
         peft::save(
             dir,
-            &self.cfg.lora,
-            self.graph.layout(),
-            &params,
+            &cfg,
+            &layout,
+            &flat,
             Some(&self.model.source.to_string()),
         )
     }
@@ -516,11 +579,12 @@ impl<'a> Trainer<'a> {
         let Some(out) = &self.out else {
             return Ok(());
         };
-        let optimizer = self.graph.read_state(self.gpu)?;
+        let OptimizerState { params, m, v } = self.graph.read_state(self.gpu)?;
+        let (lora, layout, flat) = self.adapter_to_save(params)?;
         let base_model = self.model.source.to_string();
         let done = out.save_checkpoint(
-            (&self.cfg.lora, self.graph.layout(), Some(&base_model)),
-            &optimizer,
+            (&lora, &layout, &flat, Some(&base_model)),
+            (&m, &v),
             &self.state(),
             self.cfg.save_total_limit,
         )?;

@@ -10,7 +10,7 @@ use super::{LogRecord, TrainerState};
 use crate::error::{Error, Result};
 use crate::fsio::{self, create_dir_all, io_err, write_atomic};
 use crate::lora::{peft, LoraConfig, LoraLayout};
-use crate::model::{ModelConfig, OptimizerState};
+use crate::model::ModelConfig;
 use crate::tensor_file::{self, F32View};
 
 /// The files of an adapter in PEFT's format ([`peft::save`]).
@@ -244,12 +244,13 @@ impl RunDir {
         super::plot::write_loss_curve(&self.metrics(), &self.loss_curve())
     }
 
-    /// Write the checkpoint of `state.global_step` (adapter, AdamW moments, trainer state), point
-    /// `latest` at it, and delete the oldest beyond `keep` (0 keeps all). Returns its directory.
+    /// Write the checkpoint of `state.global_step` (the adapter as saved: config, layout, values,
+    /// base model name; AdamW's moments `(m, v)`; trainer state), point `latest` at it, and
+    /// delete the oldest beyond `keep` (0 keeps all). Returns its directory.
     pub(crate) fn save_checkpoint(
         &self,
-        adapter: (&LoraConfig, &LoraLayout, Option<&str>),
-        optimizer: &OptimizerState,
+        adapter: (&LoraConfig, &LoraLayout, &[f32], Option<&str>),
+        moments: (&[f32], &[f32]),
         state: &TrainerState,
         keep: usize,
     ) -> Result<PathBuf> {
@@ -260,9 +261,9 @@ impl RunDir {
         let done = root.join(&name);
         remove_leftovers(&root);
         create_dir_all(&tmp)?;
-        let (lora, layout, base_model) = adapter;
-        peft::save(&tmp, lora, layout, &optimizer.params, base_model)?;
-        write_moments(&tmp.join(OPTIMIZER), &optimizer.m, &optimizer.v)?;
+        let (lora, layout, params, base_model) = adapter;
+        peft::save(&tmp, lora, layout, params, base_model)?;
+        write_moments(&tmp.join(OPTIMIZER), moments.0, moments.1)?;
         write_json(&tmp.join(TRAINER_STATE), state)?;
         // An older checkpoint of the same step (a run resumed from before it) is moved aside
         // whole, never deleted in place: a kill at any point leaves every `step-N` complete.

@@ -104,7 +104,8 @@ pub struct TrainGraph {
 impl TrainGraph {
     /// Allocate every buffer and record forward, backward and optimizer for batches of
     /// `b` sequences of `t` tokens. LoRA parameters start from `init` (the layout's length) or,
-    /// when `None`, from PEFT's initialisation with `seed`.
+    /// when `None`, from PEFT's initialisation with `seed`. DoRA magnitudes that are not given
+    /// (or are all zero) start at PEFT's value, the norm of W + scale · B A per output feature.
     pub fn new(
         gpu: &Gpu,
         model: &Transformer,
@@ -215,8 +216,16 @@ impl TrainGraph {
                 },
             });
         }
-        if init.is_none() && lora.use_dora {
-            // PEFT's initial magnitude: the norm of W + scale · B A per output feature.
+        // PEFT's initial magnitude, the norm of W + scale · B A per output feature, for a fresh
+        // adapter: no initial values, or magnitudes all zero (which no trained DoRA adapter
+        // has: it would zero its layers).
+        let fresh = |p: &[f32]| {
+            layout.entries.iter().all(|e| {
+                e.m_offset
+                    .is_none_or(|at| p[at..at + e.d_out].iter().all(|&v| v == 0.0))
+            })
+        };
+        if lora.use_dora && init.is_none_or(fresh) {
             let mut rec = Recording::new();
             let weight = |l: usize, s| &model.blocks[l].linear(s).w;
             bl.dora_norms(&mut rec, &adapted, weight, lora.scale())?;
