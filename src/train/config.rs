@@ -234,7 +234,7 @@ impl TrainConfig {
 }
 
 /// Where two [`TrainConfig::fingerprint`]s differ, as `--name was THEN, now NOW`, by name: a
-/// setting one side lacks (one added later, and unset) reads `unset`.
+/// setting one side lacks (one added later, and unset) reads `the default`.
 pub(crate) fn fingerprint_diffs(
     now: &[(String, String)],
     then: &[(String, String)],
@@ -242,7 +242,7 @@ pub(crate) fn fingerprint_diffs(
     let get = |list: &[(String, String)], k: &str| {
         list.iter()
             .find(|(name, _)| name == k)
-            .map_or_else(|| "unset".to_string(), |(_, v)| v.clone())
+            .map_or_else(|| "the default".to_string(), |(_, v)| v.clone())
     };
     let mut seen = std::collections::HashSet::new();
     now.iter()
@@ -317,7 +317,7 @@ mod tests {
         assert!(fingerprint_diffs(&then, &then).is_empty());
         assert_eq!(
             fingerprint_diffs(&now, &then),
-            ["--loraplus-lr-ratio was unset, now 16"]
+            ["--loraplus-lr-ratio was the default, now 16"]
         );
         let other = TrainConfig {
             loraplus_lr_ratio: Some(4.0),
