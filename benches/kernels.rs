@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lora_wgpu::gpu::Dispatch;
 use lora_wgpu::kernels::adamw::{self, AdamW};
 use lora_wgpu::kernels::attention::{self, AttentionShape};
-use lora_wgpu::kernels::dora::{self, DoraShape};
+use lora_wgpu::kernels::dora::{self, DoraNorm, DoraShape};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
 use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant, VEC4};
@@ -217,10 +217,12 @@ fn bench_dora(c: &mut Criterion) {
         let b = filled(&g, "lora_B", &[n, r]);
         let mag = filled(&g, "m", &[n]);
         let norm = g.zeros("norm", &[2 * n]).unwrap();
-        let nd = dora::norm(&g, &norm, &mag, &w, &a, &b, &s, 2.0).unwrap();
+        let plan = DoraNorm::new(&g, "w", &w, &s).unwrap();
+        let nd = plan.record(&g, &norm, &mag, &w, &a, &b, 2.0).unwrap();
+        let nd: Vec<&Dispatch> = nd.iter().collect();
         grp.throughput(Throughput::Elements((2 * k * n * (r + 1)) as u64));
         grp.bench_function(BenchmarkId::new("norm", layer), |bch| {
-            bch.iter_custom(|it| time(&g, &[&nd], it))
+            bch.iter_custom(|it| time(&g, &nd, it))
         });
         let y = filled(&g, "y", &[m, n]);
         let u = g.zeros("u", &[m, n]).unwrap();

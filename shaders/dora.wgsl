@@ -1,5 +1,5 @@
 // DoRA (weight-decomposed LoRA, Liu et al. 2024) for a linear layer whose frozen weight W is
-// stored [in, out] (k = in, n = out), as PEFT computes it:
+// stored [in, out] (k = in, n = out), with PEFT's arithmetic:
 //   wn_j = ‖W[:, j] + scale · (B A)ᵀ[:, j]‖      the weight's norm per output feature
 //   c_j  = m_j / wn_j                             wn is a constant to the backward (detached)
 //   y    = c ∘ u + b,  u = x·W + scale · x·Aᵀ·Bᵀ   (dora_scale, after the matmul and LoRA term)
@@ -7,7 +7,7 @@
 //   du   = c ∘ dy                                   writes the gradient at u, which the frozen
 //                                                  product's and the LoRA term's backward take)
 // `norm` holds c in [0, n) and wn in [n, 2n).
-//   w: (k, n)   a: (r, k)   b: (n, r)   m: (n,)   y, u, dy, du: (rows, n)
+//   w: (k, n)   b: (n, r)   m, wsq: (n,)   aw: (r, n)   gram: (r, r)   y, u, dy, du: (rows, n)
 
 struct Params {
     k: u32,
@@ -24,7 +24,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read> m: array<f32>;
 @group(0) @binding(5) var<storage, read_write> norm: array<f32>;
@@ -35,61 +34,86 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dm: array<f32>;
 @group(0) @binding(11) var<storage, read> dy: array<f32>;
 @group(0) @binding(12) var<storage, read_write> du: array<f32>;
+@group(0) @binding(13) var<storage, read_write> wsq: array<f32>;
+@group(0) @binding(14) var<storage, read> aw: array<f32>;
+@group(0) @binding(15) var<storage, read> gram: array<f32>;
 
 fn load_w(i: u32) -> f32 { return w[i]; }
 
-const MAX_RANK: u32 = 64u;
+// ‖W[:, j]‖², once per module (W is frozen): one thread per output feature, reading its column
+// of W (coalesced across the workgroup) into norm's second half.
+@compute @workgroup_size(64)
+fn dora_col_sumsq(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if j >= p.n {
+        return;
+    }
+    var acc = 0.0;
+    for (var i = 0u; i < p.k; i++) {
+        let v = load_w(i * p.n + j);
+        acc += v * v;
+    }
+    wsq[j] = acc;
+}
 
-// One thread per output feature: reads column j of W (coalesced across the workgroup) and
-// row j of B, and rebuilds column j of scale · (B A)ᵀ on the fly.
+// wn_j² = ‖W_j‖² + 2s·B_j·(A W)_j + s²·B_j (A Aᵀ) B_jᵀ, from the products the matmul computes
+// (aw = A·W (r, n), gram = A·Aᵀ (r, r)): the norm without a pass over W.
 @compute @workgroup_size(64)
 fn dora_norm(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     if j >= p.n {
         return;
     }
-    var bj: array<f32, MAX_RANK>;
+    var cross = 0.0;
+    var quad = 0.0;
     for (var q = 0u; q < p.r; q++) {
-        bj[q] = b[j * p.r + q];
-    }
-    var acc = 0.0;
-    for (var i = 0u; i < p.k; i++) {
-        var d = 0.0;
-        for (var q = 0u; q < p.r; q++) {
-            d += a[q * p.k + i] * bj[q];
+        let bq = b[j * p.r + q];
+        cross += bq * aw[q * p.n + j];
+        var gb = 0.0;
+        for (var t = 0u; t < p.r; t++) {
+            gb += gram[q * p.r + t] * b[j * p.r + t];
         }
-        let v = load_w(i * p.n + j) + p.scale * d;
-        acc += v * v;
+        quad += bq * gb;
     }
-    let wn = sqrt(acc);
+    let wn = sqrt(max(wsq[j] + 2.0 * p.scale * cross + p.scale * p.scale * quad, 0.0));
     norm[j] = m[j] / wn;
     norm[p.n + j] = wn;
 }
 
-@compute @workgroup_size(256)
-fn dora_scale(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if i >= p.rows * p.n {
-        return;
-    }
-    let j = i % p.n;
-    let v = y[i];
-    if p.save != 0u {
-        u[i] = v;
-    }
-    var out = norm_in[j] * v;
-    if p.flag != 0u {
-        out += bias[j];
-    }
-    y[i] = out;
-}
-
 const COLS: u32 = 64u;
 const LANES: u32 = 4u;
+// dora_scale's rows per workgroup: LANES lanes of 4 rows each.
+const SCALE_ROWS: u32 = 16u;
+
+// 64 output features × 16 rows per workgroup: each thread loads its c_j (and b_j) once for
+// 4 rows.
+@compute @workgroup_size(64, 4)
+fn dora_scale(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let j = wid.x * COLS + lid.x;
+    if j >= p.n {
+        return;
+    }
+    let c = norm_in[j];
+    var b = 0.0;
+    if p.flag != 0u {
+        b = bias[j];
+    }
+    for (var q = 0u; q < SCALE_ROWS / LANES; q++) {
+        let t = wid.y * SCALE_ROWS + q * LANES + lid.y;
+        if t < p.rows {
+            let i = t * p.n + j;
+            let v = y[i];
+            if p.save != 0u {
+                u[i] = v;
+            }
+            y[i] = c * v + b;
+        }
+    }
+}
+
 var<workgroup> partial: array<f32, 256>;
 
 // 64 output features per workgroup, each summed over the rows by 4 lanes.

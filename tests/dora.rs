@@ -11,7 +11,7 @@ use common::fixture::{adamw, assert_rel, floats, ids, targets};
 use common::{assert_close, gpu, random};
 use lora_wgpu::cpu;
 use lora_wgpu::kernels::adamw::AdamW;
-use lora_wgpu::kernels::dora::{self, DoraShape};
+use lora_wgpu::kernels::dora::{self, DoraNorm, DoraShape};
 use lora_wgpu::lora::{peft, LoraConfig, LoraLayout, ParamTable};
 use lora_wgpu::merge::merge_into;
 use lora_wgpu::model::source::load_weights;
@@ -116,8 +116,9 @@ fn dora_norm_matches_cpu() {
             let tm = g.upload("m", &m, &[n]).unwrap();
             let norm = g.upload("norm", &vec![f32::NAN; 2 * n], &[2 * n]).unwrap();
             let s = shape(k, n, r, 0);
-            g.run(&[&dora::norm(g, &norm, &tm, &tw, &ta, &tb, &s, scale).unwrap()])
-                .unwrap();
+            let plan = DoraNorm::new(g, "w", &tw, &s).unwrap();
+            let ds = plan.record(g, &norm, &tm, &tw, &ta, &tb, scale).unwrap();
+            g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
             let got = g.download(&norm).unwrap();
             let what = format!("{what} k={k} n={n} r={r}");
             assert_close(&got[..n], &want_c, 1e-5, 1e-5, &format!("c {what}"));

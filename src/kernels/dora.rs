@@ -6,6 +6,7 @@ use crate::gpu::Access::{Read as R, ReadWrite as W};
 use crate::gpu::{groups_1d, Dispatch, Dtype, Gpu, KernelDef, ShaderDef, Tensor};
 
 use super::lora::MAX_RANK;
+use super::matmul::{matmul, MatmulOp};
 use super::{expect_len, f16_build, groups, u32_of};
 
 /// Mirrors `struct Params` in dora.wgsl.
@@ -24,30 +25,34 @@ pub(crate) struct Params {
 
 const DORA_WGSL: &str = include_str!("../../shaders/dora.wgsl");
 /// `dora.wgsl`.
-pub const SHADER: ShaderDef = ShaderDef::text("dora.wgsl", DORA_WGSL);
+/// Every access is in bounds (indices guarded, launchers check lengths): no bounds checks.
+pub const SHADER: ShaderDef = ShaderDef::text("dora.wgsl", DORA_WGSL).trusted();
 /// `dora.wgsl` with the frozen weight stored as f16 (`SHADER_F16`).
-pub const SHADER_F16: ShaderDef = ShaderDef::built("dora.wgsl (f16 W)", f16_source);
+pub const SHADER_F16: ShaderDef = ShaderDef::built("dora.wgsl (f16 W)", f16_source).trusted();
 
 fn f16_source() -> String {
     f16_build(
         DORA_WGSL.to_string(),
         &[
-            ("w: array<f32>;", "w: array<f16>;"),
+            ("> w: array<f32>;", "> w: array<f16>;"),
             ("{ return w[i]; }", "{ return f32(w[i]); }"),
         ],
     )
 }
 
 const PARAMS: usize = std::mem::size_of::<Params>();
-/// The weight norm and c = m / norm: w, a, b, m, norm.
+/// ‖W[:, j]‖² per output feature: w, wsq.
+pub const COL_SUMSQ: KernelDef =
+    KernelDef::new(&SHADER, "dora_col_sumsq", &[(1, R), (13, W)], PARAMS);
+/// [`COL_SUMSQ`] reading an f16 weight.
+pub const COL_SUMSQ_F16: KernelDef = COL_SUMSQ.in_shader(&SHADER_F16).f16(1);
+/// The weight norm and c = m / norm from ‖W‖², A·W and A·Aᵀ: b, m, norm, wsq, aw, gram.
 pub const NORM: KernelDef = KernelDef::new(
     &SHADER,
     "dora_norm",
-    &[(1, R), (2, R), (3, R), (4, R), (5, W)],
+    &[(3, R), (4, R), (5, W), (13, W), (14, R), (15, R)],
     PARAMS,
 );
-/// [`NORM`] reading an f16 weight.
-pub const NORM_F16: KernelDef = NORM.in_shader(&SHADER_F16).f16(1);
 /// y = c ∘ y + b, saving y first: y, norm, bias, u.
 pub const SCALE: KernelDef = KernelDef::new(
     &SHADER,
@@ -63,7 +68,7 @@ pub const BACKWARD: KernelDef = KernelDef::new(
     PARAMS,
 );
 /// Every kernel of this file.
-pub const KERNELS: &[&KernelDef] = &[&NORM, &NORM_F16, &SCALE, &BACKWARD];
+pub const KERNELS: &[&KernelDef] = &[&COL_SUMSQ, &COL_SUMSQ_F16, &NORM, &SCALE, &BACKWARD];
 
 /// The shape of one DoRA module: `k` inputs, `n` outputs, rank `r`, `rows` rows of activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,37 +104,94 @@ impl DoraShape {
     }
 }
 
-/// The weight norm per output feature, wn_j = ‖W[:, j] + scale · (B A)ᵀ[:, j]‖, and
-/// c_j = m_j / wn_j, into `norm` = [c | wn] (PEFT's initial magnitude is wn).
-///   w: (k, n) f32 or f16   a: (r, k)   b: (n, r)   m: (n,)   norm: (2n,)   (`s.rows` unused)
-pub fn norm(
-    gpu: &Gpu,
-    norm: &Tensor,
-    m: &Tensor,
-    w: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    s: &DoraShape,
-    scale: f32,
-) -> Result<Dispatch> {
-    const OP: &str = "dora::norm";
-    expect_len(OP, "weight", w, s.k * s.n)?;
-    expect_len(OP, "lora_A", a, s.r * s.k)?;
-    expect_len(OP, "lora_B", b, s.n * s.r)?;
-    expect_len(OP, "magnitude", m, s.n)?;
-    expect_len(OP, "norm", norm, 2 * s.n)?;
-    let params = s.params(OP, scale, false, false)?;
-    let kernel = match w.dtype() {
-        Dtype::F16 => &NORM_F16,
-        _ => &NORM,
-    };
-    gpu.dispatch(
-        kernel,
-        &[],
-        &params,
-        &[w, a, b, m, norm],
-        groups_1d(groups(s.n, 64)?),
-    )
+/// One module's weight norm, wn_j = ‖W[:, j] + scale · (B A)ᵀ[:, j]‖, expanded as
+/// ‖W_j‖² + 2·scale·B_j·(A W)_j + scale²·B_j (A Aᵀ) B_jᵀ: ‖W_j‖² once ([`DoraNorm::new`], W is
+/// frozen), then per forward A·W and A·Aᵀ by the matmul (the one pass over W, at matmul speed)
+/// and a combine of O(r²) per output feature.
+#[derive(Debug)]
+pub struct DoraNorm {
+    wsq: Tensor,
+    aw: Tensor,
+    gram: Tensor,
+    shape: DoraShape,
+}
+
+impl DoraNorm {
+    /// Allocate the module's buffers and compute ‖W_j‖² (runs on the GPU now).
+    ///   w: (k, n) f32 or f16   (`s.rows` unused)
+    pub fn new(gpu: &Gpu, name: &str, w: &Tensor, s: &DoraShape) -> Result<Self> {
+        const OP: &str = "dora::DoraNorm::new";
+        expect_len(OP, "weight", w, s.k * s.n)?;
+        let params = s.params(OP, 0.0, false, false)?;
+        let wsq = gpu.zeros(&format!("{name} dora ‖W‖²"), &[s.n])?;
+        let kernel = match w.dtype() {
+            Dtype::F16 => &COL_SUMSQ_F16,
+            _ => &COL_SUMSQ,
+        };
+        let grid = groups_1d(groups(s.n, 64)?);
+        gpu.run(&[&gpu.dispatch(kernel, &[], &params, &[w, &wsq], grid)?])?;
+        Ok(DoraNorm {
+            wsq,
+            aw: gpu.zeros(&format!("{name} dora A·W"), &[s.r, s.n])?,
+            gram: gpu.zeros(&format!("{name} dora A·Aᵀ"), &[s.r, s.r])?,
+            shape: *s,
+        })
+    }
+
+    /// Bytes of GPU memory it holds.
+    pub fn bytes(&self) -> u64 {
+        self.wsq.bytes() + self.aw.bytes() + self.gram.bytes()
+    }
+
+    /// The dispatches that write `norm` = [c | wn] with c_j = m_j / wn_j (PEFT's initial
+    /// magnitude is wn).
+    ///   w: (k, n), the weight given to [`DoraNorm::new`]   a: (r, k)   b: (n, r)   m: (n,)
+    ///   norm: (2n,)
+    pub fn record(
+        &self,
+        gpu: &Gpu,
+        norm: &Tensor,
+        m: &Tensor,
+        w: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f32,
+    ) -> Result<Vec<Dispatch>> {
+        const OP: &str = "dora::DoraNorm::record";
+        let s = &self.shape;
+        expect_len(OP, "weight", w, s.k * s.n)?;
+        expect_len(OP, "lora_A", a, s.r * s.k)?;
+        expect_len(OP, "lora_B", b, s.n * s.r)?;
+        expect_len(OP, "magnitude", m, s.n)?;
+        expect_len(OP, "norm", norm, 2 * s.n)?;
+        let params = s.params(OP, scale, false, false)?;
+        let (k, n, r) = (s.k, s.n, s.r);
+        Ok(vec![
+            matmul(
+                gpu,
+                &self.aw,
+                a,
+                w,
+                None,
+                &MatmulOp::new(r, n, k).frozen_b(),
+            )?,
+            matmul(
+                gpu,
+                &self.gram,
+                a,
+                a,
+                None,
+                &MatmulOp::new(r, r, k).trans_b(),
+            )?,
+            gpu.dispatch(
+                &NORM,
+                &[],
+                &params,
+                &[b, m, norm, &self.wsq, &self.aw, &self.gram],
+                groups_1d(groups(n, 64)?),
+            )?,
+        ])
+    }
 }
 
 /// y = c ∘ y + b per output feature (c from [`norm`]), first copying y to `save` when given
@@ -153,6 +215,13 @@ pub fn scale(
         expect_len(OP, "saved u", u, s.rows * s.n)?;
     }
     let params = s.params(OP, 0.0, bias.is_some(), save.is_some())?;
+    let row_groups = groups(s.rows, 16)?;
+    if row_groups > 65_535 {
+        return Err(Error::shape(
+            OP,
+            format!("{} rows is too many for one dispatch", s.rows),
+        ));
+    }
     // Without a save, y stands in for the unused u binding (both read-write, so one buffer
     // may fill both; the shared read-only dummy may not).
     gpu.dispatch(
@@ -160,7 +229,7 @@ pub fn scale(
         &[],
         &params,
         &[y, norm, bias.unwrap_or(gpu.dummy()), save.unwrap_or(y)],
-        groups_1d(groups(s.rows * s.n, 256)?),
+        [groups(s.n, 64)?, row_groups, 1],
     )
 }
 

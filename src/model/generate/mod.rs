@@ -40,7 +40,7 @@ use super::block::{BlockWeights, Op, Place};
 use super::Transformer;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recording, Tensor};
-use crate::kernels::dora::{self, DoraShape};
+use crate::kernels::dora::{DoraNorm, DoraShape};
 use crate::kernels::lora::MAX_RANK;
 use crate::lora::{Linear, LoraConfig, LoraLayout};
 
@@ -390,6 +390,7 @@ impl Generator {
             let scale = a.scale * a.config.scale();
             let mut bytes = params.bytes();
             let mut norms = Recording::new();
+            let mut plans = Vec::new();
             let modules = a
                 .layout
                 .entries
@@ -411,7 +412,12 @@ impl Generator {
                                 r,
                                 rows: 0,
                             };
-                            norms.push(dora::norm(gpu, &norm, &m, w, &a, &b, &s, scale)?);
+                            // Computed once, below; the scratch goes with `plans`.
+                            let plan = DoraNorm::new(gpu, path, w, &s)?;
+                            for d in plan.record(gpu, &norm, &m, w, &a, &b, scale)? {
+                                norms.push(d);
+                            }
+                            plans.push(plan);
                             Some(norm)
                         }
                     };
@@ -425,6 +431,7 @@ impl Generator {
                 })
                 .collect::<Result<Vec<_>>>()?;
             norms.run(gpu)?;
+            drop(plans);
             out.push(GpuAdapter {
                 bytes,
                 scale,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Recording, Tensor};
-use crate::kernels::dora::{self, DoraShape};
+use crate::kernels::dora::{self, DoraNorm, DoraShape};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::lora::{self as lk, LoraGrads, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
@@ -32,8 +32,9 @@ pub(super) struct DoraState {
     /// Magnitude (d_out,) and its gradient: views of the flat parameters and gradients.
     pub(super) m: Tensor,
     pub(super) dm: Tensor,
-    /// [c | wn] (2 · d_out,), computed at the start of every forward.
+    /// [c | wn] (2 · d_out,), computed at the start of every forward by `plan`.
     pub(super) norm: Tensor,
+    pub(super) plan: DoraNorm,
     /// The layer's output before DoRA's rescaling, (rows, d_out), saved for dm (training
     /// graphs only).
     pub(super) u: Option<Tensor>,
@@ -86,6 +87,25 @@ impl<'a> Builder<'a> {
             reseed: Vec::new(),
             dora_du: BTreeMap::new(),
         }
+    }
+
+    /// A module's [`DoraNorm`] (its ‖W‖² computed now), counted in the graph's memory.
+    pub(super) fn dora_norm(
+        &mut self,
+        name: &str,
+        w: &Tensor,
+        e: &LoraEntry,
+        r: usize,
+    ) -> Result<DoraNorm> {
+        let s = DoraShape {
+            k: e.d_in,
+            n: e.d_out,
+            r,
+            rows: 0,
+        };
+        let plan = DoraNorm::new(self.gpu, name, w, &s)?;
+        self.allocated += plan.bytes();
+        Ok(plan)
     }
 
     /// A zero-filled tensor, counted in the graph's memory.
@@ -197,10 +217,12 @@ impl<'a> Builder<'a> {
         for l in adapted {
             if let Some(st) = &l.dora {
                 let w = weight(l.entry.layer, l.entry.linear);
-                let s = l.dora_shape(0);
-                rec.push(dora::norm(
-                    self.gpu, &st.norm, &st.m, w, &l.a, &l.b, &s, scale,
-                )?);
+                for d in st
+                    .plan
+                    .record(self.gpu, &st.norm, &st.m, w, &l.a, &l.b, scale)?
+                {
+                    rec.push(d);
+                }
             }
         }
         Ok(())

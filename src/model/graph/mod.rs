@@ -207,6 +207,12 @@ impl TrainGraph {
                             &[e.d_out],
                         )?,
                         norm: bl.zeros(&format!("{path} dora norm"), &[2 * e.d_out])?,
+                        plan: bl.dora_norm(
+                            path,
+                            &model.blocks[e.layer].linear(e.linear).w,
+                            e,
+                            r,
+                        )?,
                         u: if train {
                             Some(bl.zeros(&format!("{path} dora u"), &[b * t, e.d_out])?)
                         } else {
