@@ -12,14 +12,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::gpu;
-use lora_wgpu::data::{Dataset, TokenStream};
+use common::{gpu, random_dataset, tiny_gpt2_model};
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::lora::{init, peft, LoraConfig, LoraInit, LoraLayout};
-use lora_wgpu::model::{source, Model, ModelConfig, ModelSource, TrainGraph, Transformer};
-use lora_wgpu::tokenizer::Tokenizer;
+use lora_wgpu::model::{source, ModelConfig, TrainGraph, Transformer};
 use lora_wgpu::train::{Duration, Schedule, TrainConfig, Trainer};
-use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -551,28 +548,6 @@ fn bad_init_settings_are_clear_errors() {
 }
 
 /// The fixture GPT-2 as a [`Model`] read from its directory (PiSSA reads the weights again).
-fn gpt2_model() -> Model {
-    let dir = fixtures().join("tiny_gpt2/model");
-    let transformer = Transformer::load(gpu(), &dir).unwrap();
-    Model {
-        source: ModelSource::Dir(dir),
-        config: transformer.config.clone(),
-        transformer,
-        tokenizer: Tokenizer::gpt2().unwrap(),
-        special: Default::default(),
-    }
-}
-
-fn random_data(tokens: usize, block: usize, seed: u64) -> Dataset {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let stream = TokenStream {
-        ids: (0..tokens).map(|_| rng.random_range(0..99)).collect(),
-        is_prompt: vec![false; tokens],
-        documents: 1,
-    };
-    Dataset::from_tokens(&stream, Path::new("random"), block, false).unwrap()
-}
-
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -582,7 +557,7 @@ fn read(path: &Path) -> Vec<u8> {
 #[test]
 fn pissa_run_saves_converted_adapters_and_resumes_exactly() {
     let g = gpu();
-    let model = gpt2_model();
+    let model = tiny_gpt2_model();
     let cfg = TrainConfig {
         lora: LoraConfig {
             r: 4,
@@ -602,24 +577,10 @@ fn pissa_run_saves_converted_adapters_and_resumes_exactly() {
         save_every: 3,
         ..TrainConfig::default()
     };
-    let (train, valid) = (random_data(400, 16, 1), random_data(64, 16, 2));
+    let (train, valid) = (random_dataset(400, 16, 1), random_dataset(64, 16, 2));
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let mut straight = Trainer::new(g, &model, cfg.clone(), train.clone())
-        .unwrap()
-        .with_output(&a);
-    straight.run().unwrap();
-    let mut first = Trainer::new(g, &model, cfg.clone(), train.clone())
-        .unwrap()
-        .with_output(&b)
-        .stop_after(3);
-    first.run().unwrap();
-    drop(first);
-    let mut second = Trainer::new(g, &model, cfg.clone(), train)
-        .unwrap()
-        .with_output(&b);
-    assert_eq!(second.resume(&b).unwrap(), 3);
-    second.run().unwrap();
+    common::straight_and_resumed(&model, &cfg, &train, &a, &b, 3);
     assert_eq!(
         read(&a.join("adapter_model.safetensors")),
         read(&b.join("adapter_model.safetensors")),
@@ -668,7 +629,7 @@ fn pissa_run_saves_converted_adapters_and_resumes_exactly() {
     ck[a0_first] *= 1.5;
     peft::save(&ckpt, &ck_cfg, &ck_layout, &ck, None).unwrap();
     std::fs::remove_file(b.join("adapter_model.safetensors")).unwrap();
-    let mut again = Trainer::new(g, &model, cfg.clone(), random_data(400, 16, 1))
+    let mut again = Trainer::new(g, &model, cfg.clone(), random_dataset(400, 16, 1))
         .unwrap()
         .with_output(&b);
     again.resume(&ckpt).unwrap();
@@ -687,7 +648,7 @@ fn pissa_run_saves_converted_adapters_and_resumes_exactly() {
         },
         ..cfg
     };
-    let mut t = Trainer::new(g, &model, other, random_data(400, 16, 1)).unwrap();
+    let mut t = Trainer::new(g, &model, other, random_dataset(400, 16, 1)).unwrap();
     let e = t.resume(&b).unwrap_err().to_string();
     assert!(
         e.contains("--init was pissa_niter_2, now the default"),

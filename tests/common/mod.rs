@@ -123,3 +123,57 @@ pub mod fixture {
         );
     }
 }
+
+/// The tiny GPT-2 of tests/fixtures/tiny_gpt2 as a [`Model`](lora_wgpu::model::Model) (GPT-2's
+/// tokenizer), for tests that run the trainer.
+pub fn tiny_gpt2_model() -> lora_wgpu::model::Model {
+    use lora_wgpu::model::{Model, ModelSource, Transformer};
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_gpt2/model");
+    let transformer = Transformer::load(gpu(), &dir).unwrap();
+    Model {
+        source: ModelSource::Dir(dir),
+        config: transformer.config.clone(),
+        transformer,
+        tokenizer: lora_wgpu::tokenizer::Tokenizer::gpt2().unwrap(),
+        special: Default::default(),
+    }
+}
+
+/// A dataset of `tokens` random ids below 99 (the tiny fixtures' vocabulary) in blocks of
+/// `block`, reproducible from `seed`.
+pub fn random_dataset(tokens: usize, block: usize, seed: u64) -> lora_wgpu::data::Dataset {
+    use lora_wgpu::data::{Dataset, TokenStream};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let stream = TokenStream {
+        ids: (0..tokens).map(|_| rng.random_range(0..99)).collect(),
+        is_prompt: vec![false; tokens],
+        documents: 1,
+    };
+    Dataset::from_tokens(&stream, std::path::Path::new("random"), block, false).unwrap()
+}
+
+/// Train `cfg` on `model` into `straight` in one go, and into `resumed` stopped after `stop`
+/// steps and resumed from its checkpoint (`cfg` must checkpoint at `stop`): the two runs a
+/// resume-exactness test compares.
+pub fn straight_and_resumed(
+    model: &lora_wgpu::model::Model,
+    cfg: &lora_wgpu::train::TrainConfig,
+    train: &lora_wgpu::data::Dataset,
+    straight: &std::path::Path,
+    resumed: &std::path::Path,
+    stop: u64,
+) {
+    use lora_wgpu::train::Trainer;
+    let g = gpu();
+    let trainer = |out| {
+        Trainer::new(g, model, cfg.clone(), train.clone())
+            .unwrap()
+            .with_output(out)
+    };
+    trainer(straight).run().unwrap();
+    trainer(resumed).stop_after(stop).run().unwrap();
+    let mut second = trainer(resumed);
+    assert_eq!(second.resume(resumed).unwrap(), stop);
+    second.run().unwrap();
+}
