@@ -2,7 +2,7 @@
 //! tokens/s, and the GPU memory the graph allocates. Prints one JSON line at the end for
 //! scripts/bench_train.sh, which sets it beside PyTorch + PEFT on the same machine.
 //!
-//! cargo bench --bench train_step -- [--shape gpt2] [--batch 4] [--seq 128] [--rank 8] [--steps 3]
+//! cargo bench --bench train_step -- [--shape gpt2] [--batch 4] [--seq 128] [--rank 8] [--steps 3] [--dora]
 //!
 //! The weights are random (`random:gpt2` shape): speed does not depend on their values.
 
@@ -28,6 +28,7 @@ fn main() -> lora_wgpu::Result<()> {
     let r: usize = arg(&args, "--rank", "8").parse().expect("--rank N");
     let steps: usize = arg(&args, "--steps", "3").parse().expect("--steps N");
     let warmup: usize = arg(&args, "--warmup", "1").parse().expect("--warmup N");
+    let dora = args.iter().any(|a| a == "--dora");
 
     let gpu = Gpu::new(&GpuOptions::from_env())?;
     let info = gpu.info();
@@ -43,6 +44,7 @@ fn main() -> lora_wgpu::Result<()> {
     let lora = LoraConfig {
         r,
         alpha: 2.0 * r as f32,
+        use_dora: dora,
         ..LoraConfig::default()
     };
     let mut graph = TrainGraph::new(&gpu, &model, &lora, None, 0, b, t, &AdamW::default())?;
@@ -53,7 +55,8 @@ fn main() -> lora_wgpu::Result<()> {
         .map(|i| ((i * 7919 + 1) % cfg.vocab_size) as u32)
         .collect();
     eprintln!(
-        "GPT-2 {shape}: B={b} T={t} LoRA r={r} on c_attn,c_proj ({} trainable), {graph:?}",
+        "GPT-2 {shape}: B={b} T={t} {} r={r} on c_attn,c_proj ({} trainable), {graph:?}",
+        if dora { "DoRA" } else { "LoRA" },
         graph.layout().num_parameters()
     );
 
@@ -78,7 +81,7 @@ fn main() -> lora_wgpu::Result<()> {
     let graph_mib = graph.allocated_bytes() as f64 / (1 << 20) as f64;
     let weights_mib = weight_bytes as f64 / (1 << 20) as f64;
     println!(
-        "{{\"impl\":\"lora-wgpu\",\"adapter\":\"{}\",\"shape\":\"{shape}\",\"batch\":{b},\"seq\":{t},\"rank\":{r},\"step_s_median\":{median:.3},\"tokens_per_s\":{tokens_per_s:.2},\"graph_mib\":{graph_mib:.1},\"weights_mib\":{weights_mib:.1}}}",
+        "{{\"impl\":\"lora-wgpu\",\"adapter\":\"{}\",\"shape\":\"{shape}\",\"batch\":{b},\"seq\":{t},\"rank\":{r},\"dora\":{dora},\"step_s_median\":{median:.3},\"tokens_per_s\":{tokens_per_s:.2},\"graph_mib\":{graph_mib:.1},\"weights_mib\":{weights_mib:.1}}}",
         info.name
     );
     Ok(())
