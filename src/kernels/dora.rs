@@ -194,7 +194,7 @@ impl DoraNorm {
     }
 }
 
-/// y = c ∘ y + b per output feature (c from [`norm`]), first copying y to `save` when given
+/// y = c ∘ y + b per output feature (c from [`DoraNorm`]), first copying y to `save` when given
 /// (the u the backward needs).
 ///   y, save: (rows, n)   norm: (2n,)   bias: (n,)
 pub fn scale(

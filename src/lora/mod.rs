@@ -325,7 +325,7 @@ impl LoraLayout {
 
     /// Initial values as PEFT sets them: A Kaiming-uniform (a = √5, so U(±1/√d_in)), B zero.
     /// DoRA's magnitudes are left zero: they are the weight's norms, which the training graph
-    /// computes on the GPU ([`crate::kernels::dora::norm`]).
+    /// computes on the GPU ([`crate::kernels::dora::DoraNorm`]).
     pub fn init(&self, seed: u64) -> Vec<f32> {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(seed);
