@@ -250,29 +250,13 @@ fn dora_gradients_match_peft() {
         let mut graph = c.graph(&AdamW::default());
         graph.gradients(g, &c.inputs, &c.targets).unwrap();
         let grads = g.download(&graph.grads).unwrap();
-        let layout = graph.layout();
         let want = c.json["grads"].as_object().unwrap();
         assert_eq!(
             want.len(),
-            3 * layout.entries.len(),
-            "{name}: adapted modules"
+            3 * graph.layout().entries.len(),
+            "{name}: A, B and m"
         );
-        for e in &layout.entries {
-            let m_offset = e.m_offset.expect("a DoRA layout has magnitudes");
-            for (which, offset, len) in [
-                ("A", e.a_offset, layout.r * e.d_in),
-                ("B", e.b_offset, e.d_out * layout.r),
-                ("M", m_offset, e.d_out),
-            ] {
-                let key = peft::key(layout, e, which);
-                let reference = floats(
-                    want.get(&key)
-                        .unwrap_or_else(|| panic!("{name}: PEFT has no gradient {key}")),
-                );
-                let got = &grads[offset..offset + len];
-                assert_rel(got, &reference, 1e-3, 0.0, &format!("{name} {key}"));
-            }
-        }
+        common::fixture::assert_grads_match(graph.layout(), &grads, want, name);
     }
 }
 

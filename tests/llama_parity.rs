@@ -98,27 +98,8 @@ fn llama_family_lora_gradients_match_pytorch() {
         let mut graph = graph(&c, &AdamW::default());
         graph.gradients(g, &c.inputs, &c.targets).unwrap();
         let grads = g.download(&graph.grads).unwrap();
-        let layout = graph.layout();
         let want = c.json["grads"].as_object().unwrap();
-        assert_eq!(
-            want.len(),
-            2 * layout.entries.len(),
-            "{name}: adapted modules differ from PEFT's"
-        );
-        for e in &layout.entries {
-            for (which, offset, len) in [
-                ("A", e.a_offset, layout.r * e.d_in),
-                ("B", e.b_offset, e.d_out * layout.r),
-            ] {
-                let key = peft::key(layout, e, which);
-                let reference = floats(
-                    want.get(&key)
-                        .unwrap_or_else(|| panic!("{name}: PyTorch has no gradient {key}")),
-                );
-                let got = &grads[offset..offset + len];
-                assert_rel(got, &reference, 1e-3, 0.0, &format!("{name} {key}"));
-            }
-        }
+        fixture::assert_grads_match(graph.layout(), &grads, want, name);
     }
 }
 

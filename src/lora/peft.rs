@@ -119,9 +119,9 @@ pub fn key(layout: &LoraLayout, entry: &LoraEntry, which: &str) -> String {
     }
 }
 
-/// Every tensor of an entry in the adapter file: (which, flat offset, shape), in PEFT's order
-/// (A, B, then DoRA's magnitude).
-fn tensors(layout: &LoraLayout, e: &LoraEntry) -> Vec<(&'static str, usize, Vec<usize>)> {
+/// Every tensor of an entry in the adapter file: (which, as [`key`] takes it, flat offset,
+/// shape), in PEFT's order (A, B, then DoRA's magnitude).
+pub fn tensors(layout: &LoraLayout, e: &LoraEntry) -> Vec<(&'static str, usize, Vec<usize>)> {
     let mut out = vec![
         ("A", e.a_offset, vec![layout.r, e.d_in]),
         ("B", e.b_offset, vec![e.d_out, layout.r]),

@@ -101,6 +101,38 @@ pub mod fixture {
         }
     }
 
+    /// Every tensor of `layout` (A, B and DoRA's magnitudes) in the flat `grads` against the
+    /// fixture's gradient of the same PEFT name, within 1e-3 relative; the fixture has no
+    /// others.
+    #[track_caller]
+    pub fn assert_grads_match(
+        layout: &lora_wgpu::lora::LoraLayout,
+        grads: &[f32],
+        want: &serde_json::Map<String, Value>,
+        what: &str,
+    ) {
+        use lora_wgpu::lora::peft;
+        let mut count = 0;
+        for e in &layout.entries {
+            for (which, offset, shape) in peft::tensors(layout, e) {
+                let key = peft::key(layout, e, which);
+                let reference = floats(
+                    want.get(&key)
+                        .unwrap_or_else(|| panic!("{what}: the reference has no gradient {key}")),
+                );
+                let len: usize = shape.iter().product();
+                let got = &grads[offset..offset + len];
+                assert_rel(got, &reference, 1e-3, 0.0, &format!("{what} {key}"));
+                count += 1;
+            }
+        }
+        assert_eq!(
+            want.len(),
+            count,
+            "{what}: adapted modules differ from the reference's"
+        );
+    }
+
     /// Max |got - want| within `abs` or `rel` · max |want|, naming the worst element.
     #[track_caller]
     pub fn assert_rel(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
