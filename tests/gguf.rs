@@ -55,6 +55,11 @@ fn dequantize_equals_gguf_bit_for_bit_for_every_type() {
         let many = f.data(blocks).repeat(reps);
         let ours = dequantize(ty, &many, blocks.n_elements() * reps).unwrap();
         assert_eq!(bits(&ours), bits(&expected.repeat(reps)), "{ty} (parallel)");
+        // From an odd address (f16's slice conversion needs 2-byte alignment).
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(f.data(blocks));
+        let ours = dequantize(ty, &shifted[1..], blocks.n_elements()).unwrap();
+        assert_eq!(bits(&ours), bits(&expected), "{ty} (unaligned)");
     }
 }
 

@@ -354,7 +354,7 @@ fn tensor_info(c: &mut Cursor, name: String, alignment: usize) -> Result<TensorI
         ))
     })?;
     let inner = shape[shape.len() - 1];
-    if inner % ty.block_len() != 0 {
+    if !inner.is_multiple_of(ty.block_len()) {
         return Err(c.err(format!(
             "tensor `{name}` ({ty}, shape {shape:?}): its innermost dim {inner} is not a \
              multiple of {ty}'s block of {} elements: {DAMAGED}",
@@ -368,7 +368,7 @@ fn tensor_info(c: &mut Cursor, name: String, alignment: usize) -> Result<TensorI
         )));
     }
     let offset = c.u64(&|| format!("the data offset of tensor `{name}`"))?;
-    if offset % alignment as u64 != 0 {
+    if !offset.is_multiple_of(alignment as u64) {
         return Err(c.err(format!(
             "tensor `{name}`'s data offset {offset} is not a multiple of the file's alignment \
              {alignment} (`{ALIGNMENT_KEY}`): {DAMAGED}"

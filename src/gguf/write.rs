@@ -84,7 +84,7 @@ impl GgufWriter {
             )));
         }
         let inner = shape[shape.len() - 1];
-        if inner % ty.block_len() != 0 {
+        if !inner.is_multiple_of(ty.block_len()) {
             return Err(bad(format!(
                 "the innermost dim {inner} is not a multiple of {ty}'s block of {} elements",
                 ty.block_len()

@@ -1,7 +1,7 @@
 //! The Q4_K quantizer: ggml's `quantize_row_q4_K_ref` method, in Rust.
 //!
 //! A 256-element super-block is 8 sub-blocks of 32. Each sub-block gets an affine fit
-//! `x ≈ scale * q - min` with `q` in 0..=15, found by [`fit_sub_block`]: a search over 21 trial
+//! `x ≈ scale * q - min` with `q` in 0..=15, found by a search over 21 trial
 //! scales around `15 / (max - min)`, each followed by the weighted least-squares scale and min
 //! for the levels it picked, keeping the fit of least weighted squared error (weights
 //! `rms(sub-block) + |x|`, so large values count more). The eight scales and eight mins are then
