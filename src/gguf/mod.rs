@@ -1,4 +1,5 @@
-//! Versions 2 and 3, little-endian: [`GgufFile`] reads, [`GgufWriter`] writes.
+//! GGUF files (llama.cpp's model format, versions 2 and 3, little-endian): [`GgufFile`] reads
+//! them with strict validation, [`GgufWriter`] writes them.
 //!
 //! We parse GGUF ourselves: the Rust GGUF crates are young, little used, often v3-only and not
 //! strict on hostile input.

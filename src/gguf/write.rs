@@ -72,7 +72,8 @@ impl GgufWriter {
         ty: GgmlType,
         bytes: Vec<u8>,
     ) -> Result<()> {
-        let bad = |detail: String| Error::shape("GgufWriter::add_tensor", format!("`{name}`: {detail}"));
+        let bad =
+            |detail: String| Error::shape("GgufWriter::add_tensor", format!("`{name}`: {detail}"));
         if self.names.contains_key(name) {
             return Err(bad("a tensor of this name was already added".into()));
         }
@@ -83,7 +84,7 @@ impl GgufWriter {
             )));
         }
         let inner = shape[shape.len() - 1];
-        if inner % ty.block_len() != 0 {
+        if !inner.is_multiple_of(ty.block_len()) {
             return Err(bad(format!(
                 "the innermost dim {inner} is not a multiple of {ty}'s block of {} elements",
                 ty.block_len()

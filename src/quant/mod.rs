@@ -1,5 +1,6 @@
-//! The types: the float types (f32, f16, bf16) and the block quantizations Q4_0, Q4_1, Q5_0,
-//! Q5_1, Q8_0 (32 elements a block) and Q4_K, Q5_K, Q6_K (256), as GGUF files store them.
+//! ggml's tensor types, as GGUF files store them, to and from f32: the float types (f32, f16,
+//! bf16) and the block quantizations Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32 elements a block) and
+//! Q4_K, Q5_K, Q6_K (256).
 //!
 //! [`dequantize`] equals the `gguf` Python package's `gguf.quants.dequantize` bit for bit (the
 //! same f32 operations in the same order; `tests/gguf.rs` checks every type against it).
@@ -192,7 +193,7 @@ impl GgmlType {
     /// Bytes of `n` elements; `None` unless `n` is a multiple of [`block_len`](Self::block_len),
     /// or if the size overflows `usize`.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())
@@ -212,7 +213,11 @@ impl std::fmt::Display for GgmlType {
 
 /// The names of `types`, comma-separated, for messages.
 pub(crate) fn names(types: &[GgmlType]) -> String {
-    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    types
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check that `bytes` holds exactly `n` elements of `ty`.
@@ -246,7 +251,16 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
     check_len("quant::dequantize", ty, bytes.len(), out.len())?;
     match ty {
         GgmlType::F32 => blocks::<4, 1>(bytes, out, |b, o| o[0] = f32::from_le_bytes(*b)),
-        GgmlType::F16 => blocks::<2, 1>(bytes, out, |b, o| o[0] = f16::from_le_bytes(*b).to_f32()),
+        GgmlType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+            // Aligned on a little-endian machine: half's (vectorized) slice conversion.
+            Ok(h) if cfg!(target_endian = "little") => {
+                use half::slice::HalfFloatSliceExt;
+                h.par_chunks(PAR_ELEMENTS)
+                    .zip(out.par_chunks_mut(PAR_ELEMENTS))
+                    .for_each(|(h, o)| h.convert_to_f32_slice(o));
+            }
+            _ => blocks::<2, 1>(bytes, out, |b, o| o[0] = f16::from_le_bytes(*b).to_f32()),
+        },
         GgmlType::BF16 => blocks::<2, 1>(bytes, out, |b, o| {
             o[0] = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16)
         }),
@@ -389,16 +403,25 @@ fn dequant_q5_k(b: &[u8; 176], o: &mut [f32; 256]) {
 }
 
 fn dequant_q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
-    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
-    // Element 128h + 32k + l: low nibble of ql[64h + 32(k % 2) + l] (k < 2) or its high nibble,
-    // and bits 2k..2k+2 of qh[32h + l].
-    for (e, o) in o.iter_mut().enumerate() {
-        let (h, k, l) = (e / 128, (e / 32) % 4, e % 32);
-        let lo = (ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0x0F;
-        let hi = (qh[32 * h + l] >> (2 * k)) & 0x03;
-        let q = (lo | (hi << 4)) as i32 - 32;
-        *o = (d * scales[e / 16] as i8 as f32) * q as f32;
+    let dl: [f32; 16] = std::array::from_fn(|i| d * b[192 + i] as i8 as f32);
+    // Element 128h + 32k + l (scale 8h + 2k + l/16): the low nibble (k < 2) or high nibble of
+    // ql[64h + 32(k % 2) + l], with bits 2k..2k+2 of qh[32h + l] above it.
+    for h in 0..2 {
+        let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..160 + 32 * h]);
+        let (o, dl) = (&mut o[128 * h..128 * h + 128], &dl[8 * h..8 * h + 8]);
+        for l in 0..32 {
+            let (lo, hi, h2) = (ql[l], ql[l + 32], qh[l]);
+            let q = [
+                (lo & 0x0F) | ((h2 & 3) << 4),
+                (hi & 0x0F) | (((h2 >> 2) & 3) << 4),
+                (lo >> 4) | (((h2 >> 4) & 3) << 4),
+                (hi >> 4) | (((h2 >> 6) & 3) << 4),
+            ];
+            for (k, q) in q.into_iter().enumerate() {
+                o[32 * k + l] = dl[2 * k + l / 16] * (q as i32 - 32) as f32;
+            }
+        }
     }
 }
 
@@ -456,7 +479,39 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
             ))
         }
     }
+    if ty.block_len() > 1 {
+        check_scales(ty, values, &out)?;
+    }
     Ok(out)
+}
+
+/// The blocks' f16 scales (`d`, and Q4_K's `dmin`) are finite: values too large for the type
+/// would otherwise be written as infinite scales.
+fn check_scales(ty: GgmlType, values: &[f32], out: &[u8]) -> Result<()> {
+    let fields: &[usize] = if ty == GgmlType::Q4_K { &[0, 2] } else { &[0] };
+    for (i, b) in out.chunks_exact(ty.block_bytes()).enumerate() {
+        if fields
+            .iter()
+            .any(|&o| !f16::from_le_bytes([b[o], b[o + 1]]).is_finite())
+        {
+            let block = &values[i * ty.block_len()..(i + 1) * ty.block_len()];
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            return Err(Error::invalid(
+                "values to quantize",
+                format!("block {i} (largest magnitude {amax})"),
+                format!(
+                    "values small enough for {ty}'s f16 scales (under about {}); scale the \
+                     tensor down or store it as f16, bf16 or f32",
+                    match ty {
+                        GgmlType::Q8_0 => "8.3e6",
+                        GgmlType::Q4_0 => "5.2e5",
+                        _ => "3e7",
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// f32 to bf16 as ggml's `ggml_compute_fp32_to_bf16`: NaN made quiet, otherwise round to
@@ -529,6 +584,16 @@ mod tests {
         let e = quantize(GgmlType::Q4_0, &[f32::NAN; 32]).unwrap_err();
         assert!(e.to_string().contains("finite"), "{e}");
         assert!(quantize(GgmlType::F16, &[f32::NAN]).is_ok());
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K] {
+            let mut v = vec![0.5f32; ty.block_len() * 2];
+            v[ty.block_len() + 3] = 1e9;
+            let e = quantize(ty, &v).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("block 1 (largest magnitude 1000000000)"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The Q4_K quantizer: ggml's `quantize_row_q4_K_ref` method, in Rust.
 //!
 //! A 256-element super-block is 8 sub-blocks of 32. Each sub-block gets an affine fit
-//! `x ≈ scale * q - min` with `q` in 0..=15, found by [`fit_sub_block`]: a search over 21 trial
+//! `x ≈ scale * q - min` with `q` in 0..=15, found by a search over 21 trial
 //! scales around `15 / (max - min)`, each followed by the weighted least-squares scale and min
 //! for the levels it picked, keeping the fit of least weighted squared error (weights
 //! `rms(sub-block) + |x|`, so large values count more). The eight scales and eight mins are then
@@ -109,7 +109,11 @@ pub fn quantize_block(x: &[f32; QK_K]) -> [u8; 144] {
     }
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
 
     let mut b = [0u8; 144];
