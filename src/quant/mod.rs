@@ -302,6 +302,30 @@ fn blocks<const BB: usize, const BL: usize>(
     }
 }
 
+/// `f` over every block of `values` (`BL` elements each) into `BB` bytes each, in parallel
+/// chunks for large tensors (the Q4_K search costs about 200 ns a value).
+fn quantize_blocks<const BB: usize, const BL: usize>(
+    values: &[f32],
+    f: impl Fn(&[f32; BL]) -> [u8; BB] + Sync,
+) -> Vec<u8> {
+    let mut out = vec![0u8; values.len() / BL * BB];
+    let run = |v: &[f32], o: &mut [u8]| {
+        for (v, o) in v.chunks_exact(BL).zip(o.chunks_exact_mut(BB)) {
+            o.copy_from_slice(&f(v.try_into().unwrap()));
+        }
+    };
+    if values.len() <= PAR_ELEMENTS {
+        run(values, &mut out);
+    } else {
+        let per = PAR_ELEMENTS / BL;
+        values
+            .par_chunks(per * BL)
+            .zip(out.par_chunks_mut(per * BB))
+            .for_each(|(v, o)| run(v, o));
+    }
+    out
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -462,15 +486,9 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
         GgmlType::BF16 => values
             .iter()
             .for_each(|&v| out.extend_from_slice(&to_bf16(v).to_le_bytes())),
-        GgmlType::Q8_0 => values
-            .chunks_exact(32)
-            .for_each(|b| out.extend_from_slice(&quantize_q8_0(b.try_into().unwrap()))),
-        GgmlType::Q4_0 => values
-            .chunks_exact(32)
-            .for_each(|b| out.extend_from_slice(&quantize_q4_0(b.try_into().unwrap()))),
-        GgmlType::Q4_K => values
-            .chunks_exact(QK_K)
-            .for_each(|b| out.extend_from_slice(&q4k::quantize_block(b.try_into().unwrap()))),
+        GgmlType::Q8_0 => out = quantize_blocks::<34, 32>(values, quantize_q8_0),
+        GgmlType::Q4_0 => out = quantize_blocks::<18, 32>(values, quantize_q4_0),
+        GgmlType::Q4_K => out = quantize_blocks::<144, QK_K>(values, q4k::quantize_block),
         _ => {
             return Err(Error::invalid(
                 "quantization type",
