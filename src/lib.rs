@@ -38,11 +38,15 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 mod fsio;
+/// GGUF files (llama.cpp's format): reading with strict validation, and writing.
+pub mod gguf;
 pub mod gpu;
 pub mod kernels;
 pub mod lora;
 pub mod merge;
 pub mod model;
+/// ggml's tensor types: block quantizations (Q8_0, Q4_0, Q4_K, ...) and their (de)quantization.
+pub mod quant;
 mod tensor_file;
 pub mod tokenizer;
 pub mod train;
