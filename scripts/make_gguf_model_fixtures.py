@@ -32,8 +32,8 @@ Tokenizers: a byte-level BPE trained with the `tokenizers` package on a paragrap
 (vocabulary 320 with the special tokens), written into each file as tokenizer.ggml.* (model
 "gpt2", tokens, token_type, merges, bos/eos ids) the way the converter's _set_vocab_gpt2 does,
 and beside them as the tokenizer.json it came from:
-  llama-tokenizer.json  Llama 3's pre-tokenizer (Split on its regex + ByteLevel), pre "llama-bpe",
-                        <|begin_of_text|> added at the start of a prompt
+  llama-tokenizer.json  Llama 3's pre-tokenizer (Split on its regex + ByteLevel) and ignore_merges,
+                        pre "llama-bpe", <|begin_of_text|> added at the start of a prompt
   qwen3-tokenizer.json  Qwen2's regex (digits one by one), pre "qwen2"
   gpt2-tokenizer.json   GPT-2's ByteLevel pre-tokenizer, pre "gpt-2"
 
@@ -100,7 +100,10 @@ def train_tokenizer(kind):
     trainer = trainers.BpeTrainer(vocab_size=V, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([CORPUS], trainer)
-    if kind == "llama":
+    if kind == "llama":  # Llama 3's tokenizer.json takes a whole word in the vocabulary as it is
+        spec = json.loads(tok.to_str())
+        spec["model"]["ignore_merges"] = True
+        tok = tokenizers.Tokenizer.from_str(json.dumps(spec))
         tok.post_processor = processors.TemplateProcessing(
             single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
             special_tokens=[("<|begin_of_text|>", 0)])

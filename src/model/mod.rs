@@ -10,6 +10,7 @@
 pub(crate) mod block;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod graph;
 pub mod llama;
