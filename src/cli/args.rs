@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lora_wgpu::gpu::GpuOptions;
+use lora_wgpu::kernels::qmatmul;
 use lora_wgpu::lora::{LoraConfig, LoraInit};
 use lora_wgpu::model::{Model, ModelConfig, WeightStorage};
+use lora_wgpu::quant::GgmlType;
 use lora_wgpu::train::{Duration, ExistingRun, RunDir, TrainConfig};
 use lora_wgpu::Gpu;
 
@@ -31,6 +33,10 @@ pub struct DeviceArgs {
     /// still f32 (needs an adapter offering SHADER_F16; see `lora-wgpu devices`).
     #[arg(long)]
     pub f16_weights: bool,
+    /// Quantize the frozen weights of the linear layers once at load into ggml's q8_0, q4_0 or
+    /// q4_k blocks (QLoRA: the adapter stays f32); the kernels decode them in registers.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_quant, conflicts_with = "f16_weights")]
+    pub quantize: Option<GgmlType>,
     /// Run the matmuls on cooperative matrices (tensor cores): operands rounded to f16, sums
     /// in f32 (needs an adapter that `lora-wgpu devices` marks coopmat).
     #[arg(long, env = "LORA_WGPU_COOPMAT", value_parser = clap::builder::FalseyValueParser::new())]
@@ -55,13 +61,25 @@ impl DeviceArgs {
 
     /// Load `spec` onto `gpu` with the weight storage these options ask for.
     pub fn load_model(&self, gpu: &Gpu, spec: &str) -> Result<Model> {
-        let storage = if self.f16_weights {
-            WeightStorage::F16
-        } else {
-            WeightStorage::F32
+        let storage = match (self.quantize, self.f16_weights) {
+            (Some(ty), _) => WeightStorage::Quant(ty),
+            (None, true) => WeightStorage::F16,
+            (None, false) => WeightStorage::F32,
         };
         Ok(Model::load_with(gpu, spec, storage)?)
     }
+}
+
+/// A `--quantize` value: a block format the GPU kernels read.
+fn parse_quant(s: &str) -> std::result::Result<GgmlType, String> {
+    GgmlType::parse(s)
+        .filter(|&t| qmatmul::supported(t))
+        .ok_or_else(|| {
+            format!(
+                "'{s}' is not a format the kernels read; choose one of {}",
+                qmatmul::names(qmatmul::FORMATS)
+            )
+        })
 }
 
 /// LoRA hyperparameters (PEFT's names as aliases).

@@ -20,6 +20,7 @@ pub mod layernorm;
 pub mod lora;
 pub mod matmul;
 pub mod merge;
+pub mod qmatmul;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;

@@ -119,6 +119,39 @@ impl Gpu {
         Ok(t)
     }
 
+    /// A tensor of `shape` whose elements are `dtype`, holding `words` as they are (a quantized
+    /// weight packed by [`crate::kernels::qmatmul::pack`]).
+    pub(crate) fn upload_packed(
+        &self,
+        name: &str,
+        words: &[u32],
+        shape: &[usize],
+        dtype: Dtype,
+    ) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        let bytes = dtype.bytes(len).next_multiple_of(4);
+        if bytes != 4 * words.len() {
+            return Err(Error::shape(
+                "upload_packed",
+                format!(
+                    "{name}: shape {shape:?} of {dtype:?} takes {bytes} bytes but {} were given",
+                    4 * words.len()
+                ),
+            ));
+        }
+        let bytes = bytes.max(4) as u64;
+        self.check_size(name, bytes)?;
+        let t = self.scoped(name, bytes, || {
+            Tensor::new_raw(&self.shared.device, name, shape, bytes).with_dtype(dtype)
+        })?;
+        if !words.is_empty() {
+            self.shared
+                .queue
+                .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(words));
+        }
+        Ok(t)
+    }
+
     /// A tensor of `shape` holding raw 32-bit words (token ids and other integers).
     pub fn upload_u32(&self, name: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
         self.upload_words("upload_u32", name, data, shape)
@@ -197,7 +230,8 @@ impl Gpu {
         self.check("clear")
     }
 
-    /// Copy `t` back to the host as f32, widening f16 tensors (waits for the GPU).
+    /// Copy `t` back to the host as f32, widening f16 tensors and dequantizing quantized ones
+    /// (waits for the GPU).
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
         let words = self.download_words(t)?;
         Ok(match t.dtype() {
@@ -206,6 +240,10 @@ impl Gpu {
                 .iter()
                 .map(|h| h.to_f32())
                 .collect(),
+            Dtype::Quant(ty) => {
+                let blocks = crate::kernels::qmatmul::unpack(ty, &words, t.len())?;
+                crate::quant::dequantize(ty, &blocks, t.len())?
+            }
         })
     }
 

@@ -92,6 +92,11 @@ impl Gpu {
         for (&(binding, _), t) in spec.iter().zip(tensors) {
             let want = if kernel.f16_binding == Some(binding) {
                 Dtype::F16
+            } else if kernel.quant_binding == Some(binding) {
+                match t.dtype() {
+                    q @ Dtype::Quant(_) => q,
+                    _ => Dtype::Quant(crate::quant::GgmlType::Q8_0),
+                }
             } else {
                 Dtype::F32
             };

@@ -100,6 +100,9 @@ pub struct KernelDef {
     /// The binding that holds f16 elements (an f16 build's weight), if any; every other binding
     /// holds 32-bit ones.
     pub f16_binding: Option<u32>,
+    /// The binding that holds a quantized weight ([`Dtype::Quant`](super::Dtype::Quant)), if
+    /// any.
+    pub quant_binding: Option<u32>,
     /// Size in bytes of the Rust mirror of the WGSL `Params` struct.
     pub params_size: usize,
 }
@@ -119,6 +122,7 @@ impl KernelDef {
             bindings,
             textures: &[],
             f16_binding: None,
+            quant_binding: None,
             params_size,
         }
     }
@@ -132,6 +136,14 @@ impl KernelDef {
     pub const fn f16(self, binding: u32) -> Self {
         KernelDef {
             f16_binding: Some(binding),
+            ..self
+        }
+    }
+
+    /// This kernel, reading `binding` as a quantized weight.
+    pub const fn quant(self, binding: u32) -> Self {
+        KernelDef {
+            quant_binding: Some(binding),
             ..self
         }
     }

@@ -1,7 +1,9 @@
-//! A GPU buffer of 32-bit (or, for frozen weights, 16-bit) elements with a shape.
+//! A GPU buffer of 32-bit (or, for frozen weights, 16-bit or quantized) elements with a shape.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::quant::GgmlType;
 
 /// Element type of a [`Tensor`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -12,14 +14,27 @@ pub enum Dtype {
     /// IEEE half precision: frozen weights stored at half size where the adapter offers
     /// `SHADER_F16` (see [`Gpu::upload_f16`](crate::gpu::Gpu::upload_f16)).
     F16,
+    /// A frozen weight in one of ggml's quantized block formats, repacked for the GPU
+    /// ([`crate::kernels::qmatmul`]): rows of the tensor's last dimension, in blocks.
+    Quant(GgmlType),
 }
 
 impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes that `len` elements take on the GPU.
+    pub fn bytes(self, len: usize) -> usize {
         match self {
-            Dtype::F32 => 4,
-            Dtype::F16 => 2,
+            Dtype::F32 => 4 * len,
+            Dtype::F16 => 2 * len,
+            Dtype::Quant(ty) => crate::kernels::qmatmul::packed_bytes(ty, len),
+        }
+    }
+
+    /// Bytes per element of a plain (unquantized) type; `None` for a quantized one.
+    pub fn size(self) -> Option<usize> {
+        match self {
+            Dtype::F32 => Some(4),
+            Dtype::F16 => Some(2),
+            Dtype::Quant(_) => None,
         }
     }
 }
@@ -91,7 +106,12 @@ impl Tensor {
     /// `start` times the element size must be a multiple of [`VIEW_ALIGN`].
     pub fn view(&self, name: &str, start: usize, shape: &[usize]) -> crate::Result<Tensor> {
         let len: usize = shape.iter().product();
-        let esize = self.dtype.size() as u64;
+        let Some(esize) = self.dtype.size().map(|s| s as u64) else {
+            return Err(crate::Error::shape(
+                "view",
+                format!("{name}: {} is quantized; it has no views", self.name),
+            ));
+        };
         let offset = self.offset + start as u64 * esize;
         if start + len > self.len || !offset.is_multiple_of(VIEW_ALIGN) {
             return Err(crate::Error::shape(
@@ -128,7 +148,7 @@ impl Tensor {
             offset: self.offset,
             // Whole words: an odd-length f16 tensor's buffer is padded to them.
             size: wgpu::BufferSize::new(
-                (self.len.max(1) * self.dtype.size()).next_multiple_of(4) as u64
+                self.dtype.bytes(self.len.max(1)).next_multiple_of(4) as u64
             ),
         })
     }
@@ -160,7 +180,7 @@ impl Tensor {
 
     /// Size in bytes of the elements this tensor covers.
     pub fn bytes(&self) -> u64 {
-        (self.len * self.dtype.size()) as u64
+        self.dtype.bytes(self.len) as u64
     }
 
     /// The wgpu buffer.

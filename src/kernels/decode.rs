@@ -348,6 +348,12 @@ pub fn gemv_cols(
     let kernel = match w.dtype() {
         Dtype::F32 => &GEMV_COLS,
         Dtype::F16 => &GEMV_COLS_F16,
+        Dtype::Quant(_) => {
+            return Err(Error::shape(
+                OP,
+                format!("{} is quantized: run it through matmul (qmatmul)", w.name()),
+            ))
+        }
     };
     gpu.dispatch(
         kernel,

@@ -125,8 +125,18 @@ impl DoraNorm {
         let params = s.params(OP, 0.0, false, false)?;
         let wsq = gpu.zeros(&format!("{name} dora ‖W‖²"), &[s.n])?;
         let kernel = match w.dtype() {
+            Dtype::F32 => &COL_SUMSQ,
             Dtype::F16 => &COL_SUMSQ_F16,
-            _ => &COL_SUMSQ,
+            Dtype::Quant(ty) => {
+                return Err(Error::invalid(
+                    "DoRA base weight",
+                    w.name(),
+                    format!(
+                        "DoRA needs the weight's column norms, and {} weights are not read here;                          train DoRA on an f32 or f16 base, or plain LoRA on the quantized one",
+                        ty.name()
+                    ),
+                ))
+            }
         };
         let grid = groups_1d(groups(s.n, 64)?);
         gpu.run(&[&gpu.dispatch(kernel, &[], &params, &[w, &wsq], grid)?])?;

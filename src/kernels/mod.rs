@@ -5,8 +5,8 @@
 //! A kernel is one hop: `shaders/<op>.wgsl`, its launcher and its definitions here in
 //! `kernels::<op>` (each a [`KernelDef`]: module, entry point, bindings, `Params` size; listed in
 //! the module's `KERNELS` and in [`all`]), its CPU reference in `cpu::<op>`, and its tests,
-//! named `<op>_...`, in `tests/` (`kernels.rs`, `gpt2_ops.rs`, `llama_ops.rs`, `matmul.rs`, and
-//! `generate.rs` for `decode`): `cargo test <op>` finds them. Which kernel of a family runs is the [`Gpu`](crate::gpu::Gpu)'s
+//! named `<op>_...`, in `tests/` (`kernels.rs`, `gpt2_ops.rs`, `llama_ops.rs`, `matmul.rs`, `qmatmul.rs`,
+//! and `generate.rs` for `decode`): `cargo test <op>` finds them. Which kernel of a family runs is the [`Gpu`](crate::gpu::Gpu)'s
 //! [`Variants`], chosen once when it is made.
 //!
 //! Signatures follow llm.c: outputs first, then inputs, then the shape.
@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod merge;
 pub mod peak;
 pub mod philox;
+pub mod qmatmul;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
@@ -37,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{KernelDef, Tensor};
 
 /// The kernels of every file, by family: what the naga validation test walks.
-pub const FAMILIES: [&[&KernelDef]; 17] = [
+pub const FAMILIES: [&[&KernelDef]; 18] = [
     matmul::KERNELS,
     lora::KERNELS,
     dropout::KERNELS,
@@ -55,6 +56,7 @@ pub const FAMILIES: [&[&KernelDef]; 17] = [
     rope::KERNELS,
     swiglu::KERNELS,
     dora::KERNELS,
+    qmatmul::KERNELS,
 ];
 
 /// Every kernel this crate launches.

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::error::Result;
-use crate::gpu::{Gpu, Recording, Tensor};
+use crate::gpu::{Dtype, Gpu, Recording, Tensor};
+use crate::kernels::matmul::MatmulOp;
 use crate::kernels::{elementwise, layernorm, rmsnorm, swiglu};
 use crate::lora::Linear;
 
@@ -267,7 +268,8 @@ pub(crate) fn share_scratch(
     slot
 }
 
-/// A frozen weight and its bias: a linear layer (`w` is `[in, out]`) or a norm (`w` is `[C]`).
+/// A frozen weight and its bias: a linear layer (`w` is `[in, out]`, or `[out, in]` when
+/// quantized: ggml's blocks run along the input) or a norm (`w` is `[C]`).
 #[derive(Clone, Debug)]
 pub(crate) struct Dense {
     pub(crate) w: Tensor,
@@ -278,6 +280,43 @@ impl Dense {
     /// Bytes of GPU memory the weight and bias take.
     pub(crate) fn bytes(&self) -> u64 {
         self.w.bytes() + self.b.as_ref().map_or(0, Tensor::bytes)
+    }
+
+    /// Whether the weight is stored `[out, in]` (quantized) rather than `[in, out]`.
+    fn out_in(&self) -> bool {
+        matches!(self.w.dtype(), Dtype::Quant(_))
+    }
+
+    /// A linear layer's (inputs, outputs).
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        let s = self.w.shape();
+        if self.out_in() {
+            (s[1], s[0])
+        } else {
+            (s[0], s[1])
+        }
+    }
+
+    /// The frozen product over `m` rows: out (m, outputs) = inp (m, inputs) · W.
+    pub(crate) fn forward_op(&self, m: usize) -> MatmulOp {
+        let (d_in, d_out) = self.dims();
+        let op = MatmulOp::new(m, d_out, d_in).frozen_b();
+        if self.out_in() {
+            op.trans_b()
+        } else {
+            op
+        }
+    }
+
+    /// The input gradient over `m` rows: dinp (m, inputs) = dout (m, outputs) · Wᵀ.
+    pub(crate) fn input_grad_op(&self, m: usize) -> MatmulOp {
+        let (d_in, d_out) = self.dims();
+        let op = MatmulOp::new(m, d_in, d_out).frozen_b();
+        if self.out_in() {
+            op
+        } else {
+            op.trans_b()
+        }
     }
 }
 

@@ -10,9 +10,10 @@ use std::path::Path;
 use super::block::{BlockDef, BlockWeights, Dense};
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::kernels::{layernorm, rmsnorm, rope};
+use crate::gpu::{Dispatch, Dtype, Gpu, Tensor};
+use crate::kernels::{layernorm, qmatmul, rmsnorm, rope};
 use crate::lora::{AdaptableModel, Linear};
+use crate::quant::GgmlType;
 
 /// Host weights by checkpoint name, f32.
 pub type HostWeights = BTreeMap<String, Vec<f32>>;
@@ -55,6 +56,11 @@ pub enum WeightStorage {
     /// Half precision (rounded once at upload): half the memory of those weights. Needs an
     /// adapter with `SHADER_F16`.
     F16,
+    /// Quantized once at upload into one of ggml's block formats that the GPU kernels read
+    /// ([`qmatmul::FORMATS`]): Q8_0 about a quarter of f32's memory, Q4_0 and Q4_K about an
+    /// eighth. The blocks run along each layer's input, which must be a multiple of the block
+    /// (32, or 256 for Q4_K).
+    Quant(GgmlType),
 }
 
 /// A model's frozen weights on the GPU. Clones share the buffers.
@@ -211,8 +217,9 @@ impl Transformer {
                     )
                 })?;
             let storage = match dense.1.w.dtype() {
-                crate::gpu::Dtype::F16 => WeightStorage::F16,
-                _ => WeightStorage::F32,
+                Dtype::F32 => WeightStorage::F32,
+                Dtype::F16 => WeightStorage::F16,
+                Dtype::Quant(ty) => WeightStorage::Quant(ty),
             };
             dense.1.w = upload_linear(gpu, &self.config, &w_name, values, d_in, d_out, storage)?;
         }
@@ -333,7 +340,7 @@ fn norm_widths(def: &BlockDef) -> Vec<usize> {
 }
 
 /// Upload one linear layer's weight `values` (checkpoint layout, d_in x d_out values) as
-/// `[in, out]`, stored as `storage` says.
+/// `[in, out]`, stored as `storage` says (quantized: `[out, in]`, blocks along the input).
 fn upload_linear(
     gpu: &Gpu,
     config: &ModelConfig,
@@ -352,6 +359,14 @@ fn upload_linear(
             ),
         ));
     }
+    if let WeightStorage::Quant(ty) = storage {
+        let out_in = if config.fan_in_fan_out() {
+            std::borrow::Cow::Owned(transpose(values, d_in, d_out))
+        } else {
+            std::borrow::Cow::Borrowed(values)
+        };
+        return qmatmul::quantize_upload(gpu, name, ty, &out_in, [d_out, d_in]);
+    }
     let in_out = if config.fan_in_fan_out() {
         std::borrow::Cow::Borrowed(values)
     } else {
@@ -359,7 +374,7 @@ fn upload_linear(
     };
     match storage {
         WeightStorage::F16 => gpu.upload_f16(name, &in_out, &[d_in, d_out]),
-        WeightStorage::F32 => gpu.upload(name, &in_out, &[d_in, d_out]),
+        _ => gpu.upload(name, &in_out, &[d_in, d_out]),
     }
 }
 

@@ -84,6 +84,7 @@ pub(super) fn matmul(
     let pack_b = match b.dtype() {
         Dtype::F32 => &PACK_B,
         Dtype::F16 => &PACK_B_F16,
+        Dtype::Quant(_) => return Ok(None),
     };
     let mut before = vec![pack(&PACK_A, a, &ta, kp / 4, mp)?];
     let tb = if op.frozen_b {

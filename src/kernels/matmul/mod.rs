@@ -327,7 +327,8 @@ fn batch_stride(op: &'static str, what: &str, t: &Tensor, one: usize, batch: usi
 ///   c: (batch, m, n)   a: (\[batch,\] m, k) or transposed   b: (\[batch,\] k, n) or transposed
 ///   bias: (n,)
 /// `b` may be an f16 tensor ([`Gpu::upload_f16`], a frozen weight): it is widened to f32 on
-/// load and the arithmetic stays f32.
+/// load and the arithmetic stays f32. A quantized `b` ([`Dtype::Quant`]) runs
+/// [`qmatmul`](super::qmatmul).
 pub fn matmul(
     gpu: &Gpu,
     c: &Tensor,
@@ -337,6 +338,9 @@ pub fn matmul(
     op: &MatmulOp,
 ) -> Result<Dispatch> {
     const OP: &str = "matmul";
+    if let Dtype::Quant(_) = b.dtype() {
+        return super::qmatmul::qmatmul(gpu, c, a, b, bias, op);
+    }
     let mut variant = match gpu.variants().matmul {
         MatmulVariant::Auto => autotune::tuned(gpu, op)?,
         v => v,
@@ -422,6 +426,7 @@ pub fn matmul(
         Dtype::F16 if *kernel == COOP8 => &COOP8_F16,
         Dtype::F16 if *kernel == COOP16 => &COOP16_F16,
         Dtype::F16 => &VEC4_F16,
+        Dtype::Quant(_) => unreachable!("sent to qmatmul above"),
     };
     let bias = bias.unwrap_or(gpu.dummy());
     gpu.dispatch(kernel, &constants, &params, &[a, b, bias, c], grid)

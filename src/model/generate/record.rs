@@ -4,7 +4,7 @@
 
 use super::Generator;
 use crate::error::Result;
-use crate::gpu::{Gpu, Recording, Tensor};
+use crate::gpu::{Dtype, Gpu, Recording, Tensor};
 use crate::kernels::decode::{self, DecodeShape};
 use crate::kernels::dora::{self, DoraShape};
 use crate::kernels::dropout::Dropout;
@@ -156,7 +156,7 @@ impl BlockRecorder for DecodeRecorder<'_> {
         w: &Dense,
     ) -> Result<()> {
         let (gpu, n) = (self.gpu, self.n);
-        let (d_in, d_out) = (w.w.shape()[0], w.w.shape()[1]);
+        let (d_in, d_out) = w.dims();
         let modules: Vec<_> = self
             .g
             .adapters
@@ -167,19 +167,17 @@ impl BlockRecorder for DecodeRecorder<'_> {
         // With DoRA (then the only adapter) the bias comes after the rescaling.
         let dora = modules.iter().find_map(|(_, m)| m.dora.as_ref());
         let bias = if dora.is_some() { None } else { w.b.as_ref() };
-        if n <= decode::GEMV_MAX_ROWS && d_in.is_multiple_of(4) && d_out.is_multiple_of(4) {
+        let quantized = matches!(w.w.dtype(), Dtype::Quant(_));
+        if n <= decode::GEMV_MAX_ROWS
+            && d_in.is_multiple_of(4)
+            && d_out.is_multiple_of(4)
+            && !quantized
+        {
             rec.push(decode::gemv_cols(
                 gpu, out, inp, &w.w, bias, n, d_in, d_out,
             )?);
         } else {
-            rec.push(matmul(
-                gpu,
-                out,
-                inp,
-                &w.w,
-                bias,
-                &MatmulOp::new(n, d_out, d_in).frozen_b(),
-            )?);
+            rec.push(matmul(gpu, out, inp, &w.w, bias, &w.forward_op(n))?);
         }
         for (ad, m) in &modules {
             let u = self.g.acts.u.view("lora u", 0, &[n, ad.r])?;

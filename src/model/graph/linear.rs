@@ -9,7 +9,7 @@ use crate::gpu::{Dispatch, Gpu, Recording, Tensor};
 use crate::kernels::dora::{self, DoraNorm, DoraShape};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::lora::{self as lk, LoraGrads, LoraShape};
-use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::kernels::matmul::matmul;
 use crate::lora::{Linear, LoraEntry};
 use crate::model::block::Dense;
 
@@ -167,18 +167,10 @@ impl<'a> Builder<'a> {
         scale: f32,
         train: bool,
     ) -> Result<()> {
-        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
         let dora = lora.and_then(|l| l.dora.as_ref());
         // With DoRA the bias comes after the rescaling.
         let bias = if dora.is_some() { None } else { d.b.as_ref() };
-        rec.push(matmul(
-            self.gpu,
-            out,
-            inp,
-            &d.w,
-            bias,
-            &MatmulOp::new(m, d_out, d_in).frozen_b(),
-        )?);
+        rec.push(matmul(self.gpu, out, inp, &d.w, bias, &d.forward_op(m))?);
         if let Some(l) = lora {
             let s = l.shape(m);
             let dropout = if train { l.dropout } else { Dropout::NONE };
@@ -243,7 +235,7 @@ impl<'a> Builder<'a> {
         m: usize,
         scale: f32,
     ) -> Result<()> {
-        let (d_in, d_out) = (d.w.shape()[0], d.w.shape()[1]);
+        let d_out = d.dims().1;
         // DoRA: the magnitude's gradient, and the gradient at u = c ∘ dout, which the rest of
         // the backward takes in place of dout.
         let du_dora;
@@ -267,7 +259,7 @@ impl<'a> Builder<'a> {
             None => dout,
         };
         if let Some((dinp, accumulate)) = dinp {
-            let mut op = MatmulOp::new(m, d_in, d_out).trans_b().frozen_b();
+            let mut op = d.input_grad_op(m);
             op.accumulate = accumulate;
             rec.push(matmul(self.gpu, dinp, dout, &d.w, None, &op)?);
         }
