@@ -15,7 +15,7 @@ use common::gpu;
 use lora_wgpu::gguf::{GgufFile, GgufWriter, Value};
 use lora_wgpu::lora::{LoraConfig, LoraLayout};
 use lora_wgpu::model::gguf::{checkpoint_name, gguf_name, permute_qk, unpermute_qk, GgufModel};
-use lora_wgpu::model::{Model, ModelConfig, ModelSource, TrainGraph};
+use lora_wgpu::model::{Model, ModelConfig, ModelSource, TrainGraph, Transformer};
 use lora_wgpu::tokenizer::Tokenizer;
 use serde_json::Value as Json;
 
@@ -76,10 +76,37 @@ fn gguf_logits_and_loss_match_transformers() {
             (loss - want_loss).abs() <= 1e-3 * want_loss.abs(),
             "{name}: loss {loss} vs transformers {want_loss}"
         );
+        // The same file dequantized to f32 on the host first gives the same logits; the
+        // quantized weights passed through in their blocks take less memory.
+        let gguf = GgufModel::open(&file(name)).unwrap();
+        let f32_model = Model {
+            transformer: Transformer::upload(gpu(), &gguf.config, &gguf.host_weights().unwrap())
+                .unwrap(),
+            ..Model::load(gpu(), file(name).to_str().unwrap()).unwrap()
+        };
+        let (dequantized, _) = logits_and_loss(&f32_model, &inputs, &targets, t);
+        assert_rel(
+            &logits,
+            &dequantized,
+            1e-4,
+            1e-4,
+            &format!("{name} via f32"),
+        );
+        let (ours, f32_bytes) = (
+            model.transformer.allocated_bytes(),
+            f32_model.transformer.allocated_bytes(),
+        );
+        if name.contains("q8_0") || name.contains("q4_0") {
+            assert!(
+                ours < f32_bytes,
+                "{name}: {ours} B passed through vs {f32_bytes} B as f32"
+            );
+        } else {
+            assert_eq!(ours, f32_bytes, "{name}");
+        }
         println!(
-            "{name}: loaded in {:.1} ms, {} bytes of weights on the GPU",
+            "{name}: loaded in {:.1} ms, {ours} bytes of weights on the GPU ({f32_bytes} as f32)",
             load.as_secs_f64() * 1e3,
-            model.transformer.allocated_bytes()
         );
     }
 }
@@ -491,4 +518,15 @@ fn gguf_model_trains_evaluates_and_generates_from_the_cli() {
     ]);
     assert!(ok, "generate failed:\n{stderr}");
     assert!(stdout.starts_with("The quick"), "{stdout}");
+    let (ok, stdout, stderr) = run(&["info", "--model", m]);
+    assert!(ok, "info failed:\n{stderr}");
+    for w in [
+        "llama, 2 layers",
+        "GGUF tensors by type:",
+        "F32 5",
+        "Q4_0 13",
+        "Q5_0 2",
+    ] {
+        assert!(stdout.contains(w), "{w:?} missing in:\n{stdout}");
+    }
 }

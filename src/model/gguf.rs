@@ -25,7 +25,7 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 
 use super::llama::LlamaArch;
-use super::{gpt2, llama, Gpt2Config, HostWeights, LlamaConfig, ModelConfig};
+use super::{gpt2, llama, Gpt2Config, HostWeights, LlamaConfig, ModelConfig, QuantWeights};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::lora::AdaptableModel;
@@ -40,10 +40,6 @@ pub const SUPPORTED_ARCHITECTURES: &str = "gpt2, llama (also mistral), qwen2, qw
 /// the file.
 pub const SUPPORTED_PRE_TOKENIZERS: &str =
     "gpt-2 (also default), llama-bpe (Llama 3), qwen2, smollm";
-
-/// Linear weights kept in their ggml blocks, by checkpoint name: (type, bytes), `[out, in]` with
-/// the blocks along each row (llama's q/k rows already un-permuted).
-pub type QuantWeights = BTreeMap<String, (GgmlType, Vec<u8>)>;
 
 /// Llama-family tensors per block: (GGUF name after `blk.{i}.`, checkpoint name after
 /// `model.layers.{i}.`).
@@ -254,8 +250,8 @@ impl GgufModel {
     }
 
     /// Every tensor in checkpoint names and layouts: those of linear weights whose type
-    /// `pass_through` accepts stay in their ggml blocks (the second map, `[out, in]`); all the
-    /// others are dequantized to f32 (the first).
+    /// `pass_through` accepts stay in their ggml blocks (the second map, `[out, in]`, llama's
+    /// q/k rows un-permuted); all the others are dequantized to f32 (the first).
     pub fn weights(
         &self,
         pass_through: impl Fn(GgmlType) -> bool,

@@ -23,4 +23,4 @@ pub use gpt2::Gpt2Config;
 pub use graph::{MicroBatch, OptimizerState, StepStats, TrainGraph};
 pub use llama::LlamaConfig;
 pub use source::{Model, ModelSource};
-pub use transformer::{HostWeights, ToConfig, Transformer, WeightStorage};
+pub use transformer::{HostWeights, QuantWeights, ToConfig, Transformer, WeightStorage};

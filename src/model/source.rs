@@ -9,9 +9,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::gguf::{is_gguf_path, GgufModel};
-use super::{gpt2, llama, HostWeights, ModelConfig, Transformer, WeightStorage};
+use super::{gpt2, llama, HostWeights, ModelConfig, QuantWeights, Transformer, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::qmatmul;
 use crate::tokenizer::{special_tokens, SpecialTokens, Tokenizer};
 
 /// Seed of the built-in `tiny` model's random weights (fixed, so `tiny` is always the same
@@ -287,7 +288,9 @@ impl Model {
         Self::from_source_with(gpu, source, WeightStorage::F32)
     }
 
-    /// [`Model::from_source`] with the weights stored as `storage` says.
+    /// [`Model::from_source`] with the weights stored as `storage` says. A GGUF file's linear
+    /// weights of a type the GPU kernels read ([`qmatmul::FORMATS`]) are uploaded in their
+    /// blocks as they are, whatever `storage` says; its other tensors are dequantized first.
     pub fn from_source_with(
         gpu: &Gpu,
         source: ModelSource,
@@ -296,8 +299,12 @@ impl Model {
         let config = source.config()?;
         config.validate()?;
         let tokenizer = source.tokenizer_for(&config)?;
-        let host = source.host_weights(&config)?;
-        let transformer = Transformer::upload_with(gpu, &config, &host, storage)?;
+        // A GGUF file's linear weights in a format the kernels read stay in their blocks.
+        let (host, quant) = match &source {
+            ModelSource::Gguf(path) => GgufModel::open(path)?.weights(qmatmul::supported)?,
+            _ => (source.host_weights(&config)?, QuantWeights::new()),
+        };
+        let transformer = Transformer::upload_quant(gpu, &config, &host, &quant, storage)?;
         let special = source.special_tokens(&config, &tokenizer)?;
         Ok(Model {
             source,
