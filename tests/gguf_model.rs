@@ -523,9 +523,9 @@ fn gguf_model_trains_evaluates_and_generates_from_the_cli() {
     for w in [
         "llama, 2 layers",
         "GGUF tensors by type:",
-        "F32 5",
-        "Q4_0 13",
-        "Q5_0 2",
+        "f32 5 (",
+        "q4_0 13 (",
+        "q5_0 2 (",
     ] {
         assert!(stdout.contains(w), "{w:?} missing in:\n{stdout}");
     }
