@@ -80,10 +80,10 @@ impl<'a> Cursor<'a> {
         match usize::try_from(n) {
             Ok(n) if n <= most => Ok(n),
             _ => Err(self.err(format!(
-                "{} claims {n} {items}, but the {} bytes left in the file hold at most {most}: {}",
+                "{} claims {n} {items}, but only {} bytes are left in the file (room for at \
+                 most {most}): the file is truncated or damaged; download or convert it again",
                 what(),
                 self.left(),
-                DAMAGED
             ))),
         }
     }
@@ -139,9 +139,9 @@ impl<'a> Cursor<'a> {
                 let n = self.count(min_size, "elements", what)?;
                 let mut items = Vec::with_capacity(n);
                 for i in 0..n {
-                    items.push(self.value(ety, depth + 1, &|| {
-                        format!("element {i} of {}", what())
-                    })?);
+                    items.push(
+                        self.value(ety, depth + 1, &|| format!("element {i} of {}", what()))?,
+                    );
                 }
                 Value::Array(items)
             }
@@ -233,8 +233,9 @@ pub(super) fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
     let check_tensor_count = |c: &Cursor| match usize::try_from(n_tensors) {
         Ok(n) if n <= c.left() / MIN_TENSOR_INFO_BYTES => Ok(n),
         _ => Err(c.err(format!(
-            "the header claims {n_tensors} tensors, but the {} bytes left after the metadata \
-             hold at most {}: {DAMAGED}",
+            "the header claims {n_tensors} tensors, but only {} bytes are left after the \
+             metadata (room for at most {}): the file is truncated or damaged; download or \
+             convert it again",
             c.left(),
             c.left() / MIN_TENSOR_INFO_BYTES
         ))),
@@ -247,10 +248,9 @@ pub(super) fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
         let what = || format!("the value of metadata key `{key}`");
         let ty = c.u32(&|| format!("the value type of metadata key `{key}`"))?;
         let value = c.value(ty, 0, &what)?;
-        if keys.insert(key.clone(), i).is_some() {
+        if let Some(first) = keys.insert(key.clone(), i) {
             return Err(c.err(format!(
-                "metadata key `{key}` appears twice (entries {} and {i}): {DAMAGED}",
-                keys[&key]
+                "metadata key `{key}` appears twice (entries {first} and {i}): {DAMAGED}"
             )));
         }
         metadata.push((key, value));
@@ -323,7 +323,9 @@ fn tensor_info(c: &mut Cursor, name: String, alignment: usize) -> Result<TensorI
     let mut shape = Vec::with_capacity(n_dims as usize);
     for d in 0..n_dims {
         let dim = c.u64(&|| format!("dim {d} of tensor `{name}`"))?;
-        let dim = usize::try_from(dim).ok().filter(|&d| d <= i64::MAX as usize);
+        let dim = usize::try_from(dim)
+            .ok()
+            .filter(|&d| d <= i64::MAX as usize);
         shape.push(dim.ok_or_else(|| {
             c.err(format!(
                 "tensor `{name}`'s dim {d} is too large for this machine: {DAMAGED}"

@@ -72,7 +72,8 @@ impl GgufWriter {
         ty: GgmlType,
         bytes: Vec<u8>,
     ) -> Result<()> {
-        let bad = |detail: String| Error::shape("GgufWriter::add_tensor", format!("`{name}`: {detail}"));
+        let bad =
+            |detail: String| Error::shape("GgufWriter::add_tensor", format!("`{name}`: {detail}"));
         if self.names.contains_key(name) {
             return Err(bad("a tensor of this name was already added".into()));
         }

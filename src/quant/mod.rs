@@ -212,7 +212,11 @@ impl std::fmt::Display for GgmlType {
 
 /// The names of `types`, comma-separated, for messages.
 pub(crate) fn names(types: &[GgmlType]) -> String {
-    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    types
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check that `bytes` holds exactly `n` elements of `ty`.
@@ -456,7 +460,39 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
             ))
         }
     }
+    if ty.block_len() > 1 {
+        check_scales(ty, values, &out)?;
+    }
     Ok(out)
+}
+
+/// The blocks' f16 scales (`d`, and Q4_K's `dmin`) are finite: values too large for the type
+/// would otherwise be written as infinite scales.
+fn check_scales(ty: GgmlType, values: &[f32], out: &[u8]) -> Result<()> {
+    let fields: &[usize] = if ty == GgmlType::Q4_K { &[0, 2] } else { &[0] };
+    for (i, b) in out.chunks_exact(ty.block_bytes()).enumerate() {
+        if fields
+            .iter()
+            .any(|&o| !f16::from_le_bytes([b[o], b[o + 1]]).is_finite())
+        {
+            let block = &values[i * ty.block_len()..(i + 1) * ty.block_len()];
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            return Err(Error::invalid(
+                "values to quantize",
+                format!("block {i} (largest magnitude {amax})"),
+                format!(
+                    "values small enough for {ty}'s f16 scales (under about {}); scale the \
+                     tensor down or store it as f16, bf16 or f32",
+                    match ty {
+                        GgmlType::Q8_0 => "8.3e6",
+                        GgmlType::Q4_0 => "5.2e5",
+                        _ => "3e7",
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// f32 to bf16 as ggml's `ggml_compute_fp32_to_bf16`: NaN made quiet, otherwise round to
@@ -529,6 +565,16 @@ mod tests {
         let e = quantize(GgmlType::Q4_0, &[f32::NAN; 32]).unwrap_err();
         assert!(e.to_string().contains("finite"), "{e}");
         assert!(quantize(GgmlType::F16, &[f32::NAN]).is_ok());
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K] {
+            let mut v = vec![0.5f32; ty.block_len() * 2];
+            v[ty.block_len() + 3] = 1e9;
+            let e = quantize(ty, &v).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("block 1 (largest magnitude 1000000000)"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

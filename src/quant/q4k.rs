@@ -109,7 +109,11 @@ pub fn quantize_block(x: &[f32; QK_K]) -> [u8; 144] {
     }
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
 
     let mut b = [0u8; 144];
