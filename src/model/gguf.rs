@@ -95,14 +95,11 @@ const GPT2_STEM: &[(&str, &str)] = &[
     ("output_norm.bias", "ln_f.bias"),
 ];
 
+/// (GGUF name, checkpoint name) pairs.
+type NameTable = &'static [(&'static str, &'static str)];
+
 /// A family's tables: stem, block, and the checkpoint's block prefix.
-fn tables(
-    config: &ModelConfig,
-) -> (
-    &'static [(&'static str, &'static str)],
-    &'static [(&'static str, &'static str)],
-    &'static str,
-) {
+fn tables(config: &ModelConfig) -> (NameTable, NameTable, &'static str) {
     match config {
         ModelConfig::Gpt2(_) => (GPT2_STEM, GPT2_BLOCK, "h."),
         ModelConfig::Llama(_) => (LLAMA_STEM, LLAMA_BLOCK, "model.layers."),
