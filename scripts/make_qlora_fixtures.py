@@ -12,8 +12,8 @@ linear layer, A and B non-zero) and the batch of their expected.json:
   llama_gqa_q8_0   tests/fixtures/tiny_llama/llama_gqa: q/k/v/o, gate/up/down as Q8_0
   qwen2_q4_0       tests/fixtures/tiny_llama/qwen2:     the same as Q4_0 (q/k/v biases stay f32)
 
-Only the blocks' linear weights are quantized (what `--quantize` does); embeddings, norms, biases
-and the LM head stay f32. Each <case>.json holds generated_by, case (the tiny_llama folder),
+What `--quantize` quantizes for the Llama family is quantized: the blocks' linear weights, the token
+embedding and an untied LM head; norms and biases stay f32. Each <case>.json holds generated_by, case (the tiny_llama folder),
 quant (the ggml type's name), logits, loss, grads (the gradients of every lora_A and lora_B,
 keyed like make_llama_fixtures.py), adamw and losses (5 AdamW steps, as make_fixtures.py), and
 unquantized_loss (the same adapter on the f32 base, to show the quantization matters).
@@ -52,16 +52,23 @@ def load_base(model_dir):
                                                 attn_implementation="eager").eval()
 
 
-def quantize_linears(model, qtype):
-    """Replace each block linear weight (out, in) by its ggml round trip, blocks along `in`."""
+def quantize_weights(model, qtype):
+    """Replace each linear weight (out, in) of the blocks, the token embedding (vocab, hidden) and
+    an untied LM head by their ggml round trip, blocks along the rows."""
+    def round_trip(weight):
+        w = weight.detach().numpy().astype(np.float32)
+        q = gguf.quants.quantize(w, qtype)
+        weight.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(w.shape)))
+
     n = 0
     with torch.no_grad():
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-                w = mod.weight.detach().numpy().astype(np.float32)
-                q = gguf.quants.quantize(w, qtype)
-                mod.weight.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype).reshape(w.shape)))
+                round_trip(mod.weight)
                 n += 1
+        round_trip(model.get_input_embeddings().weight)
+        if not model.config.tie_word_embeddings:
+            round_trip(model.get_output_embeddings().weight)
     assert n > 0
     return model
 
@@ -102,7 +109,7 @@ def make_case(name, folder, qtype):
     B, T = ref["batch"], ref["seq_len"]
     inputs = torch.tensor(ref["inputs"]).reshape(B, T)
     targets = torch.tensor([t if t >= 0 else -100 for t in ref["targets"]]).reshape(B, T)
-    base = quantize_linears(load_base(case_dir / "model"), qtype)
+    base = quantize_weights(load_base(case_dir / "model"), qtype)
     logits, loss, grads, losses = run(case_dir, base, inputs, targets, ref["adamw"])
     _, unquantized, _, _ = run(case_dir, load_base(case_dir / "model"), inputs, targets, ref["adamw"])
     assert abs(loss - unquantized) > 1e-5, f"{name}: quantizing changes nothing"

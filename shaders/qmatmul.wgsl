@@ -14,6 +14,8 @@
 //               in nn.Linear's (out, in) layout, and the LM head's h · Eᵀ
 //   qmatmul_nn  C (M, N) = A (M, K) · Q, Q (K, N): the input gradient of the same layers, dy · W
 //   bias: (N,); each thread computes a 4 x 4 block of C with no workgroup memory.
+//   qmatmul_rows  C[i, :] = Q[ids[i] - v0, :] for ids in v0 .. v0 + K (the token embedding, one
+//                 vocabulary shard of K rows of N), 0 otherwise, or added with FLAG_ACCUMULATE.
 
 struct Params {
     m: u32,
@@ -23,7 +25,7 @@ struct Params {
     cols: u32,      // Q's row length (K for qmatmul_nt, N for qmatmul_nn)
     scales: u32,    // first word of the scale region (Q8_0, Q4_0)
     alpha: f32,
-    _pad: u32,
+    v0: u32,        // qmatmul_rows: the shard's first vocabulary row
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -40,6 +42,7 @@ override FORMAT: u32 = Q8_0;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> ids: array<u32>;
 
 // The four bytes of w as signed 8-bit integers, lowest first.
 fn bytes_i8(w: u32) -> vec4<f32> {
@@ -169,4 +172,30 @@ fn qmatmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             }
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn qmatmul_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = ((wid.x + wid.y * nwg.x) * 64u + lid) * 4u;
+    if e >= p.m * p.n {
+        return;
+    }
+    let row = e / p.n;
+    let col = e % p.n;
+    let id = ids[row];
+    var v = vec4<f32>(0.0);
+    if id >= p.v0 && id - p.v0 < p.k {
+        v = load4(id - p.v0, col);
+    }
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        v += vec4<f32>(c[e], c[e + 1u], c[e + 2u], c[e + 3u]);
+    }
+    c[e] = v.x;
+    c[e + 1u] = v.y;
+    c[e + 2u] = v.z;
+    c[e + 3u] = v.w;
 }

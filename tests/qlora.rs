@@ -152,10 +152,26 @@ fn qlora_training_matches_peft_and_lowers_the_loss() {
     }
 }
 
-/// `host` with every linear weight of the blocks replaced by its round trip through `ty`
-/// (quantized along the input, as the GPU stores it): the f32 model the quantized one computes.
+/// The round trip of `w` (rows of the last dimension) through `ty`.
+fn round_trip(w: &[f32], ty: GgmlType) -> Vec<f32> {
+    let q = quant::quantize(ty, w).unwrap();
+    quant::dequantize(ty, &q, w.len()).unwrap()
+}
+
+/// The tables `--quantize` quantizes besides the blocks' linear layers: a Llama-family model's
+/// token embedding and untied LM head (GPT-2 adds a learned position table to its embedding,
+/// which stays f32).
+const TABLES: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
+
+/// `host` with every weight that `--quantize` quantizes replaced by its round trip through `ty`
+/// (blocks along the input, as the GPU stores them): the f32 model the quantized one computes.
 fn dequantized(config: &ModelConfig, host: &HostWeights, ty: GgmlType) -> HostWeights {
     let (def, mut out) = (config, host.clone());
+    for name in TABLES {
+        if let Some(w) = host.get(name) {
+            out.insert(name.to_string(), round_trip(w, ty));
+        }
+    }
     for layer in 0..def.num_layers() {
         for (site, d_in, d_out) in def.linear_layers() {
             let name = format!("{}.weight", def.module_path(layer, site));
@@ -166,8 +182,7 @@ fn dequantized(config: &ModelConfig, host: &HostWeights, ty: GgmlType) -> HostWe
             } else {
                 w.clone()
             };
-            let q = quant::quantize(ty, &out_in).unwrap();
-            let back = quant::dequantize(ty, &q, out_in.len()).unwrap();
+            let back = round_trip(&out_in, ty);
             let back = if def.fan_in_fan_out() {
                 transpose(&back, d_out, d_in)
             } else {
@@ -275,7 +290,7 @@ fn qlora_greedy_generation_equals_the_dequantized_model() {
     }
 }
 
-/// The blocks' linear weights take the formats' sizes; everything else stays f32.
+/// The blocks' linear weights and the embedding take the formats' sizes; the rest stays f32.
 #[test]
 fn qlora_weights_take_the_formats_memory() {
     let g = gpu();
@@ -285,6 +300,12 @@ fn qlora_weights_take_the_formats_memory() {
         .flat_map(|_| config.linear_layers())
         .map(|(_, i, o)| i * o)
         .sum();
+    let tables: usize = TABLES
+        .iter()
+        .filter_map(|n| host.get(*n))
+        .map(Vec::len)
+        .sum();
+    let quantized = linear + tables;
     for &ty in FORMATS {
         let q = Transformer::upload_with(g, &config, &host, WeightStorage::Quant(ty)).unwrap();
         let bits = match ty {
@@ -292,7 +313,7 @@ fn qlora_weights_take_the_formats_memory() {
             GgmlType::Q4_0 | GgmlType::Q4_K => 4.5,
             _ => unreachable!(),
         };
-        let want = f32_model.allocated_bytes() as f64 - linear as f64 * (4.0 - bits / 8.0);
+        let want = f32_model.allocated_bytes() as f64 - quantized as f64 * (4.0 - bits / 8.0);
         assert_eq!(q.allocated_bytes() as f64, want, "{}", ty.name());
     }
 }

@@ -139,3 +139,28 @@ fn qmatmul_refuses_what_it_cannot_read() {
     let e = matmul(g, &c, &a, &t, None, &op).unwrap_err().to_string();
     assert!(e.contains("[2, 32]") && e.contains("[4, 32]"), "{e}");
 }
+
+#[test]
+fn qmatmul_rows_gathers_the_embedding_over_shards() {
+    let g = gpu();
+    for (i, &ty) in FORMATS.iter().enumerate() {
+        let (c, rows) = (ty.block_len() * 2, [5, 3]);
+        let vocab = rows[0] + rows[1];
+        let table = random_blocks(ty, vocab, c, 50 + i as u64);
+        let split = rows[0] * c / ty.block_len() * ty.block_bytes();
+        let shards = [
+            qmatmul::upload(g, "e0", ty, &table[..split], [rows[0], c]).unwrap(),
+            qmatmul::upload(g, "e1", ty, &table[split..], [rows[1], c]).unwrap(),
+        ];
+        let ids: Vec<u32> = vec![0, 7, 4, 5, 1, 6, 6, 3, 2];
+        let tids = g.upload_u32("ids", &ids, &[ids.len()]).unwrap();
+        let out = g
+            .upload("out", &random(ids.len() * c, 3), &[ids.len(), c])
+            .unwrap();
+        let ds = qmatmul::embedding(g, &out, &tids, &[&shards[0], &shards[1]]).unwrap();
+        g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
+        let mut want = vec![0.0; ids.len() * c];
+        cpu::qmatmul::embedding(&mut want, &ids, &table, ty, c).unwrap();
+        assert_close(&g.download(&out).unwrap(), &want, 1e-7, 1e-6, ty.name());
+    }
+}

@@ -18,3 +18,13 @@ pub fn qmatmul(
     super::matmul::matmul(c, a, &w, bias, op);
     Ok(())
 }
+
+/// `out[i] = table[ids[i]]` with the table (vocab, c) given as ggml's blocks of `ty`.
+pub fn embedding(out: &mut [f32], ids: &[u32], table: &[u8], ty: GgmlType, c: usize) -> Result<()> {
+    let rows = table.len() / ty.block_bytes() * ty.block_len() / c;
+    let t = quant::dequantize(ty, table, rows * c)?;
+    for (o, &id) in out.chunks_exact_mut(c).zip(ids) {
+        o.copy_from_slice(&t[id as usize * c..(id as usize + 1) * c]);
+    }
+    Ok(())
+}

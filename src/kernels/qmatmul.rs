@@ -44,8 +44,12 @@ pub const NN: KernelDef = KernelDef::new(
 )
 .quant(2);
 
+/// C[i, :] = Q[ids[i] - v0, :]: the token embedding from one quantized vocabulary shard.
+pub const ROWS: KernelDef =
+    KernelDef::new(&SHADER, "qmatmul_rows", &[(6, R), (2, R), (4, W)], PARAMS).quant(2);
+
 /// Every kernel of this file.
-pub const KERNELS: &[&KernelDef] = &[&NT, &NN];
+pub const KERNELS: &[&KernelDef] = &[&NT, &NN, &ROWS];
 
 /// Mirrors `struct Params` in qmatmul.wgsl.
 #[repr(C)]
@@ -58,7 +62,7 @@ struct Params {
     cols: u32,
     scales: u32,
     alpha: f32,
-    _pad: u32,
+    v0: u32,
 }
 
 /// The value of qmatmul.wgsl's `FORMAT` override for `ty`.
@@ -302,7 +306,7 @@ pub(crate) fn qmatmul(
         cols: u32_of("cols", cols)?,
         scales: u32_of("scales", scale_word(ty, q.len()))?,
         alpha: op.alpha,
-        _pad: 0,
+        v0: 0,
     };
     let format = format_id(ty).expect("a quantized tensor holds a GPU format");
     let kernel = if op.trans_b { &NT } else { &NN };
@@ -319,4 +323,60 @@ pub(crate) fn qmatmul(
         &[a, q, bias, c],
         grid,
     )
+}
+
+/// The token embedding from quantized vocabulary shards (consecutive rows of the table, each
+/// `(rows_i, c)`): `out[i] = table[ids[i]]`, one dispatch per shard.
+///   out: (N, c)   ids: (N,) u32
+pub fn embedding(
+    gpu: &Gpu,
+    out: &Tensor,
+    ids: &Tensor,
+    shards: &[&Tensor],
+) -> Result<Vec<Dispatch>> {
+    const OP: &str = "qmatmul::embedding";
+    let Some(first) = shards.first() else {
+        return Err(Error::shape(OP, "no embedding shard"));
+    };
+    let c = first.shape()[1];
+    let n = ids.len();
+    expect_len(OP, "out", out, n * c)?;
+    let mut v0 = 0usize;
+    let mut dispatches = Vec::with_capacity(shards.len());
+    for (i, shard) in shards.iter().enumerate() {
+        let Dtype::Quant(ty) = shard.dtype() else {
+            return Err(Error::shape(
+                OP,
+                format!("{} is not quantized", shard.name()),
+            ));
+        };
+        let rows = shard.shape()[0];
+        if shard.shape() != [rows, c] || !c.is_multiple_of(4) {
+            return Err(Error::shape(
+                OP,
+                format!("shard {i} is {:?}, expected rows of {c}", shard.shape()),
+            ));
+        }
+        let params = Params {
+            m: u32_of("tokens", n)?,
+            n: u32_of("C", c)?,
+            k: u32_of("rows", rows)?,
+            flags: if i == 0 { 0 } else { 2 },
+            cols: u32_of("C", c)?,
+            scales: u32_of("scales", scale_word(ty, shard.len()))?,
+            alpha: 1.0,
+            v0: u32_of("vocab", v0)?,
+        };
+        let format = format_id(ty).expect("a quantized tensor holds a GPU format");
+        let grid = crate::gpu::groups_1d(groups(n * c / 4, 64)?);
+        dispatches.push(gpu.dispatch(
+            &ROWS,
+            &[("FORMAT", format)],
+            &params,
+            &[ids, shard, out],
+            grid,
+        )?);
+        v0 += rows;
+    }
+    Ok(dispatches)
 }

@@ -146,6 +146,18 @@ impl Transformer {
                 .transpose()?;
             Ok(Dense { w: weight, b: bias })
         };
+        let names = config.stem_names();
+        // The embedding (and LM head) are quantized with the linear layers where the table's
+        // rows are whole blocks and no learned position table is added to them (the Llama
+        // family): they are a fifth of a 1B model's weights.
+        let quant_embed = match storage {
+            WeightStorage::Quant(ty)
+                if names.positions.is_none() && c.is_multiple_of(ty.block_len()) =>
+            {
+                Some(ty)
+            }
+            _ => None,
+        };
         let shards = |name: &str| -> Result<Vec<Tensor>> {
             let rows_fit = (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
             let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size());
@@ -163,7 +175,12 @@ impl Transformer {
             all.chunks(shard_rows * c)
                 .enumerate()
                 .map(|(i, rows)| {
-                    gpu.upload(&format!("{name}[shard {i}]"), rows, &[rows.len() / c, c])
+                    let shard = format!("{name}[shard {i}]");
+                    let shape = [rows.len() / c, c];
+                    match quant_embed {
+                        Some(ty) => qmatmul::quantize_upload(gpu, &shard, ty, rows, shape),
+                        None => gpu.upload(&shard, rows, &shape),
+                    }
                 })
                 .collect()
         };
@@ -185,7 +202,6 @@ impl Transformer {
                 .collect::<Result<Vec<_>>>()?;
             blocks.push(Block { norms, linears });
         }
-        let names = config.stem_names();
         Ok(Transformer {
             embed: shards(names.embed)?,
             wpe: names
@@ -273,6 +289,11 @@ impl Transformer {
             + self.wpe.as_ref().map_or(0, Tensor::bytes)
             + blocks
             + self.norm_f.bytes()
+    }
+
+    /// Whether the token embedding (and the LM head) is stored quantized.
+    pub(crate) fn embed_quantized(&self) -> bool {
+        matches!(self.embed[0].dtype(), Dtype::Quant(_))
     }
 
     /// The LM head's shards (the embedding's when tied).

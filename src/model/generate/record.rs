@@ -10,6 +10,7 @@ use crate::kernels::dora::{self, DoraShape};
 use crate::kernels::dropout::Dropout;
 use crate::kernels::lora::{self as lk, LoraShape};
 use crate::kernels::matmul::{matmul, MatmulOp};
+use crate::kernels::qmatmul;
 use crate::kernels::rope::{self, RopeShape};
 use crate::lora::Linear;
 use crate::model::block::{self, Act, BlockRecorder, Dense, Op, Place};
@@ -45,7 +46,12 @@ impl Generator {
         let mut rec = Recording::new();
         let wte: Vec<&Tensor> = model.embed.iter().collect();
         let wpe = model.wpe.as_ref();
-        for d in decode::embedding(gpu, &res[0], &a.pos, &tokens, &wte, wpe, c)? {
+        let embed = if model.embed_quantized() {
+            qmatmul::embedding(gpu, &res[0], &tokens, &wte)?
+        } else {
+            decode::embedding(gpu, &res[0], &a.pos, &tokens, &wte, wpe, c)?
+        };
+        for d in embed {
             rec.push(d);
         }
         for (l, weights) in model.blocks.iter().enumerate() {
@@ -56,7 +62,7 @@ impl Generator {
         rec.push(decode::copy_row(gpu, &a.last, last, n - 1, c)?);
         rec.push(model.final_norm(gpu, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.last)?);
         for (shard, (shard_rows, out)) in model.head_shards().iter().zip(&a.logit_views) {
-            if c.is_multiple_of(4) {
+            if c.is_multiple_of(4) && !matches!(shard.dtype(), Dtype::Quant(_)) {
                 rec.push(decode::gemv_rows(gpu, out, &a.lnf, shard, c, *shard_rows)?);
             } else {
                 rec.push(matmul(

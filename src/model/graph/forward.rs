@@ -7,8 +7,8 @@ use crate::error::Result;
 use crate::gpu::{Recording, Tensor};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::cross_entropy as ce;
-use crate::kernels::embedding;
 use crate::kernels::rope::{self, RopeShape};
+use crate::kernels::{embedding, qmatmul};
 use crate::lora::Linear;
 use crate::model::block::{self, Act, BlockRecorder, BlockWeights, Dense};
 use crate::model::Transformer;
@@ -110,7 +110,12 @@ pub(super) fn record(r: &mut TrainRecorder, model: &Transformer) -> Result<Recor
     let wte: Vec<&Tensor> = model.embed.iter().collect();
     let res0 = &plan.blocks[0].acts[model.block.input];
     let wpe = model.wpe.as_ref();
-    for d in embedding::forward(gpu, res0, &plan.tokens, &wte, wpe, plan.t, c)? {
+    let embed = if model.embed_quantized() {
+        qmatmul::embedding(gpu, res0, &plan.tokens, &wte)?
+    } else {
+        embedding::forward(gpu, res0, &plan.tokens, &wte, wpe, plan.t, c)?
+    };
+    for d in embed {
         fwd.push(d);
     }
     for (l, weights) in model.blocks.iter().enumerate() {
