@@ -381,6 +381,17 @@ fn info_cmd(model: &str, adapter: Option<&Path>, lora: &LoraArgs) -> Result<()> 
         cfg.max_positions(),
         cfg.vocab_size()
     );
+    if let ModelSource::Gguf(path) = &source {
+        let types = lora_wgpu::model::gguf::GgufModel::open(path)?.type_counts();
+        let types: Vec<String> = types
+            .iter()
+            .map(|(ty, n, bytes)| match *bytes as f64 / 1024.0 {
+                kib if kib < 1024.0 => format!("{ty} {n} ({kib:.1} KiB)"),
+                kib => format!("{ty} {n} ({:.1} MiB)", kib / 1024.0),
+            })
+            .collect();
+        println!("GGUF tensors by type: {}", types.join(", "));
+    }
     println!(
         "LoRA r={} alpha={} (scale {}) dropout={}{} targets={}{}",
         lora.r,

@@ -10,6 +10,7 @@
 pub(crate) mod block;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod graph;
 pub mod llama;
@@ -22,4 +23,4 @@ pub use gpt2::Gpt2Config;
 pub use graph::{MicroBatch, OptimizerState, StepStats, TrainGraph};
 pub use llama::LlamaConfig;
 pub use source::{Model, ModelSource};
-pub use transformer::{HostWeights, ToConfig, Transformer, WeightStorage};
+pub use transformer::{HostWeights, QuantWeights, ToConfig, Transformer, WeightStorage};

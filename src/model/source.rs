@@ -1,15 +1,18 @@
 //! Where a model comes from, and a loaded model: shape, weights on the GPU, tokenizer.
 //!
-//! `--model` accepts a local Hugging Face directory, `tiny` (the built-in demo model),
-//! `random:<shape>` (random weights in a preset shape, for benchmarks), or a Hugging Face hub id
-//! (`gpt2`, `openai-community/gpt2`). A hub id never falls back to random weights.
+//! `--model` accepts a local Hugging Face directory, a GGUF file (`model.gguf`, llama.cpp's
+//! format: [`super::gguf`]), `tiny` (the built-in demo model), `random:<shape>` (random weights
+//! in a preset shape, for benchmarks), or a Hugging Face hub id (`gpt2`,
+//! `openai-community/gpt2`). A hub id never falls back to random weights.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{gpt2, llama, HostWeights, ModelConfig, Transformer, WeightStorage};
+use super::gguf::{is_gguf_path, GgufModel};
+use super::{gpt2, llama, HostWeights, ModelConfig, QuantWeights, Transformer, WeightStorage};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::qmatmul;
 use crate::tokenizer::{special_tokens, SpecialTokens, Tokenizer};
 
 /// Seed of the built-in `tiny` model's random weights (fixed, so `tiny` is always the same
@@ -34,6 +37,8 @@ pub enum ModelSource {
     Random(String),
     /// A Hugging Face hub id such as `openai-community/gpt2`.
     Hub(String),
+    /// A GGUF model file (llama.cpp's format): shape, tokenizer and weights in one file.
+    Gguf(PathBuf),
 }
 
 impl ModelSource {
@@ -52,6 +57,15 @@ impl ModelSource {
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(ModelSource::Dir(path.to_path_buf()));
+        }
+        if is_gguf_path(path) {
+            if path.is_file() {
+                return Ok(ModelSource::Gguf(path.to_path_buf()));
+            }
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "GGUF file not found"),
+            });
         }
         if spec == "tiny" {
             return Ok(ModelSource::Tiny);
@@ -114,7 +128,7 @@ impl ModelSource {
                 Ok(Some(d.clone()))
             }
             ModelSource::Hub(id) => hub::download(id).map(Some),
-            ModelSource::Tiny | ModelSource::Random(_) => Ok(None),
+            ModelSource::Tiny | ModelSource::Random(_) | ModelSource::Gguf(_) => Ok(None),
         }
     }
 
@@ -123,6 +137,7 @@ impl ModelSource {
         match self {
             ModelSource::Tiny => ModelConfig::named("tiny"),
             ModelSource::Random(shape) => ModelConfig::named(shape),
+            ModelSource::Gguf(path) => Ok(GgufModel::open(path)?.config),
             _ => {
                 let dir = self.local_dir()?.expect("a directory-backed model");
                 ModelConfig::from_file(&dir.join("config.json"))
@@ -139,6 +154,7 @@ impl ModelSource {
         match self {
             ModelSource::Tiny => Ok(random(TINY_SEED)),
             ModelSource::Random(_) => Ok(random(RANDOM_SEED)),
+            ModelSource::Gguf(path) => GgufModel::open(path)?.host_weights(),
             _ => {
                 let dir = self.local_dir()?.expect("a directory-backed model");
                 load_weights(&dir, config)
@@ -147,13 +163,17 @@ impl ModelSource {
     }
 
     /// The model's tokenizer: its directory's tokenizer.json (GPT-2's bundled one for a GPT-2
-    /// directory without one; a Llama-family directory must have its own).
+    /// directory without one; a Llama-family directory must have its own); a GGUF file's
+    /// [`GgufModel::tokenizer`].
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         self.tokenizer_for(&self.config()?)
     }
 
     /// [`ModelSource::tokenizer`] for a model whose config is already read.
     pub(crate) fn tokenizer_for(&self, config: &ModelConfig) -> Result<Tokenizer> {
+        if let ModelSource::Gguf(path) = self {
+            return GgufModel::open(path)?.tokenizer();
+        }
         match self.local_dir()? {
             Some(dir) => {
                 let file = dir.join("tokenizer.json");
@@ -176,8 +196,8 @@ impl ModelSource {
 }
 
 impl ModelSource {
-    /// The model's special tokens: from its directory's config files, else from its config
-    /// (GPT-2's `<|endoftext|>` is both its beginning and end). Ids outside the model's
+    /// The model's special tokens: from its directory's config files or its GGUF metadata,
+    /// else from its config (GPT-2's `<|endoftext|>` is both its beginning and end). Ids outside the model's
     /// vocabulary (a tokenizer that is not the model's own) are left out.
     pub fn special_tokens(&self, config: &ModelConfig, tok: &Tokenizer) -> Result<SpecialTokens> {
         let mut special = self.declared_special_tokens(config, tok)?;
@@ -193,6 +213,9 @@ impl ModelSource {
         config: &ModelConfig,
         tok: &Tokenizer,
     ) -> Result<SpecialTokens> {
+        if let ModelSource::Gguf(path) = self {
+            return GgufModel::open(path)?.special_tokens();
+        }
         if let Some(dir) = self.local_dir()? {
             let mut special = special_tokens(&dir, tok)?;
             if special.eos.is_empty() && matches!(config, ModelConfig::Gpt2(_)) {
@@ -220,6 +243,7 @@ impl fmt::Display for ModelSource {
             ModelSource::Tiny => write!(f, "tiny (built-in demo model, random weights)"),
             ModelSource::Random(s) => write!(f, "random:{s} (random weights, not pretrained)"),
             ModelSource::Hub(id) => write!(f, "{id} (Hugging Face hub)"),
+            ModelSource::Gguf(p) => write!(f, "{}", p.display()),
         }
     }
 }
@@ -264,7 +288,9 @@ impl Model {
         Self::from_source_with(gpu, source, WeightStorage::F32)
     }
 
-    /// [`Model::from_source`] with the weights stored as `storage` says.
+    /// [`Model::from_source`] with the weights stored as `storage` says. A GGUF file's linear
+    /// weights of a type the GPU kernels read ([`qmatmul::FORMATS`]) are uploaded in their
+    /// blocks as they are, whatever `storage` says; its other tensors are dequantized first.
     pub fn from_source_with(
         gpu: &Gpu,
         source: ModelSource,
@@ -273,8 +299,12 @@ impl Model {
         let config = source.config()?;
         config.validate()?;
         let tokenizer = source.tokenizer_for(&config)?;
-        let host = source.host_weights(&config)?;
-        let transformer = Transformer::upload_with(gpu, &config, &host, storage)?;
+        // A GGUF file's linear weights in a format the kernels read stay in their blocks.
+        let (host, quant) = match &source {
+            ModelSource::Gguf(path) => GgufModel::open(path)?.weights(qmatmul::supported)?,
+            _ => (source.host_weights(&config)?, QuantWeights::new()),
+        };
+        let transformer = Transformer::upload_quant(gpu, &config, &host, &quant, storage)?;
         let special = source.special_tokens(&config, &tokenizer)?;
         Ok(Model {
             source,

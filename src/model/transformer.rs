@@ -18,6 +18,10 @@ use crate::quant::GgmlType;
 /// Host weights by checkpoint name, f32.
 pub type HostWeights = BTreeMap<String, Vec<f32>>;
 
+/// Linear weights already in ggml blocks, by checkpoint name: (type, bytes), `[out, in]` with
+/// the blocks along each row (a GGUF file's quantized weights, see [`super::gguf`]).
+pub type QuantWeights = BTreeMap<String, (GgmlType, Vec<u8>)>;
+
 /// Most vocabulary rows per embedding / LM-head shard (and per logits chunk of the fused
 /// classifier).
 const MAX_SHARD_ROWS: usize = 4096;
@@ -95,6 +99,20 @@ impl Transformer {
         w: &HostWeights,
         storage: WeightStorage,
     ) -> Result<Self> {
+        Self::upload_quant(gpu, config, w, &QuantWeights::new(), storage)
+    }
+
+    /// [`Transformer::upload_with`] where the linear weights in `quant` (of types
+    /// [`qmatmul::supported`]) are uploaded in their blocks as they are, whatever `storage`
+    /// says, and need not be in `w`: a GGUF file's quantized weights are never expanded to f32
+    /// and quantized again.
+    pub fn upload_quant(
+        gpu: &Gpu,
+        config: &impl ToConfig,
+        w: &HostWeights,
+        quant: &QuantWeights,
+        storage: WeightStorage,
+    ) -> Result<Self> {
         let config = config.to_config();
         config.validate()?;
         let c = config.hidden_size();
@@ -115,8 +133,13 @@ impl Transformer {
         let linear = |layer: usize, site: Linear, d_in: usize, d_out: usize| -> Result<Dense> {
             let path = config.module_path(layer, site);
             let w_name = format!("{path}.weight");
-            let values = host(&w_name)?;
-            let weight = upload_linear(gpu, &config, &w_name, values, d_in, d_out, storage)?;
+            let weight = match quant.get(&w_name) {
+                Some((ty, bytes)) => qmatmul::upload(gpu, &w_name, *ty, bytes, [d_out, d_in])?,
+                None => {
+                    let values = host(&w_name)?;
+                    upload_linear(gpu, &config, &w_name, values, d_in, d_out, storage)?
+                }
+            };
             let bias = config
                 .linear_bias(site)
                 .then(|| get(&format!("{path}.bias"), &[d_out]))

@@ -83,6 +83,14 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// A tokenizer from the text of a Hugging Face `tokenizer.json` document.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| tok_err("not a usable tokenizer.json document", e))?;
+        Ok(Tokenizer { inner })
+    }
+
     /// The model directory's `tokenizer.json` when it has one, else GPT-2's.
     pub fn for_model_dir(dir: &Path) -> Result<Self> {
         let file = dir.join("tokenizer.json");
