@@ -341,8 +341,7 @@ fn qlora_refuses_what_quantized_weights_cannot_do() {
         ..LoraConfig::default()
     };
     let e = TrainGraph::new(g, &q, &lora, None, 0, 1, 8, &AdamW::default())
-        .err()
-        .expect("DoRA on a quantized base is refused")
+        .expect_err("DoRA on a quantized base is refused")
         .to_string();
     assert!(e.contains("DoRA") && e.contains("q8_0"), "{e}");
 }

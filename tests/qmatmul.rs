@@ -74,7 +74,7 @@ fn qmatmul_forward_every_format() {
 fn qmatmul_input_grad_every_format() {
     for (i, &ty) in FORMATS.iter().enumerate() {
         let bl = ty.block_len();
-        for (j, &(m, n, k)) in [(1, bl, 5), (6, 2 * bl, 33), (37, 3 * bl, 70)]
+        for (j, &(m, n, k)) in [(1, bl, 5), (6, 2 * bl, 33), (5, bl, 64), (37, 3 * bl, 70)]
             .iter()
             .enumerate()
         {

@@ -39,7 +39,7 @@ pub const NT: KernelDef = KernelDef::new(
 pub const NN: KernelDef = KernelDef::new(
     &SHADER,
     "qmatmul_nn",
-    &[(1, R), (2, R), (3, R), (4, W)],
+    &[(1, R), (5, R), (2, R), (3, R), (4, W)],
     PARAMS,
 )
 .quant(2);
@@ -309,20 +309,19 @@ pub(crate) fn qmatmul(
         v0: 0,
     };
     let format = format_id(ty).expect("a quantized tensor holds a GPU format");
-    let kernel = if op.trans_b { &NT } else { &NN };
     let grid = if m == 0 || n == 0 {
         [0, 0, 0]
     } else {
         [groups(n, 256)?, groups(m, 4)?, 1]
     };
     let bias = bias.unwrap_or(gpu.dummy());
-    gpu.dispatch(
-        kernel,
-        &[("FORMAT", format)],
-        &params,
-        &[a, q, bias, c],
-        grid,
-    )
+    let constants = [("FORMAT", format)];
+    if op.trans_b {
+        gpu.dispatch(&NT, &constants, &params, &[a, q, bias, c], grid)
+    } else {
+        // A is read as scalars and, where K is a multiple of 4, as vec4.
+        gpu.dispatch(&NN, &constants, &params, &[a, a, q, bias, c], grid)
+    }
 }
 
 /// The token embedding from quantized vocabulary shards (consecutive rows of the table, each
