@@ -262,6 +262,17 @@ impl GgufModel {
             })
             .map(|(l, site)| format!("{}.weight", cfg.module_path(l, site)))
             .collect();
+        // The embedding and an untied head pass through too where the GPU reads them quantized:
+        // a model without a learned position table (see `Transformer::upload_quant`).
+        let stem = cfg.stem_names();
+        let tables: BTreeSet<String> = if stem.positions.is_none() {
+            std::iter::once(stem.embed)
+                .chain(stem.head)
+                .map(str::to_string)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let (mut host, mut quant) = (HostWeights::new(), QuantWeights::new());
         for (name, shape) in checkpoint_shapes(cfg) {
             let g = gguf_name(cfg, &name).expect("every checkpoint tensor has a GGUF name");
@@ -271,7 +282,9 @@ impl GgufModel {
                 .expect("checked when the file was opened");
             let data = self.file.data(t);
             let rows = shape[0];
-            if linear.contains(&name) && pass_through(t.ty) {
+            let table =
+                tables.contains(&name) && cfg.hidden_size().is_multiple_of(t.ty.block_len());
+            if (linear.contains(&name) || table) && pass_through(t.ty) {
                 let bytes = match layout(cfg, &name) {
                     Layout::Permuted(heads) => permute_rows(data, rows, heads, true),
                     _ => data.to_vec(),

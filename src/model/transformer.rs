@@ -18,8 +18,9 @@ use crate::quant::GgmlType;
 /// Host weights by checkpoint name, f32.
 pub type HostWeights = BTreeMap<String, Vec<f32>>;
 
-/// Linear weights already in ggml blocks, by checkpoint name: (type, bytes), `[out, in]` with
-/// the blocks along each row (a GGUF file's quantized weights, see [`super::gguf`]).
+/// Weights already in ggml blocks, by checkpoint name: (type, bytes) with the blocks along each
+/// row: linear weights `[out, in]`, and a Llama-family model's embedding and untied head
+/// `[vocab, hidden]` (a GGUF file's quantized weights, see [`super::gguf`]).
 pub type QuantWeights = BTreeMap<String, (GgmlType, Vec<u8>)>;
 
 /// Most vocabulary rows per embedding / LM-head shard (and per logits chunk of the fused
@@ -161,6 +162,27 @@ impl Transformer {
         let shards = |name: &str| -> Result<Vec<Tensor>> {
             let rows_fit = (gpu.limits().max_storage_buffer_binding_size as usize / (4 * c)).max(1);
             let shard_rows = MAX_SHARD_ROWS.min(rows_fit).min(config.vocab_size());
+            if let Some((ty, bytes)) = quant.get(name).filter(|_| names.positions.is_none()) {
+                let row = ty.bytes_for(c).unwrap_or(0);
+                if row == 0 || bytes.len() != config.vocab_size() * row {
+                    return Err(Error::shape(
+                        "Transformer::upload",
+                        format!(
+                            "{name} has {} bytes of {ty}, expected {} rows of {c}",
+                            bytes.len(),
+                            config.vocab_size()
+                        ),
+                    ));
+                }
+                return bytes
+                    .chunks(shard_rows * row)
+                    .enumerate()
+                    .map(|(i, rows)| {
+                        let shard = format!("{name}[shard {i}]");
+                        qmatmul::upload(gpu, &shard, *ty, rows, [rows.len() / row, c])
+                    })
+                    .collect();
+            }
             let all = host(name)?;
             if all.len() != config.vocab_size() * c {
                 return Err(Error::shape(
