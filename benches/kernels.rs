@@ -16,6 +16,7 @@ use lora_wgpu::kernels::dora::{self, DoraNorm, DoraShape};
 use lora_wgpu::kernels::dropout::{self, Dropout};
 use lora_wgpu::kernels::lora::{self, LoraGrads, LoraShape};
 use lora_wgpu::kernels::matmul::{image, image_subgroups, matmul, MatmulOp, MatmulVariant, VEC4};
+use lora_wgpu::kernels::qmatmul;
 use lora_wgpu::kernels::{merge, reduce, Variants};
 use lora_wgpu::{Gpu, GpuOptions, Tensor};
 
@@ -245,6 +246,69 @@ fn bench_dora(c: &mut Criterion) {
     }
 }
 
+/// (M, K, N) of Llama 3.2 1B's linear layers at B·T = 512 (q_proj and o_proj; down_proj).
+const LLAMA_1B_SHAPES: [(usize, usize, usize, &str); 2] =
+    [(512, 2048, 2048, "q_proj"), (512, 8192, 2048, "down_proj")];
+
+/// The frozen product of a linear layer with its weight stored as f32, f16 (where the adapter
+/// offers it) and each quantized format the kernels read, side by side at Llama 3.2 1B's
+/// shapes: the forward (x·W) and the input gradient (dy·Wᵀ), in FLOP/s.
+fn bench_qmatmul(c: &mut Criterion) {
+    let g = gpu();
+    for (m, k, n, layer) in LLAMA_1B_SHAPES {
+        let mut grp = c.benchmark_group(format!("qmatmul/{m}x{k}x{n}_{layer}"));
+        grp.sample_size(10).warm_up_time(Duration::from_millis(500));
+        grp.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let x = filled(&g, "x", &[m, k]);
+        let dy = filled(&g, "dy", &[m, n]);
+        let y = g.zeros("y", &[m, n]).unwrap();
+        let dx = g.zeros("dx", &[m, k]).unwrap();
+        let values: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        // (name, weight, stored [out, in]): f32 and f16 weights are [in, out],
+        // quantized ones [out, in] with blocks along the input.
+        let mut weights = vec![(
+            "f32".to_string(),
+            g.upload("w", &values, &[k, n]).unwrap(),
+            false,
+        )];
+        if g.features().f16 {
+            weights.push((
+                "f16".into(),
+                g.upload_f16("w", &values, &[k, n]).unwrap(),
+                false,
+            ));
+        }
+        for &ty in qmatmul::FORMATS {
+            let t = qmatmul::quantize_upload(&g, "w", ty, &values, [n, k]).unwrap();
+            weights.push((ty.name().into(), t, true));
+        }
+        for (name, w, out_in) in &weights {
+            let (fwd, bwd) = if *out_in {
+                (
+                    MatmulOp::new(m, n, k).trans_b().frozen_b(),
+                    MatmulOp::new(m, k, n).frozen_b(),
+                )
+            } else {
+                (
+                    MatmulOp::new(m, n, k).frozen_b(),
+                    MatmulOp::new(m, k, n).trans_b().frozen_b(),
+                )
+            };
+            let f = matmul(&g, &y, &x, w, None, &fwd).unwrap();
+            grp.bench_function(BenchmarkId::new("forward", name), |b| {
+                b.iter_custom(|it| time(&g, &[&f], it))
+            });
+            let d = matmul(&g, &dx, &dy, w, None, &bwd).unwrap();
+            grp.bench_function(BenchmarkId::new("input_grad", name), |b| {
+                b.iter_custom(|it| time(&g, &[&d], it))
+            });
+        }
+        grp.finish();
+    }
+}
+
 /// Causal attention of GPT-2 124M (B = 4, T = 128, 12 heads of 64) with the `Gpu`'s
 /// [`AttentionVariant`](lora_wgpu::kernels::attention::AttentionVariant): the forward and the
 /// backward's two dispatches, each timed alone, in FLOP/s of the causal half of q kᵀ and P v
@@ -341,6 +405,7 @@ criterion_group!(
     bench_matmul,
     bench_lora,
     bench_dora,
+    bench_qmatmul,
     bench_attention,
     bench_elementwise
 );
