@@ -1,26 +1,12 @@
 //! The `lora-wgpu` binary: the built-in demo run, eval, merge, generate, info, devices,
 //! `--backend` and `--device`.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    run_env(args, &[])
-}
-
-fn run_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
-        .args(args)
-        .env_remove("WGPU_ADAPTER_NAME")
-        .envs(env.iter().copied())
-        .output()
-        .expect("failed to start lora-wgpu");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{cli as run, cli_env as run_env};
 
 #[test]
 fn devices_lists_adapters_and_marks_the_one_used() {

@@ -7,11 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use common::fixture::{assert_rel, floats, ids, targets};
-use common::gpu;
+use common::{cli as run, gpu};
 use lora_wgpu::gguf::{GgufFile, GgufWriter, Value};
 use lora_wgpu::lora::{LoraConfig, LoraLayout};
 use lora_wgpu::model::gguf::{checkpoint_name, gguf_name, permute_qk, unpermute_qk, GgufModel};
@@ -423,19 +422,6 @@ fn gguf_files_we_cannot_use_are_clear_errors() {
     )
     .unwrap();
     assert_eq!(m.tokenizer().unwrap().vocab_size(), 320);
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
-        .args(args)
-        .env_remove("WGPU_ADAPTER_NAME")
-        .output()
-        .expect("failed to start lora-wgpu");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

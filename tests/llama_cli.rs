@@ -6,27 +6,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::gpu;
+use common::{cli as run, gpu};
 use lora_wgpu::merge::save_hf_dir;
 use lora_wgpu::model::{llama, LlamaConfig};
 use lora_wgpu::tokenizer::Tokenizer;
 
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
-        .args(args)
-        .env_remove("WGPU_ADAPTER_NAME")
-        .output()
-        .expect("failed to start lora-wgpu");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A byte-level BPE tokenizer (256 byte symbols, a few merges) with ChatML's special tokens.
 fn tokenizer() -> tokenizers::Tokenizer {

@@ -54,6 +54,27 @@ pub const ATOL: f32 = 1e-4;
 /// See [`ATOL`].
 pub const RTOL: f32 = 1e-4;
 
+/// Run the `lora-wgpu` binary with `env` set (and without the caller's adapter choice):
+/// (success, stdout, stderr).
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-wgpu"))
+        .args(args)
+        .env_remove("WGPU_ADAPTER_NAME")
+        .envs(env.iter().copied())
+        .output()
+        .expect("failed to start lora-wgpu");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`cli_env`] with no extra environment.
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    cli_env(args, &[])
+}
+
 /// Readers of the JSON fixtures the scripts in `scripts/` write.
 pub mod fixture {
     use lora_wgpu::kernels::adamw::AdamW;
