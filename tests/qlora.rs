@@ -345,3 +345,60 @@ fn qlora_refuses_what_quantized_weights_cannot_do() {
         .to_string();
     assert!(e.contains("DoRA") && e.contains("q8_0"), "{e}");
 }
+
+/// The qwen2 fixture base as a [`Model`] with its blocks' weights and embedding in `ty`.
+fn quantized_model(ty: GgmlType) -> lora_wgpu::model::Model {
+    use lora_wgpu::model::{Model, ModelSource};
+    let dir = fixtures().join("tiny_llama/qwen2/model");
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let host = load_weights(&dir, &config).unwrap();
+    let storage = WeightStorage::Quant(ty);
+    Model {
+        transformer: Transformer::upload_with(gpu(), &config, &host, storage).unwrap(),
+        source: ModelSource::Dir(dir),
+        config,
+        tokenizer: lora_wgpu::tokenizer::Tokenizer::gpt2().unwrap(),
+        special: Default::default(),
+    }
+}
+
+/// A QLoRA run stopped and resumed gives the adapter of the straight run; resuming it on a base
+/// stored another way is refused, naming the storage.
+#[test]
+fn qlora_run_resumes_exactly_and_only_on_the_same_base() {
+    use lora_wgpu::train::{Duration, TrainConfig, Trainer};
+    let model = quantized_model(GgmlType::Q4_0);
+    assert_eq!(model.transformer.storage().as_deref(), Some("q4_0"));
+    let cfg = TrainConfig {
+        lora: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["all-linear".into()],
+            ..LoraConfig::default()
+        },
+        lr: 1e-2,
+        duration: Duration::Steps(6),
+        batch_size: 2,
+        block_size: 16,
+        seed: 9,
+        log_every: 1,
+        save_every: 3,
+        ..TrainConfig::default()
+    };
+    let train = common::random_dataset(400, 16, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    common::straight_and_resumed(&model, &cfg, &train, &a, &b, 3);
+    let read = |p: &std::path::Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        read(&a),
+        read(&b),
+        "final QLoRA adapters differ after resume"
+    );
+
+    let other = quantized_model(GgmlType::Q8_0);
+    let mut trainer = Trainer::new(gpu(), &other, cfg, train).unwrap();
+    let e = trainer.resume(&a).unwrap_err().to_string();
+    assert!(e.contains("--weights was q4_0, now q8_0"), "{e}");
+}

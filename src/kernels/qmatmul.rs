@@ -44,7 +44,7 @@ pub const NN: KernelDef = KernelDef::new(
 )
 .quant(2);
 
-/// C[i, :] = Q[ids[i] - v0, :]: the token embedding from one quantized vocabulary shard.
+/// `C[i, :] = Q[ids[i] - v0, :]`: the token embedding from one quantized vocabulary shard.
 pub const ROWS: KernelDef =
     KernelDef::new(&SHADER, "qmatmul_rows", &[(6, R), (2, R), (4, W)], PARAMS).quant(2);
 

@@ -313,6 +313,24 @@ impl Transformer {
             + self.norm_f.bytes()
     }
 
+    /// How the frozen weights are stored, when any is not f32: the element types of the linear
+    /// layers and the embedding, sorted and joined by `+` (`q4_0`, `f16`, `q4_k+q8_0`).
+    pub fn storage(&self) -> Option<String> {
+        let name = |d: Dtype| match d {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Quant(ty) => ty.name(),
+        };
+        let types: std::collections::BTreeSet<&str> = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears.iter().map(|(_, d)| name(d.w.dtype())))
+            .chain(self.embed.iter().map(|t| name(t.dtype())))
+            .collect();
+        (types.len() > 1 || !types.contains("f32"))
+            .then(|| types.into_iter().collect::<Vec<_>>().join("+"))
+    }
+
     /// Whether the token embedding (and the LM head) is stored quantized.
     pub(crate) fn embed_quantized(&self) -> bool {
         matches!(self.embed[0].dtype(), Dtype::Quant(_))

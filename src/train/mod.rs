@@ -267,7 +267,7 @@ impl<'a> Trainer<'a> {
         let checkpoint = Checkpoint::find(path)?;
         let dir = checkpoint.dir().to_path_buf();
         let state = checkpoint.trainer_state()?;
-        let ours = self.cfg.fingerprint();
+        let ours = self.fingerprint();
         let diffs = config::fingerprint_diffs(&ours, &state.fingerprint);
         if !diffs.is_empty() {
             return Err(Error::Checkpoint {
@@ -546,6 +546,17 @@ impl<'a> Trainer<'a> {
         Ok((loss, loss.exp()))
     }
 
+    /// The settings a resumed run must share ([`TrainConfig`]'s), and how the frozen weights are
+    /// stored when they are not f32 (a quantized base computes another function), left out
+    /// otherwise so that earlier checkpoints still resume.
+    fn fingerprint(&self) -> Vec<(String, String)> {
+        let mut f = self.cfg.fingerprint();
+        if let Some(storage) = self.model.transformer.storage() {
+            f.push(("weights".into(), storage));
+        }
+        f
+    }
+
     fn state(&self) -> TrainerState {
         TrainerState {
             global_step: self.step,
@@ -554,7 +565,7 @@ impl<'a> Trainer<'a> {
             best_metric: self.best.map(|b| b.1),
             best_step: self.best.map(|b| b.0),
             bad_steps: self.bad_steps,
-            fingerprint: self.cfg.fingerprint(),
+            fingerprint: self.fingerprint(),
             config: self.cfg.clone(),
         }
     }
