@@ -384,3 +384,65 @@ fn cli_exports_and_refuses_bad_input() {
     assert!(!ok && err.contains("--overwrite"), "{err}");
     assert_eq!(std::fs::read(&merged).unwrap(), b"keep");
 }
+
+#[test]
+fn merged_gguf_round_trips_weights_shape_and_tokenizer() {
+    // Bases written by the converter's layout (tests/fixtures/gguf_model): llama (q/k
+    // permuted, Llama 3 tokenizer), qwen3 (no permutation, q/k norms, Qwen2 tokenizer) and
+    // GPT-2 (Conv1D transposed, tied head, GPT-2 tokenizer).
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["llama-q8_0", "qwen3-q8_0", "gpt2-f16"] {
+        let path = fixtures().join(format!("gguf_model/{name}.gguf"));
+        let source = ModelSource::Gguf(path.clone());
+        let cfg = source.config().unwrap();
+        let lora = LoraConfig {
+            r: 4,
+            target_modules: cfg.default_targets(),
+            ..LoraConfig::default()
+        };
+        let layout = LoraLayout::new(&cfg, &lora).unwrap();
+        let params: Vec<f32> = common::random(layout.len, 7)
+            .iter()
+            .map(|x| 0.05 * x)
+            .collect();
+        let adapter = tmp.path().join(format!("{name}-adapter"));
+        peft::save(&adapter, &lora, &layout, &params, None).unwrap();
+        let out = tmp.path().join(format!("{name}.gguf"));
+        let adapters = [(adapter, 1.0)];
+        let (_, report) = merge_model_gguf(&source, &adapters, &out, None, false).unwrap();
+        assert_eq!(report, Default::default(), "{name}");
+
+        // What the merge computed in memory is what the file holds, bit for bit, in
+        // checkpoint names and layouts once our loader undoes the GGUF layout.
+        let mut want = source.host_weights(&cfg).unwrap();
+        lora_wgpu::merge::merge_adapters(&mut want, &cfg, &adapters).unwrap();
+        let ours = GgufModel::open(&out).unwrap();
+        assert_eq!(ours.config, cfg, "{name}: the shape read back");
+        let got = ours.host_weights().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (k, v) in &want {
+            assert_eq!(bits(&got[k]), bits(v), "{name}: {k}");
+        }
+
+        // The tokenizer metadata is the converter's (the base's own, written by
+        // scripts/make_gguf_model_fixtures.py as _set_vocab_gpt2 does), and reads back to a
+        // tokenizer that gives the same ids.
+        let base = GgufFile::open(&path).unwrap();
+        for (k, v) in base.metadata() {
+            if k.starts_with("tokenizer.ggml.") {
+                assert_eq!(ours.file.get(k), Some(v), "{name}: {k}");
+            }
+        }
+        let (a, b) = (
+            GgufModel::open(&path).unwrap().metadata_tokenizer().unwrap(),
+            ours.metadata_tokenizer().unwrap(),
+        );
+        for text in ["Hello world", "It's 2024, isn't it?", "  two  spaces\nand 12345"] {
+            assert_eq!(
+                a.encode_prompt(text).unwrap(),
+                b.encode_prompt(text).unwrap(),
+                "{name}: {text:?}"
+            );
+        }
+    }
+}
