@@ -29,8 +29,9 @@ every linear layer) and tests/fixtures/tiny_gpt2/{model,adapter} (r = 4 on c_att
 own GGUF loader (AutoModelForCausalLM.from_pretrained(dir, gguf_file=name): it reads the
 metadata, dequantizes, un-permutes llama's q/k rows) and compare its logits on expected.json's
 inputs with PEFT's merged logits of the model named by general.architecture (max abs difference
-<= --tol; default 1e-4; q8_0 weights move this tiny model's logits by about 0.16, so use 0.3). Llama only: transformers' GGUF GPT-2 takes
-n_positions 1024 whatever the file says, so a tiny GPT-2 does not load.
+<= --tol; default 1e-4; q8_0 weights move this tiny model's logits by about 0.16, so use
+0.3). Llama only: transformers' GGUF GPT-2 takes n_positions 1024 whatever the file says, so a
+tiny GPT-2 does not load.
 
 The committed merged files (llama-merged-f32.gguf, llama-merged-q8_0.gguf) were made by the CLI:
 

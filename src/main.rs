@@ -562,8 +562,20 @@ fn merge_cmd(
     if format == MergeFormat::Gguf {
         let (summary, report) =
             merge::merge_model_gguf(&source, &adapters, out, quantize, overwrite)?;
+        let mut by_type: Vec<(GgmlType, GgmlType, Vec<&str>)> = Vec::new();
         for (name, asked, got) in &report.fallbacks {
-            println!("{name}: rows not a multiple of {asked}'s block, written as {got}");
+            match by_type.iter_mut().find(|(a, g, _)| (a, g) == (asked, got)) {
+                Some((.., names)) => names.push(name),
+                None => by_type.push((*asked, *got, vec![name])),
+            }
+        }
+        for (asked, got, names) in by_type {
+            println!(
+                "{} tensor(s) written as {got}: rows not a multiple of {asked}'s block of {} ({})",
+                names.len(),
+                asked.block_len(),
+                names.join(", ")
+            );
         }
         if let Some(why) = &report.no_tokenizer {
             eprintln!("warning: written without tokenizer metadata: {why}");

@@ -1,5 +1,6 @@
 //! Merging PEFT LoRA adapters into a model's weights, and writing the result as a Hugging Face
-//! directory of the same architecture that transformers' `from_pretrained` loads.
+//! directory of the same architecture that transformers' `from_pretrained` loads
+//! ([`save_hf_dir`]) or as one GGUF file that llama.cpp loads ([`save_gguf`]).
 //!
 //! PEFT keeps A (r, in) and B (out, r) in `nn.Linear` layout. A Llama-family weight is
 //! `nn.Linear` too ([out, in]), so a merge adds `scale · lora_scale · B A` to it; GPT-2's
@@ -468,7 +469,12 @@ pub fn save_hf_dir(
 /// The types a `--quantize` of a merged GGUF tries for a 2-D tensor, from the one asked for on,
 /// until one whose block divides the rows: llama.cpp falls back the same way when a row is not
 /// a multiple of the block. F16 takes any row.
-const QUANT_FALLBACK: [GgmlType; 4] = [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16];
+const QUANT_FALLBACK: [GgmlType; 4] = [
+    GgmlType::Q4_K,
+    GgmlType::Q4_0,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+];
 
 /// The types `merge --format gguf --quantize` writes.
 pub const GGUF_QUANT_TYPES: &str = "q8_0, q4_0, q4_k";
@@ -574,9 +580,8 @@ pub fn save_gguf(
         let (g, gshape, data) = if source != name {
             ("output.weight".to_string(), shape.clone(), values.clone())
         } else {
-            to_gguf_tensor(cfg, &name, &shape, values).ok_or_else(|| {
-                Error::shape("save_gguf", format!("{name} has no GGUF name"))
-            })?
+            to_gguf_tensor(cfg, &name, &shape, values)
+                .ok_or_else(|| Error::shape("save_gguf", format!("{name} has no GGUF name")))?
         };
         let row = gshape[gshape.len() - 1];
         let ty = if gshape.len() < 2 {
@@ -635,7 +640,9 @@ pub fn merge_model_gguf(
         overwrite,
     )?;
     if let Err(e) = &tok {
-        report.no_tokenizer = Some(format!("the base model's tokenizer could not be read ({e})"));
+        report.no_tokenizer = Some(format!(
+            "the base model's tokenizer could not be read ({e})"
+        ));
     }
     Ok((
         MergeSummary {

@@ -75,7 +75,12 @@ fn exported_adapters_equal_the_converters_files() {
         let want = GgufFile::open(&reference(&format!("{name}-lora.gguf"))).unwrap();
         // Metadata and tensors one by one first (a readable failure), then every byte.
         assert_eq!(ours.metadata(), want.metadata(), "{name}: metadata");
-        let names = |f: &GgufFile| f.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let names = |f: &GgufFile| {
+            f.tensors()
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&ours), names(&want), "{name}: tensor names and order");
         for (a, b) in ours.tensors().iter().zip(want.tensors()) {
             assert_eq!((a.ty, &a.shape), (b.ty, &b.shape), "{name}: {}", a.name);
@@ -185,7 +190,10 @@ fn logits_of(path: &Path, inputs: &[u32], b: usize, t: usize) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The bound for q8_0 weights: PEFT's logits go up to about 5 on this tiny model, whose
@@ -212,7 +220,10 @@ fn merged_gguf_gives_pefts_merged_logits() {
             merge_model_gguf(&source, &[(adapter.clone(), 1.0)], &out, q, false).unwrap();
         assert_eq!(summary.modules, 14);
         assert!(report.fallbacks.is_empty(), "{:?}", report.fallbacks);
-        assert!(report.no_tokenizer.is_some(), "the tiny llama has no tokenizer");
+        assert!(
+            report.no_tokenizer.is_some(),
+            "the tiny llama has no tokenizer"
+        );
         let got = logits_of(&out, &inputs, b, t);
         let d = max_diff(&got, &want);
         println!("llama merged {tag}: max |ours - PEFT| = {d:.3e}");
@@ -323,7 +334,15 @@ fn cli_exports_and_refuses_bad_input() {
     let o = out.to_str().unwrap();
     let export = |adapter: &str, format: &str, extra: &[&str]| {
         let mut a = vec![
-            "export", "--adapter", adapter, "--model", model, "--format", format, "--out", o,
+            "export",
+            "--adapter",
+            adapter,
+            "--model",
+            model,
+            "--format",
+            format,
+            "--out",
+            o,
         ];
         a.extend_from_slice(extra);
         run(&a)
@@ -333,7 +352,10 @@ fn cli_exports_and_refuses_bad_input() {
     assert!(!ok && err.contains("adapter_config.json"), "{err}");
     assert!(!out.exists());
     let (ok, _, err) = export(adapter, "safetensors", &[]);
-    assert!(!ok && err.contains("--format") && err.contains("gguf"), "{err}");
+    assert!(
+        !ok && err.contains("--format") && err.contains("gguf"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     let (ok, stdout, err) = export(adapter, "gguf", &[]);
@@ -434,10 +456,17 @@ fn merged_gguf_round_trips_weights_shape_and_tokenizer() {
             }
         }
         let (a, b) = (
-            GgufModel::open(&path).unwrap().metadata_tokenizer().unwrap(),
+            GgufModel::open(&path)
+                .unwrap()
+                .metadata_tokenizer()
+                .unwrap(),
             ours.metadata_tokenizer().unwrap(),
         );
-        for text in ["Hello world", "It's 2024, isn't it?", "  two  spaces\nand 12345"] {
+        for text in [
+            "Hello world",
+            "It's 2024, isn't it?",
+            "  two  spaces\nand 12345",
+        ] {
             assert_eq!(
                 a.encode_prompt(text).unwrap(),
                 b.encode_prompt(text).unwrap(),

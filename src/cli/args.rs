@@ -369,7 +369,8 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
-    /// Merge PEFT adapters into the base weights and write a Hugging Face GPT-2 directory.
+    /// Merge PEFT adapters into the base weights and write a Hugging Face directory or one
+    /// GGUF file.
     Merge {
         /// Base model: a Hugging Face GPT-2 dir, tiny, random:<shape> or hub id.
         #[arg(long)]

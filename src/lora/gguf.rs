@@ -4,9 +4,9 @@
 //! The file is the one llama.cpp's `convert_lora_to_gguf.py` writes with its default
 //! `--outtype f32`: metadata `general.architecture` (the base's), `general.type` = "adapter",
 //! `adapter.type` = "lora", `adapter.lora.alpha` (f32) and `general.quantization_version`; per
-//! adapted module two F32 tensors named after the base's GGUF tensor
-//! ([`gguf_name`](crate::model::gguf::gguf_name)), `blk.N.attn_q.weight.lora_a` = A `[r, in]`
-//! and `.lora_b` = B `[out, r]` (numpy order), in the order of the adapter's tensor names.
+//! adapted module two F32 tensors named after the base's GGUF tensor ([`gguf_name`]),
+//! `blk.N.attn_q.weight.lora_a` = A `[r, in]` and `.lora_b` = B `[out, r]` (numpy order), in
+//! the order of the adapter's tensor names.
 //! llama.cpp applies `W x + alpha / r · B (A x)`.
 //!
 //! Layouts follow the base's GGUF tensors:
@@ -99,8 +99,18 @@ pub fn gguf_lora(
             Some(heads) => permute_qk(b, e.d_out, heads),
             None => b.to_vec(),
         };
-        w.add_tensor(&format!("{g}.lora_a"), &[r, e.d_in], GgmlType::F32, f32_bytes(a))?;
-        w.add_tensor(&format!("{g}.lora_b"), &[e.d_out, r], GgmlType::F32, f32_bytes(&b))?;
+        w.add_tensor(
+            &format!("{g}.lora_a"),
+            &[r, e.d_in],
+            GgmlType::F32,
+            f32_bytes(a),
+        )?;
+        w.add_tensor(
+            &format!("{g}.lora_b"),
+            &[e.d_out, r],
+            GgmlType::F32,
+            f32_bytes(&b),
+        )?;
     }
     let summary = ExportSummary {
         architecture: arch.to_string(),
@@ -122,7 +132,7 @@ pub fn gguf_lora(
 /// use lora_wgpu::model::ModelSource;
 ///
 /// # fn main() -> lora_wgpu::Result<()> {
-/// let config = ModelSource::parse("SmolLM2-135M")?.config()?;
+/// let config = ModelSource::parse("models/SmolLM2-135M")?.config()?;
 /// let s = export_gguf(Path::new("runs/adapter"), &config, Path::new("adapter.gguf"), false)?;
 /// println!("{} modules, alpha {}", s.modules, s.alpha);
 /// # Ok(())

@@ -254,7 +254,8 @@ pub fn to_gguf_tensor(
 /// `rope_freqs` tensor) is an error.
 pub fn model_metadata(config: &ModelConfig) -> Result<Vec<(String, Value)>> {
     let arch = config.architecture();
-    let mut m: Vec<(String, Value)> = vec![("general.architecture".into(), Value::String(arch.into()))];
+    let mut m: Vec<(String, Value)> =
+        vec![("general.architecture".into(), Value::String(arch.into()))];
     let mut kv = |k: &str, v: Value| m.push((format!("{arch}.{k}"), v));
     let u = |x: usize| Value::U32(x as u32);
     match config {
@@ -264,7 +265,10 @@ pub fn model_metadata(config: &ModelConfig) -> Result<Vec<(String, Value)>> {
             kv("embedding_length", u(c.n_embd));
             kv("feed_forward_length", u(4 * c.n_embd));
             kv("attention.head_count", u(c.n_head));
-            kv("attention.layer_norm_epsilon", Value::F32(c.layer_norm_epsilon));
+            kv(
+                "attention.layer_norm_epsilon",
+                Value::F32(c.layer_norm_epsilon),
+            );
             kv("vocab_size", u(c.vocab_size));
         }
         ModelConfig::Llama(c) => {
@@ -276,7 +280,10 @@ pub fn model_metadata(config: &ModelConfig) -> Result<Vec<(String, Value)>> {
             kv("attention.head_count", u(c.num_attention_heads));
             kv("attention.head_count_kv", u(c.num_key_value_heads));
             kv("rope.freq_base", Value::F32(c.rope.theta as f32));
-            kv("attention.layer_norm_rms_epsilon", Value::F32(c.rms_norm_eps));
+            kv(
+                "attention.layer_norm_rms_epsilon",
+                Value::F32(c.rms_norm_eps),
+            );
             kv("attention.key_length", u(head_dim));
             kv("attention.value_length", u(head_dim));
             kv("vocab_size", u(c.vocab_size));
@@ -316,7 +323,10 @@ pub fn tokenizer_metadata(
         .map_err(|e| e.to_string())?;
     let model = &spec["model"];
     if model["type"] != "BPE" {
-        return Err(format!("its model is {}, not a byte-level BPE", model["type"]));
+        return Err(format!(
+            "its model is {}, not a byte-level BPE",
+            model["type"]
+        ));
     }
     if model["byte_fallback"] == true {
         return Err("it is a byte-fallback BPE (SentencePiece-style), not a byte-level one".into());
@@ -338,7 +348,9 @@ pub fn tokenizer_metadata(
                 tokens[i] = Some(t.to_string());
                 Ok(())
             }
-            None => Err(format!("token {t:?} has an id outside the model's {vocab} rows")),
+            None => Err(format!(
+                "token {t:?} has an id outside the model's {vocab} rows"
+            )),
         }
     };
     for (t, id) in model["vocab"].as_object().into_iter().flatten() {
@@ -353,7 +365,9 @@ pub fn tokenizer_metadata(
     let tokens: Vec<String> = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, t)| t.ok_or_else(|| format!("the tokenizer has no token {i} of the model's {vocab}")))
+        .map(|(i, t)| {
+            t.ok_or_else(|| format!("the tokenizer has no token {i} of the model's {vocab}"))
+        })
         .collect::<std::result::Result<_, _>>()?;
     let merges: Vec<Value> = model["merges"]
         .as_array()
