@@ -475,3 +475,46 @@ fn merged_gguf_round_trips_weights_shape_and_tokenizer() {
         }
     }
 }
+
+#[test]
+fn tokenizer_metadata_takes_byte_level_bpe_only() {
+    use lora_wgpu::gguf::Value;
+    use lora_wgpu::model::gguf::tokenizer_metadata;
+    use lora_wgpu::tokenizer::{SpecialTokens, Tokenizer};
+    let special = SpecialTokens {
+        bos: Some(0),
+        eos: vec![1],
+        pad: None,
+    };
+    let read = |p: &str| -> Json {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(p)).unwrap()).unwrap()
+    };
+    let get =
+        |m: &[(String, Value)], k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+
+    // Qwen2's own tokenizer.json keeps offsets untrimmed: the ids are the same, so it is "qwen2";
+    // a non-special added token is user-defined (4).
+    let mut j = read("gguf_model/qwen3-tokenizer.json");
+    j["pre_tokenizer"]["pretokenizers"][1]["trim_offsets"] = Json::Bool(false);
+    j["added_tokens"][1]["special"] = Json::Bool(false);
+    let tok = Tokenizer::from_json(&j.to_string()).unwrap();
+    let m = tokenizer_metadata(&tok, &special, 320).unwrap();
+    assert_eq!(
+        get(&m, "tokenizer.ggml.pre"),
+        Some(Value::String("qwen2".into()))
+    );
+    let Some(Value::Array(types)) = get(&m, "tokenizer.ggml.token_type") else {
+        panic!("no token types")
+    };
+    let id = j["added_tokens"][1]["id"].as_u64().unwrap() as usize;
+    assert_eq!(types[id], Value::I32(4));
+    assert_eq!(types[0], Value::I32(3));
+    // A vocabulary that is not the model's.
+    let e = tokenizer_metadata(&tok, &special, 99).unwrap_err();
+    assert!(e.contains("outside the model's 99"), "{e}");
+    // SentencePiece (byte-fallback BPE): not expressible as "gpt2".
+    let sp =
+        Tokenizer::from_file(&fixtures().join("tokenizers/sentencepiece/tokenizer.json")).unwrap();
+    let e = tokenizer_metadata(&sp, &special, sp.vocab_size()).unwrap_err();
+    assert!(e.contains("byte"), "{e}");
+}

@@ -331,9 +331,11 @@ pub fn tokenizer_metadata(
     if model["byte_fallback"] == true {
         return Err("it is a byte-fallback BPE (SentencePiece-style), not a byte-level one".into());
     }
+    // Offsets do not change the ids: Qwen2's tokenizer.json says trim_offsets false, Llama 3's true.
+    let given = without_trim_offsets(&spec["pre_tokenizer"]);
     let pre = ["gpt-2", "llama-bpe", "qwen2", "smollm"]
         .into_iter()
-        .find(|p| pre_tokenizer(p).as_ref() == Some(&spec["pre_tokenizer"]))
+        .find(|p| pre_tokenizer(p).map(|j| without_trim_offsets(&j)) == Some(given.clone()))
         .ok_or_else(|| {
             format!(
                 "its pre-tokenizer is none of those GGUF metadata names that lora-wgpu reads \
@@ -356,11 +358,13 @@ pub fn tokenizer_metadata(
     for (t, id) in model["vocab"].as_object().into_iter().flatten() {
         put(t, id)?;
     }
-    let mut control = BTreeSet::new();
+    // Added tokens: control (3) when special, user-defined (4) otherwise; the rest normal (1).
+    let mut added = BTreeMap::new();
     for a in spec["added_tokens"].as_array().into_iter().flatten() {
         let t = a["content"].as_str().unwrap_or_default();
         put(t, &a["id"])?;
-        control.insert(a["id"].as_u64().unwrap_or(u64::MAX) as usize);
+        let ty = if a["special"] == true { 3 } else { 4 };
+        added.insert(a["id"].as_u64().unwrap_or(u64::MAX) as usize, ty);
     }
     let tokens: Vec<String> = tokens
         .into_iter()
@@ -384,7 +388,7 @@ pub fn tokenizer_metadata(
         })
         .collect::<std::result::Result<_, _>>()?;
     let types: Vec<Value> = (0..vocab)
-        .map(|i| Value::I32(if control.contains(&i) { 3 } else { 1 }))
+        .map(|i| Value::I32(added.get(&i).copied().unwrap_or(1)))
         .collect();
     let s = |x: &str| Value::String(x.into());
     let mut m = vec![
@@ -410,6 +414,20 @@ pub fn tokenizer_metadata(
         m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
     }
     Ok(m)
+}
+
+/// `j` without its `trim_offsets` fields, at any depth.
+fn without_trim_offsets(j: &Json) -> Json {
+    match j {
+        Json::Object(m) => Json::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "trim_offsets")
+                .map(|(k, v)| (k.clone(), without_trim_offsets(v)))
+                .collect(),
+        ),
+        Json::Array(a) => Json::Array(a.iter().map(without_trim_offsets).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A GGUF model file: its metadata read into a config, its tensors checked against it.
