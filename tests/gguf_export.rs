@@ -58,6 +58,26 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// Two files are byte for byte the same (without printing their bytes when not).
+#[track_caller]
+fn assert_same_bytes(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    if x != y {
+        let at = x
+            .iter()
+            .zip(&y)
+            .position(|(p, q)| p != q)
+            .unwrap_or(x.len().min(y.len()));
+        panic!(
+            "{what}: {} ({} bytes) and {} ({} bytes) differ from byte {at}",
+            a.display(),
+            x.len(),
+            b.display(),
+            y.len()
+        );
+    }
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -92,10 +112,10 @@ fn exported_adapters_equal_the_converters_files() {
                 a.name
             );
         }
-        assert_eq!(
-            std::fs::read(&out).unwrap(),
-            std::fs::read(reference(&format!("{name}-lora.gguf"))).unwrap(),
-            "{name}: bytes"
+        assert_same_bytes(
+            &&out,
+            &reference(&format!("{name}-lora.gguf")),
+            "{name}: bytes",
         );
         assert_eq!(
             ours.get_str("general.architecture").unwrap(),
@@ -361,9 +381,10 @@ fn cli_exports_and_refuses_bad_input() {
     let (ok, stdout, err) = export(adapter, "gguf", &[]);
     assert!(ok, "{err}");
     assert!(stdout.contains("14 modules"), "{stdout}");
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(reference("llama-lora.gguf")).unwrap()
+    assert_same_bytes(
+        &&out,
+        &reference("llama-lora.gguf"),
+        "the file differs from the reference",
     );
 
     // An existing file is kept unless --overwrite.
@@ -373,9 +394,10 @@ fn cli_exports_and_refuses_bad_input() {
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
     let (ok, _, err) = export(adapter, "gguf", &["--overwrite"]);
     assert!(ok, "{err}");
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(reference("llama-lora.gguf")).unwrap()
+    assert_same_bytes(
+        &&out,
+        &reference("llama-lora.gguf"),
+        "the file differs from the reference",
     );
     // Nothing but the output file was left in the folder (no temporary file).
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
@@ -397,9 +419,10 @@ fn cli_exports_and_refuses_bad_input() {
     assert!(ok, "{err}");
     assert!(err.contains("without tokenizer metadata"), "{err}");
     assert!(stdout.contains("q8_0"), "{stdout}");
-    assert_eq!(
-        std::fs::read(&merged).unwrap(),
-        std::fs::read(reference("llama-merged-q8_0.gguf")).unwrap()
+    assert_same_bytes(
+        &&merged,
+        &reference("llama-merged-q8_0.gguf"),
+        "the file differs from the reference",
     );
     std::fs::write(&merged, b"keep").unwrap();
     let (ok, _, err) = merge(&["--format", "gguf"]);
@@ -446,10 +469,47 @@ fn merged_gguf_round_trips_weights_shape_and_tokenizer() {
             assert_eq!(bits(&got[k]), bits(v), "{name}: {k}");
         }
 
+        // llama.cpp's reading of the exported LoRA: for every `X.lora_a` / `X.lora_b`, the
+        // base's GGUF tensor X is [out, in] with a [r, in] and b [out, r] (llama.cpp's shape
+        // check), and X + alpha / r · b a is the merged file's X (in GGUF layout: q/k rows
+        // permuted, GPT-2 transposed).
+        let lora_file = tmp.path().join(format!("{name}-lora.gguf"));
+        let s = export_gguf(&adapters[0].0, &cfg, &lora_file, false).unwrap();
+        let (lf, base) = (
+            GgufFile::open(&lora_file).unwrap(),
+            GgufFile::open(&path).unwrap(),
+        );
+        let scale = s.alpha / s.r as f32;
+        let mut checked = 0;
+        for ta in lf.tensors().iter().filter(|t| t.name.ends_with(".lora_a")) {
+            let x = ta.name.trim_end_matches(".lora_a");
+            let tb = lf.tensor(&format!("{x}.lora_b")).unwrap();
+            let w = base.tensor(x).unwrap();
+            let (out_f, in_f, r) = (w.shape[0], w.shape[1], s.r);
+            assert_eq!(
+                (&ta.shape[..], &tb.shape[..]),
+                (&[r, in_f][..], &[out_f, r][..]),
+                "{name}: {x}"
+            );
+            let (a, b) = (f32s(lf.data(ta)), f32s(lf.data(tb)));
+            let w0 = base.dequantize(x).unwrap();
+            let merged = ours.file.dequantize(x).unwrap();
+            let mut worst = 0f32;
+            for o in 0..out_f {
+                for i in 0..in_f {
+                    let d: f32 = (0..r).map(|k| b[o * r + k] * a[k * in_f + i]).sum();
+                    let want = w0[o * in_f + i] + scale * d;
+                    worst = worst.max((merged[o * in_f + i] - want).abs());
+                }
+            }
+            assert!(worst <= 1e-5, "{name}: {x}: {worst}");
+            checked += 1;
+        }
+        assert_eq!(checked, layout.entries.len(), "{name}");
+
         // The tokenizer metadata is the converter's (the base's own, written by
         // scripts/make_gguf_model_fixtures.py as _set_vocab_gpt2 does), and reads back to a
         // tokenizer that gives the same ids.
-        let base = GgufFile::open(&path).unwrap();
         for (k, v) in base.metadata() {
             if k.starts_with("tokenizer.ggml.") {
                 assert_eq!(ours.file.get(k), Some(v), "{name}: {k}");
