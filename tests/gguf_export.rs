@@ -113,7 +113,7 @@ fn exported_adapters_equal_the_converters_files() {
             );
         }
         assert_same_bytes(
-            &&out,
+            &out,
             &reference(&format!("{name}-lora.gguf")),
             "{name}: bytes",
         );
@@ -382,7 +382,7 @@ fn cli_exports_and_refuses_bad_input() {
     assert!(ok, "{err}");
     assert!(stdout.contains("14 modules"), "{stdout}");
     assert_same_bytes(
-        &&out,
+        &out,
         &reference("llama-lora.gguf"),
         "the file differs from the reference",
     );
@@ -395,7 +395,7 @@ fn cli_exports_and_refuses_bad_input() {
     let (ok, _, err) = export(adapter, "gguf", &["--overwrite"]);
     assert!(ok, "{err}");
     assert_same_bytes(
-        &&out,
+        &out,
         &reference("llama-lora.gguf"),
         "the file differs from the reference",
     );
@@ -420,7 +420,7 @@ fn cli_exports_and_refuses_bad_input() {
     assert!(err.contains("without tokenizer metadata"), "{err}");
     assert!(stdout.contains("q8_0"), "{stdout}");
     assert_same_bytes(
-        &&merged,
+        &merged,
         &reference("llama-merged-q8_0.gguf"),
         "the file differs from the reference",
     );
