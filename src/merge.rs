@@ -555,36 +555,32 @@ pub fn save_gguf(
             Err(why) => report.no_tokenizer = Some(why),
         },
     }
-    let mut shapes = tensor_shapes(cfg);
-    if let ModelConfig::Gpt2(_) = cfg {
-        // The converter writes GPT-2's tied head again, as output.weight.
-        let wte = shapes[0].clone();
-        shapes.push(("lm_head.weight".into(), wte.1));
-    }
-    for (name, shape) in shapes {
-        let source = if name == "lm_head.weight" && matches!(cfg, ModelConfig::Gpt2(_)) {
-            "wte.weight"
-        } else {
-            name.as_str()
-        };
+    let mut tensors = Vec::new();
+    for (name, shape) in tensor_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let values = match weights.get(source) {
+        let values = match weights.get(&name) {
             Some(v) if v.len() == n => v,
             _ => {
                 return Err(Error::shape(
                     "save_gguf",
-                    format!("the weights have no {source} of shape {shape:?}"),
+                    format!("the weights have no {name} of shape {shape:?}"),
                 ))
             }
         };
-        let (g, gshape, data) = if source != name {
-            ("output.weight".to_string(), shape.clone(), values.clone())
-        } else {
+        tensors.push(
             to_gguf_tensor(cfg, &name, &shape, values)
-                .ok_or_else(|| Error::shape("save_gguf", format!("{name} has no GGUF name")))?
-        };
-        let row = gshape[gshape.len() - 1];
-        let ty = if gshape.len() < 2 {
+                .ok_or_else(|| Error::shape("save_gguf", format!("{name} has no GGUF name")))?,
+        );
+    }
+    if let ModelConfig::Gpt2(_) = cfg {
+        // The converter writes GPT-2's tied head again, as output.weight.
+        if let Some((_, shape, data)) = tensors.iter().find(|t| t.0 == "token_embd.weight") {
+            tensors.push(("output.weight".into(), shape.clone(), data.clone()));
+        }
+    }
+    for (g, shape, data) in tensors {
+        let row = shape[shape.len() - 1];
+        let ty = if shape.len() < 2 {
             GgmlType::F32
         } else {
             let ty = chain
@@ -599,7 +595,7 @@ pub fn save_gguf(
         };
         let bytes = quant::quantize(ty, &data)
             .map_err(|e| Error::shape("save_gguf", format!("{g}: {e}")))?;
-        w.add_tensor(&g, &gshape, ty, bytes)?;
+        w.add_tensor(&g, &shape, ty, bytes)?;
     }
     w.write(out)?;
     Ok(report)
