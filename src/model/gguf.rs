@@ -342,6 +342,13 @@ pub fn tokenizer_metadata(
                  back ({SUPPORTED_PRE_TOKENIZERS})"
             )
         })?;
+    let n = tokenizer.vocab_size();
+    if n > vocab {
+        return Err(format!(
+            "the tokenizer has {n} tokens and the model {vocab} embedding rows: it is not the \
+             model's own"
+        ));
+    }
     let mut tokens: Vec<Option<String>> = vec![None; vocab];
     let mut put = |t: &str, id: &Json| -> std::result::Result<(), String> {
         let id = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab);
