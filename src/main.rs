@@ -7,12 +7,13 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use cli::args::{Cli, Command, Demo, DeviceArgs, LoraArgs, TrainArgs};
+use cli::args::{Cli, Command, Demo, DeviceArgs, ExportFormat, LoraArgs, MergeFormat, TrainArgs};
 use cli::output::{bytes, human, Progress};
 use lora_wgpu::data::{self, DataOptions, Dataset};
 use lora_wgpu::gpu::list_adapters;
 use lora_wgpu::lora::{parse_adapter_spec, peft, AdaptableModel, ParamTable};
 use lora_wgpu::model::{Generator, Model, ModelSource, SamplingConfig, ScaledAdapter};
+use lora_wgpu::quant::GgmlType;
 use lora_wgpu::train::{self, Checkpoint, Trainer};
 use lora_wgpu::{merge, Gpu};
 
@@ -85,7 +86,16 @@ fn main() -> std::process::ExitCode {
             adapters,
             out,
             overwrite,
-        } => merge_cmd(&model, &adapters, &out, overwrite),
+            format,
+            quantize,
+        } => merge_cmd(&model, &adapters, &out, overwrite, format, quantize),
+        Command::Export {
+            adapter,
+            model,
+            format: ExportFormat::Gguf,
+            out,
+            overwrite,
+        } => export_cmd(&adapter, &model, &out, overwrite),
         Command::Devices { device } => devices(&device),
     };
     match result {
@@ -536,12 +546,52 @@ fn stream(
     Ok(text)
 }
 
-fn merge_cmd(model: &str, adapters: &[String], out: &Path, overwrite: bool) -> Result<()> {
+fn merge_cmd(
+    model: &str,
+    adapters: &[String],
+    out: &Path,
+    overwrite: bool,
+    format: MergeFormat,
+    quantize: Option<GgmlType>,
+) -> Result<()> {
     let adapters = adapters
         .iter()
         .map(|s| Ok(parse_adapter_spec(s)?))
         .collect::<Result<Vec<_>>>()?;
     let source = ModelSource::parse(model)?;
+    if format == MergeFormat::Gguf {
+        let (summary, report) =
+            merge::merge_model_gguf(&source, &adapters, out, quantize, overwrite)?;
+        let mut by_type: Vec<(GgmlType, GgmlType, Vec<&str>)> = Vec::new();
+        for (name, asked, got) in &report.fallbacks {
+            match by_type.iter_mut().find(|(a, g, _)| (a, g) == (asked, got)) {
+                Some((.., names)) => names.push(name),
+                None => by_type.push((*asked, *got, vec![name])),
+            }
+        }
+        for (asked, got, names) in by_type {
+            println!(
+                "{} tensor(s) written as {got}: rows not a multiple of {asked}'s block of {} ({})",
+                names.len(),
+                asked.block_len(),
+                names.join(", ")
+            );
+        }
+        if let Some(why) = &report.no_tokenizer {
+            eprintln!("warning: written without tokenizer metadata: {why}");
+        }
+        println!(
+            "merged {} adapter(s) into {} module(s) of {source}; wrote {} (GGUF, {})",
+            summary.adapters,
+            summary.modules,
+            out.display(),
+            quantize.map_or("f32".into(), |t| t.to_string())
+        );
+        return Ok(());
+    }
+    if quantize.is_some() {
+        bail!("--quantize needs --format gguf (a Hugging Face directory is written as f32)");
+    }
     let summary = merge::merge_model(&source, &adapters, out, overwrite)?;
     println!(
         "merged {} adapter(s) into {} module(s) of {source}; wrote {} (config.json, \
@@ -549,6 +599,20 @@ fn merge_cmd(model: &str, adapters: &[String], out: &Path, overwrite: bool) -> R
         summary.adapters,
         summary.modules,
         out.display()
+    );
+    Ok(())
+}
+
+fn export_cmd(adapter: &Path, model: &str, out: &Path, overwrite: bool) -> Result<()> {
+    let config = ModelSource::parse(model)?.config()?;
+    let s = lora_wgpu::lora::gguf::export_gguf(adapter, &config, out, overwrite)?;
+    println!(
+        "wrote {} (GGUF LoRA for {}: {} modules, r = {}, alpha = {})",
+        out.display(),
+        s.architecture,
+        s.modules,
+        s.r,
+        s.alpha
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Merging PEFT LoRA adapters into a model's weights, and writing the result as a Hugging Face
-//! directory of the same architecture that transformers' `from_pretrained` loads.
+//! directory of the same architecture that transformers' `from_pretrained` loads
+//! ([`save_hf_dir`]) or as one GGUF file that llama.cpp loads ([`save_gguf`]).
 //!
 //! PEFT keeps A (r, in) and B (out, r) in `nn.Linear` layout. A Llama-family weight is
 //! `nn.Linear` too ([out, in]), so a merge adds `scale · lora_scale · B A` to it; GPT-2's
@@ -31,7 +32,8 @@ use crate::lora::peft;
 use crate::lora::{AdaptableModel, LoraConfig, LoraLayout};
 use crate::model::source::load_weights;
 use crate::model::{gpt2, llama, Gpt2Config, HostWeights, ModelConfig, ModelSource, ToConfig};
-use crate::tokenizer::{Tokenizer, EOT};
+use crate::quant::{self, GgmlType};
+use crate::tokenizer::{SpecialTokens, Tokenizer, EOT};
 
 /// Files of a model directory that say how to tokenize and generate, copied into a merged
 /// Llama-family directory when the base has them.
@@ -462,4 +464,188 @@ pub fn save_hf_dir(
     }
     check_merge_out(out, overwrite)?;
     fsio::replace_dir(out, |tmp| write_files(tmp, cfg, weights, tokenizer, base))
+}
+
+/// The types a `--quantize` of a merged GGUF tries for a 2-D tensor, from the one asked for on,
+/// until one whose block divides the rows: llama.cpp falls back the same way when a row is not
+/// a multiple of the block. F16 takes any row.
+const QUANT_FALLBACK: [GgmlType; 4] = [
+    GgmlType::Q4_K,
+    GgmlType::Q4_0,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+];
+
+/// The types `merge --format gguf --quantize` writes.
+pub const GGUF_QUANT_TYPES: &str = "q8_0, q4_0, q4_k";
+
+/// What [`save_gguf`] wrote besides the weights: tensors stored at another type than asked
+/// (rows not a multiple of the block) and why the tokenizer is missing, if it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GgufReport {
+    /// (GGUF tensor name, type asked for, type written).
+    pub fallbacks: Vec<(String, GgmlType, GgmlType)>,
+    /// Why the file has no `tokenizer.ggml.*` metadata (None: it has them).
+    pub no_tokenizer: Option<String>,
+}
+
+/// llama.cpp's `general.file_type` of a file whose 2-D tensors are `quantize` (F32 if None).
+fn file_type(quantize: Option<GgmlType>) -> u32 {
+    match quantize {
+        None | Some(GgmlType::F32) => 0,
+        Some(GgmlType::F16) => 1,
+        Some(GgmlType::Q4_0) => 2,
+        Some(GgmlType::Q8_0) => 7,
+        Some(GgmlType::Q4_K) => 14,
+        Some(_) => 0,
+    }
+}
+
+/// Write a model of `cfg` with host weights `weights` (checkpoint names and layouts) as one
+/// GGUF file `out`, laid out as llama.cpp's `convert_hf_to_gguf.py` writes it: its names,
+/// llama's q/k permutation and GPT-2's transposition ([`crate::model::gguf::to_gguf_tensor`]),
+/// GPT-2's tied head stored again as `output.weight`, the hyperparameters that
+/// [`config_of`](crate::model::gguf::config_of) reads back
+/// ([`model_metadata`](crate::model::gguf::model_metadata)) and, when `tokenizer` can be
+/// expressed ([`tokenizer_metadata`](crate::model::gguf::tokenizer_metadata)), its
+/// `tokenizer.ggml.*`. 1-D tensors (norms, biases) are F32; 2-D ones F32, or `quantize`
+/// (Q8_0, Q4_0 or Q4_K) with the fallbacks of [`GgufReport`] for rows the block does not
+/// divide. Atomic; an existing `out` is an error unless `overwrite`.
+pub fn save_gguf(
+    out: &Path,
+    cfg: &ModelConfig,
+    weights: &HostWeights,
+    tokenizer: Option<(&Tokenizer, &SpecialTokens)>,
+    quantize: Option<GgmlType>,
+    overwrite: bool,
+) -> Result<GgufReport> {
+    use crate::gguf::{GgufWriter, Value};
+    use crate::model::gguf::{model_metadata, to_gguf_tensor, tokenizer_metadata};
+    cfg.validate()?;
+    let chain: &[GgmlType] = match quantize {
+        None | Some(GgmlType::F32) => &[GgmlType::F32],
+        Some(t) => match QUANT_FALLBACK.iter().position(|&q| q == t) {
+            Some(i) if t != GgmlType::F16 => &QUANT_FALLBACK[i..],
+            _ => {
+                return Err(Error::invalid(
+                    "quantize",
+                    t,
+                    format!("a merged GGUF is written as f32 or one of {GGUF_QUANT_TYPES}"),
+                ))
+            }
+        },
+    };
+    crate::lora::gguf::check_out_file(out, overwrite)?;
+    let mut w = GgufWriter::new();
+    for (k, v) in model_metadata(cfg)? {
+        w.add(&k, v);
+    }
+    w.add("general.type", Value::String("model".into()));
+    w.add("general.file_type", Value::U32(file_type(quantize)));
+    w.add("general.quantization_version", Value::U32(2));
+    let mut report = GgufReport::default();
+    match tokenizer {
+        None => report.no_tokenizer = Some("the base model has no tokenizer".into()),
+        Some((tok, special)) => match tokenizer_metadata(tok, special, cfg.vocab_size()) {
+            Ok(meta) => {
+                for (k, v) in meta {
+                    w.add(&k, v);
+                }
+            }
+            Err(why) => report.no_tokenizer = Some(why),
+        },
+    }
+    let mut tensors = Vec::new();
+    for (name, shape) in tensor_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let values = match weights.get(&name) {
+            Some(v) if v.len() == n => v,
+            _ => {
+                return Err(Error::shape(
+                    "save_gguf",
+                    format!("the weights have no {name} of shape {shape:?}"),
+                ))
+            }
+        };
+        tensors.push(
+            to_gguf_tensor(cfg, &name, &shape, values)
+                .ok_or_else(|| Error::shape("save_gguf", format!("{name} has no GGUF name")))?,
+        );
+    }
+    if let ModelConfig::Gpt2(_) = cfg {
+        // The converter writes GPT-2's tied head again, as output.weight.
+        if let Some((_, shape, data)) = tensors.iter().find(|t| t.0 == "token_embd.weight") {
+            tensors.push(("output.weight".into(), shape.clone(), data.clone()));
+        }
+    }
+    for (g, shape, data) in tensors {
+        let row = shape[shape.len() - 1];
+        let ty = if shape.len() < 2 {
+            GgmlType::F32
+        } else {
+            let ty = chain
+                .iter()
+                .copied()
+                .find(|t| row.is_multiple_of(t.block_len()))
+                .unwrap_or(GgmlType::F32);
+            if ty != chain[0] {
+                report.fallbacks.push((g.clone(), chain[0], ty));
+            }
+            ty
+        };
+        let bytes = quant::quantize(ty, &data)
+            .map_err(|e| Error::shape("save_gguf", format!("{g}: {e}")))?;
+        w.add_tensor(&g, &shape, ty, bytes)?;
+    }
+    w.write(out)?;
+    Ok(report)
+}
+
+/// Merge `adapters` into the model `source` names ([`merge_adapters`]) and write one GGUF file
+/// `out` ([`save_gguf`]) with the source's tokenizer when it has one that GGUF metadata can
+/// express.
+pub fn merge_model_gguf(
+    source: &ModelSource,
+    adapters: &[(PathBuf, f32)],
+    out: &Path,
+    quantize: Option<GgmlType>,
+    overwrite: bool,
+) -> Result<(MergeSummary, GgufReport)> {
+    if adapters.is_empty() {
+        return Err(Error::invalid(
+            "adapters",
+            "none",
+            "give at least one PEFT adapter directory to merge",
+        ));
+    }
+    crate::lora::gguf::check_out_file(out, overwrite)?;
+    let cfg = source.config()?;
+    let mut w = source.host_weights(&cfg)?;
+    let modules = merge_adapters(&mut w, &cfg, adapters)?;
+    let tok = source.tokenizer_for(&cfg);
+    let special = match &tok {
+        Ok(t) => Some(source.special_tokens(&cfg, t)?),
+        Err(_) => None,
+    };
+    let mut report = save_gguf(
+        out,
+        &cfg,
+        &w,
+        tok.as_ref().ok().zip(special.as_ref()),
+        quantize,
+        overwrite,
+    )?;
+    if let Err(e) = &tok {
+        report.no_tokenizer = Some(format!(
+            "the base model's tokenizer could not be read ({e})"
+        ));
+    }
+    Ok((
+        MergeSummary {
+            config: cfg,
+            adapters: adapters.len(),
+            modules,
+        },
+        report,
+    ))
 }

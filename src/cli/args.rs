@@ -82,6 +82,34 @@ fn parse_quant(s: &str) -> std::result::Result<GgmlType, String> {
         })
 }
 
+/// What `merge` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeFormat {
+    /// A Hugging Face model directory.
+    Hf,
+    /// One GGUF file (llama.cpp).
+    Gguf,
+}
+
+/// What `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// A GGUF LoRA adapter (llama.cpp's `--lora`).
+    Gguf,
+}
+
+/// A `merge --quantize` value: a type the GGUF writer quantizes to.
+fn parse_gguf_quant(s: &str) -> std::result::Result<GgmlType, String> {
+    GgmlType::parse(s)
+        .filter(|t| matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_K))
+        .ok_or_else(|| {
+            format!(
+                "'{s}' is not a type merge writes; choose one of {}",
+                lora_wgpu::merge::GGUF_QUANT_TYPES
+            )
+        })
+}
+
 /// LoRA hyperparameters (PEFT's names as aliases).
 #[derive(clap::Args, Clone)]
 pub struct LoraArgs {
@@ -341,7 +369,8 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
-    /// Merge PEFT adapters into the base weights and write a Hugging Face GPT-2 directory.
+    /// Merge PEFT adapters into the base weights and write a Hugging Face directory or one
+    /// GGUF file.
     Merge {
         /// Base model: a Hugging Face GPT-2 dir, tiny, random:<shape> or hub id.
         #[arg(long)]
@@ -349,10 +378,35 @@ pub enum Command {
         /// PEFT adapter directory, optionally with a scale: DIR or DIR:SCALE (repeatable).
         #[arg(long = "adapter", required = true)]
         adapters: Vec<String>,
-        /// Output directory (config.json, model.safetensors, tokenizer.json).
+        /// Output: a directory (--format hf: config.json, model.safetensors, tokenizer.json)
+        /// or a file (--format gguf).
         #[arg(long)]
         out: PathBuf,
-        /// Replace an existing output directory.
+        /// Replace an existing output directory or file.
+        #[arg(long)]
+        overwrite: bool,
+        /// hf: a Hugging Face directory; gguf: one llama.cpp GGUF file.
+        #[arg(long, value_enum, default_value_t = MergeFormat::Hf)]
+        format: MergeFormat,
+        /// With --format gguf: store the 2-D weights as q8_0, q4_0 or q4_k (default f32).
+        #[arg(long, value_name = "TYPE", value_parser = parse_gguf_quant)]
+        quantize: Option<GgmlType>,
+    },
+    /// Write a PEFT adapter in another format: a GGUF LoRA that llama.cpp loads (--lora).
+    Export {
+        /// PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The base model the adapter was trained on: model dir, GGUF file, preset or hub id.
+        #[arg(long)]
+        model: String,
+        /// Output format; gguf is the only one.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing output file.
         #[arg(long)]
         overwrite: bool,
     },

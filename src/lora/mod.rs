@@ -1,5 +1,6 @@
 //! LoRA configuration, PEFT's target matching, the flat parameter layout, and PEFT adapter I/O.
 
+pub mod gguf;
 pub mod init;
 mod params;
 pub mod peft;

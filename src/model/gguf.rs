@@ -216,6 +216,227 @@ pub fn unpermute_qk(w: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     permute_rows(w, rows, heads, true)
 }
 
+/// The number of heads over which llama.cpp's converter permutes the rows of checkpoint
+/// tensor `name` of `config` ([`permute_qk`]): a llama q or k projection (its weight, or a
+/// LoRA B of it, whose rows are the projection's outputs); `None` for every other tensor.
+pub fn qk_permute_heads(config: &ModelConfig, name: &str) -> Option<usize> {
+    match layout(config, name) {
+        Layout::Permuted(heads) => Some(heads),
+        _ => None,
+    }
+}
+
+/// Checkpoint tensor `name` of `config` (f32 `values` of checkpoint shape `shape`) as
+/// llama.cpp's converter stores it: (GGUF name, GGUF shape in numpy order, values), llama's
+/// q/k rows permuted and GPT-2's Conv1D weights transposed to `[out, in]`; the inverse of what
+/// [`GgufModel::weights`] reads. `None` for a tensor the family's table does not name.
+pub fn to_gguf_tensor(
+    config: &ModelConfig,
+    name: &str,
+    shape: &[usize],
+    values: &[f32],
+) -> Option<(String, Vec<usize>, Vec<f32>)> {
+    let g = gguf_name(config, name)?;
+    Some(match layout(config, name) {
+        Layout::Same => (g, shape.to_vec(), values.to_vec()),
+        Layout::Permuted(heads) => (g, shape.to_vec(), permute_qk(values, shape[0], heads)),
+        Layout::Transposed => (
+            g,
+            vec![shape[1], shape[0]],
+            super::transformer::transpose(values, shape[0], shape[1]),
+        ),
+    })
+}
+
+/// The `{arch}.*` hyperparameters llama.cpp's converter writes for `config` (and
+/// `general.architecture`, first), which [`config_of`] reads back into the same shape. A
+/// RoPE scaling GGUF metadata cannot express (Llama 3's, which the converter stores as a
+/// `rope_freqs` tensor) is an error.
+pub fn model_metadata(config: &ModelConfig) -> Result<Vec<(String, Value)>> {
+    let arch = config.architecture();
+    let mut m: Vec<(String, Value)> =
+        vec![("general.architecture".into(), Value::String(arch.into()))];
+    let mut kv = |k: &str, v: Value| m.push((format!("{arch}.{k}"), v));
+    let u = |x: usize| Value::U32(x as u32);
+    match config {
+        ModelConfig::Gpt2(c) => {
+            kv("block_count", u(c.n_layer));
+            kv("context_length", u(c.n_positions));
+            kv("embedding_length", u(c.n_embd));
+            kv("feed_forward_length", u(4 * c.n_embd));
+            kv("attention.head_count", u(c.n_head));
+            kv(
+                "attention.layer_norm_epsilon",
+                Value::F32(c.layer_norm_epsilon),
+            );
+            kv("vocab_size", u(c.vocab_size));
+        }
+        ModelConfig::Llama(c) => {
+            let head_dim = c.head_dim();
+            kv("block_count", u(c.num_hidden_layers));
+            kv("context_length", u(c.max_position_embeddings));
+            kv("embedding_length", u(c.hidden_size));
+            kv("feed_forward_length", u(c.intermediate_size));
+            kv("attention.head_count", u(c.num_attention_heads));
+            kv("attention.head_count_kv", u(c.num_key_value_heads));
+            kv("rope.freq_base", Value::F32(c.rope.theta as f32));
+            kv(
+                "attention.layer_norm_rms_epsilon",
+                Value::F32(c.rms_norm_eps),
+            );
+            kv("attention.key_length", u(head_dim));
+            kv("attention.value_length", u(head_dim));
+            kv("vocab_size", u(c.vocab_size));
+            kv("rope.dimension_count", u(head_dim));
+            match c.rope.kind {
+                super::llama::RopeKind::Default => {}
+                super::llama::RopeKind::Linear { factor } => {
+                    kv("rope.scaling.type", Value::String("linear".into()));
+                    kv("rope.scaling.factor", Value::F32(factor as f32));
+                }
+                super::llama::RopeKind::Llama3 { .. } => {
+                    return Err(Error::invalid(
+                        "model",
+                        arch,
+                        "has Llama 3's RoPE scaling, which GGUF stores as a rope_freqs tensor \
+                         lora-wgpu does not write yet: merge into a Hugging Face directory \
+                         (--format hf)",
+                    ))
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// `tokenizer.ggml.*` for a byte-level BPE tokenizer, as the converter's `_set_vocab_gpt2`
+/// writes them (model "gpt2", the pre-tokenizer's name, tokens, token types, merges, the
+/// beginning / end / padding ids of `special`), or why the tokenizer cannot be expressed so
+/// that [`GgufModel::metadata_tokenizer`] reads it back: not a BPE, a pre-tokenizer other
+/// than those of [`SUPPORTED_PRE_TOKENIZERS`], or a vocabulary of another size than `vocab`.
+pub fn tokenizer_metadata(
+    tokenizer: &Tokenizer,
+    special: &SpecialTokens,
+    vocab: usize,
+) -> std::result::Result<Vec<(String, Value)>, String> {
+    let spec: Json = serde_json::from_str(&tokenizer.to_json().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let model = &spec["model"];
+    if model["type"] != "BPE" {
+        return Err(format!(
+            "its model is {}, not a byte-level BPE",
+            model["type"]
+        ));
+    }
+    if model["byte_fallback"] == true {
+        return Err("it is a byte-fallback BPE (SentencePiece-style), not a byte-level one".into());
+    }
+    // Offsets do not change the ids: Qwen2's tokenizer.json says trim_offsets false, Llama 3's true.
+    let given = without_trim_offsets(&spec["pre_tokenizer"]);
+    let pre = ["gpt-2", "llama-bpe", "qwen2", "smollm"]
+        .into_iter()
+        .find(|p| pre_tokenizer(p).map(|j| without_trim_offsets(&j)) == Some(given.clone()))
+        .ok_or_else(|| {
+            format!(
+                "its pre-tokenizer is none of those GGUF metadata names that lora-wgpu reads \
+                 back ({SUPPORTED_PRE_TOKENIZERS})"
+            )
+        })?;
+    let n = tokenizer.vocab_size();
+    if n > vocab {
+        return Err(format!(
+            "the tokenizer has {n} tokens and the model {vocab} embedding rows: it is not the \
+             model's own"
+        ));
+    }
+    let mut tokens: Vec<Option<String>> = vec![None; vocab];
+    let mut put = |t: &str, id: &Json| -> std::result::Result<(), String> {
+        let id = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab);
+        match id {
+            Some(i) => {
+                tokens[i] = Some(t.to_string());
+                Ok(())
+            }
+            None => Err(format!(
+                "token {t:?} has an id outside the model's {vocab} rows"
+            )),
+        }
+    };
+    for (t, id) in model["vocab"].as_object().into_iter().flatten() {
+        put(t, id)?;
+    }
+    // Added tokens: control (3) when special, user-defined (4) otherwise; the rest normal (1).
+    let mut added = BTreeMap::new();
+    for a in spec["added_tokens"].as_array().into_iter().flatten() {
+        let t = a["content"].as_str().unwrap_or_default();
+        put(t, &a["id"])?;
+        let ty = if a["special"] == true { 3 } else { 4 };
+        added.insert(a["id"].as_u64().unwrap_or(u64::MAX) as usize, ty);
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.ok_or_else(|| format!("the tokenizer has no token {i} of the model's {vocab}"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Json::String(s) => Ok(Value::String(s.clone())),
+            Json::Array(p) if p.len() == 2 => Ok(Value::String(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or_default(),
+                p[1].as_str().unwrap_or_default()
+            ))),
+            _ => Err(format!("a merge {m} is not two tokens")),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let types: Vec<Value> = (0..vocab)
+        .map(|i| Value::I32(added.get(&i).copied().unwrap_or(1)))
+        .collect();
+    let s = |x: &str| Value::String(x.into());
+    let mut m = vec![
+        ("tokenizer.ggml.model".to_string(), s("gpt2")),
+        ("tokenizer.ggml.pre".to_string(), s(pre)),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+    ];
+    if let Some(b) = special.bos {
+        m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+    }
+    if let Some(&e) = special.eos.first() {
+        m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+    }
+    if let Some(p) = special.pad {
+        m.push(("tokenizer.ggml.padding_token_id".into(), Value::U32(p)));
+    }
+    if spec["post_processor"]["type"] == "TemplateProcessing" {
+        m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
+    }
+    Ok(m)
+}
+
+/// `j` without its `trim_offsets` fields, at any depth.
+fn without_trim_offsets(j: &Json) -> Json {
+    match j {
+        Json::Object(m) => Json::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "trim_offsets")
+                .map(|(k, v)| (k.clone(), without_trim_offsets(v)))
+                .collect(),
+        ),
+        Json::Array(a) => Json::Array(a.iter().map(without_trim_offsets).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A GGUF model file: its metadata read into a config, its tensors checked against it.
 #[derive(Debug)]
 pub struct GgufModel {
