@@ -33,8 +33,9 @@ pub struct DeviceArgs {
     /// still f32 (needs an adapter offering SHADER_F16; see `lora-wgpu devices`).
     #[arg(long)]
     pub f16_weights: bool,
-    /// Quantize the frozen weights of the linear layers once at load into ggml's q8_0, q4_0 or
-    /// q4_k blocks (QLoRA: the adapter stays f32); the kernels decode them in registers.
+    /// Quantize the frozen weights once at load into ggml's q8_0, q4_0 or q4_k blocks (QLoRA:
+    /// the adapter stays f32): the linear layers, and a Llama-family model's embedding and
+    /// untied head. The kernels decode them in registers.
     #[arg(long, value_name = "FORMAT", value_parser = parse_quant, conflicts_with = "f16_weights")]
     pub quantize: Option<GgmlType>,
     /// Run the matmuls on cooperative matrices (tensor cores): operands rounded to f16, sums
