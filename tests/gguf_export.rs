@@ -572,9 +572,45 @@ fn tokenizer_metadata_takes_byte_level_bpe_only() {
     // A vocabulary that is not the model's.
     let e = tokenizer_metadata(&tok, &special, 99).unwrap_err();
     assert!(e.contains("320 tokens") && e.contains("99"), "{e}");
+    // An embedding padded past the vocabulary (as Qwen's are): placeholder tokens, type unused.
+    let m = tokenizer_metadata(&tok, &special, 330).unwrap();
+    let (Some(Value::Array(tokens)), Some(Value::Array(types))) = (
+        get(&m, "tokenizer.ggml.tokens"),
+        get(&m, "tokenizer.ggml.token_type"),
+    ) else {
+        panic!("no tokens")
+    };
+    assert_eq!(tokens.len(), 330);
+    assert_eq!(tokens[325], Value::String("[PAD325]".into()));
+    assert_eq!(types[325], Value::I32(5));
     // SentencePiece (byte-fallback BPE): not expressible as "gpt2".
     let sp =
         Tokenizer::from_file(&fixtures().join("tokenizers/sentencepiece/tokenizer.json")).unwrap();
     let e = tokenizer_metadata(&sp, &special, sp.vocab_size()).unwrap_err();
     assert!(e.contains("byte"), "{e}");
+}
+
+/// llama.cpp's converter writes Mistral as llama, q/k rows permuted: so do we, and the file
+/// reads back as a llama of the same shape.
+#[test]
+fn gguf_mistral_is_written_as_llama() {
+    use lora_wgpu::model::gguf::gguf_architecture;
+    use lora_wgpu::model::llama::{LlamaArch, LlamaConfig};
+    use lora_wgpu::model::ModelConfig;
+    let mistral: ModelConfig = LlamaConfig {
+        arch: LlamaArch::Mistral,
+        ..LlamaConfig::named("llama-tiny").unwrap()
+    }
+    .into();
+    assert_eq!(gguf_architecture(&mistral), "llama");
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let k = "model.layers.0.self_attn.k_proj.weight";
+    assert_eq!(qk_permute_heads(&mistral, q), Some(4));
+    assert_eq!(qk_permute_heads(&mistral, k), Some(2));
+    let qwen2: ModelConfig = LlamaConfig {
+        arch: LlamaArch::Qwen2,
+        ..LlamaConfig::named("llama-tiny").unwrap()
+    }
+    .into();
+    assert_eq!(qk_permute_heads(&qwen2, q), None);
 }

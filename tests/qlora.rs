@@ -400,5 +400,5 @@ fn qlora_run_resumes_exactly_and_only_on_the_same_base() {
     let other = quantized_model(GgmlType::Q8_0);
     let mut trainer = Trainer::new(gpu(), &other, cfg, train).unwrap();
     let e = trainer.resume(&a).unwrap_err().to_string();
-    assert!(e.contains("--weights was q4_0, now q8_0"), "{e}");
+    assert!(e.contains("--quantize was q4_0, now q8_0"), "{e}");
 }

@@ -59,7 +59,7 @@ fn check(ty: GgmlType, m: usize, n: usize, k: usize, trans_b: bool, q: &[u8], se
 fn qmatmul_forward_every_format() {
     for (i, &ty) in FORMATS.iter().enumerate() {
         let bl = ty.block_len();
-        for (j, &(m, n, k)) in [(1, 7, bl), (5, 64, 2 * bl), (37, 130, 3 * bl)]
+        for (j, &(m, n, k)) in [(1, 7, bl), (5, 64, 2 * bl), (37, 130, 3 * bl), (3, 300, bl)]
             .iter()
             .enumerate()
         {
@@ -74,9 +74,15 @@ fn qmatmul_forward_every_format() {
 fn qmatmul_input_grad_every_format() {
     for (i, &ty) in FORMATS.iter().enumerate() {
         let bl = ty.block_len();
-        for (j, &(m, n, k)) in [(1, bl, 5), (6, 2 * bl, 33), (5, bl, 64), (37, 3 * bl, 70)]
-            .iter()
-            .enumerate()
+        for (j, &(m, n, k)) in [
+            (1, bl, 5),
+            (2, bl, 1),
+            (6, 2 * bl, 33),
+            (5, bl, 64),
+            (37, 3 * bl, 70),
+        ]
+        .iter()
+        .enumerate()
         {
             let seed = (10 * i + j) as u64 + 1000;
             let q = random_blocks(ty, k, n, seed);

@@ -132,7 +132,10 @@ impl DoraNorm {
                     "DoRA base weight",
                     w.name(),
                     format!(
-                        "DoRA needs the weight's column norms, and {} weights are not read here;                          train DoRA on an f32 or f16 base, or plain LoRA on the quantized one",
+                        "DoRA needs the weight's column norms, and {} weights are not read here; \
+                         train DoRA on an f32 or f16 base (a Hugging Face directory without \
+                         --quantize; a GGUF file's q8_0/q4_0/q4_k weights stay as stored), or \
+                         plain LoRA on the quantized one",
                         ty.name()
                     ),
                 ))

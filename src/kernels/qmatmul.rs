@@ -319,8 +319,10 @@ pub(crate) fn qmatmul(
     if op.trans_b {
         gpu.dispatch(&NT, &constants, &params, &[a, q, bias, c], grid)
     } else {
-        // A is read as scalars and, where K is a multiple of 4, as vec4.
-        gpu.dispatch(&NN, &constants, &params, &[a, a, q, bias, c], grid)
+        // A is read as scalars and, where K is a multiple of 4, as vec4 (otherwise the vec4
+        // binding is unused and takes the dummy, which fits it whatever A's size).
+        let a4 = if k.is_multiple_of(4) { a } else { gpu.dummy() };
+        gpu.dispatch(&NN, &constants, &params, &[a, a4, q, bias, c], grid)
     }
 }
 

@@ -75,7 +75,7 @@ pub fn gguf_lora(
     } else {
         lora.alpha
     };
-    let arch = config.architecture();
+    let arch = crate::model::gguf::gguf_architecture(config);
     let mut w = GgufWriter::new();
     w.add("general.architecture", Value::String(arch.into()));
     w.add("general.type", Value::String("adapter".into()));

@@ -163,7 +163,8 @@ fn layout(config: &ModelConfig, name: &str) -> Layout {
                 Layout::Same
             }
         }
-        ModelConfig::Llama(c) if c.arch == LlamaArch::Llama => {
+        // llama.cpp's converter writes Mistral as llama, permuted likewise.
+        ModelConfig::Llama(c) if matches!(c.arch, LlamaArch::Llama | LlamaArch::Mistral) => {
             if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias")
             {
                 Layout::Permuted(c.num_attention_heads)
@@ -248,12 +249,20 @@ pub fn to_gguf_tensor(
     })
 }
 
+/// `general.architecture` as llama.cpp's converter writes it for `config`: Mistral is `llama`.
+pub fn gguf_architecture(config: &ModelConfig) -> &str {
+    match config {
+        ModelConfig::Llama(c) if c.arch == LlamaArch::Mistral => "llama",
+        _ => config.architecture(),
+    }
+}
+
 /// The `{arch}.*` hyperparameters llama.cpp's converter writes for `config` (and
 /// `general.architecture`, first), which [`config_of`] reads back into the same shape. A
 /// RoPE scaling GGUF metadata cannot express (Llama 3's, which the converter stores as a
 /// `rope_freqs` tensor) is an error.
 pub fn model_metadata(config: &ModelConfig) -> Result<Vec<(String, Value)>> {
-    let arch = config.architecture();
+    let arch = gguf_architecture(config);
     let mut m: Vec<(String, Value)> =
         vec![("general.architecture".into(), Value::String(arch.into()))];
     let mut kv = |k: &str, v: Value| m.push((format!("{arch}.{k}"), v));
@@ -373,13 +382,19 @@ pub fn tokenizer_metadata(
         let ty = if a["special"] == true { 3 } else { 4 };
         added.insert(a["id"].as_u64().unwrap_or(u64::MAX) as usize, ty);
     }
+    // Embedding rows past the tokenizer's vocabulary (Qwen pads its table to a multiple of
+    // 128) get placeholder tokens of type 5 (unused), as llama.cpp's converter writes them.
+    let mut unused = BTreeMap::new();
     let tokens: Vec<String> = tokens
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            t.ok_or_else(|| format!("the tokenizer has no token {i} of the model's {vocab}"))
+            t.unwrap_or_else(|| {
+                unused.insert(i, 5);
+                format!("[PAD{i}]")
+            })
         })
-        .collect::<std::result::Result<_, _>>()?;
+        .collect();
     let merges: Vec<Value> = model["merges"]
         .as_array()
         .into_iter()
@@ -395,7 +410,7 @@ pub fn tokenizer_metadata(
         })
         .collect::<std::result::Result<_, _>>()?;
     let types: Vec<Value> = (0..vocab)
-        .map(|i| Value::I32(added.get(&i).copied().unwrap_or(1)))
+        .map(|i| Value::I32(added.get(&i).or(unused.get(&i)).copied().unwrap_or(1)))
         .collect();
     let s = |x: &str| Value::String(x.into());
     let mut m = vec![

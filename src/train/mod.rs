@@ -546,13 +546,14 @@ impl<'a> Trainer<'a> {
         Ok((loss, loss.exp()))
     }
 
-    /// The settings a resumed run must share ([`TrainConfig`]'s), and how the frozen weights are
-    /// stored when they are not f32 (a quantized base computes another function), left out
-    /// otherwise so that earlier checkpoints still resume.
+    /// The settings a resumed run must share ([`TrainConfig`]'s), and the frozen weights'
+    /// storage when any is quantized (a quantized base computes another function; `quantize`,
+    /// as `--quantize` sets it). Left out otherwise, so that earlier checkpoints, f16 ones
+    /// included, still resume.
     fn fingerprint(&self) -> Vec<(String, String)> {
         let mut f = self.cfg.fingerprint();
-        if let Some(storage) = self.model.transformer.storage() {
-            f.push(("weights".into(), storage));
+        if let Some(storage) = self.model.transformer.storage().filter(|s| s.contains('q')) {
+            f.push(("quantize".into(), storage));
         }
         f
     }
