@@ -8,20 +8,16 @@
 //! LoRA sits on every linear layer (`all-linear`), as QLoRA trains. The weights are random in the
 //! preset's shape: memory does not depend on their values.
 
+mod common;
+
 use std::time::Instant;
 
+use common::arg;
 use lora_wgpu::kernels::adamw::AdamW;
 use lora_wgpu::kernels::qmatmul;
 use lora_wgpu::lora::LoraConfig;
 use lora_wgpu::model::{gpt2, llama, ModelConfig, TrainGraph, Transformer, WeightStorage};
 use lora_wgpu::{Gpu, GpuOptions};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn main() -> lora_wgpu::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -477,7 +477,7 @@ const QUANT_FALLBACK: [GgmlType; 4] = [
 ];
 
 /// The types `merge --format gguf --quantize` writes.
-pub const GGUF_QUANT_TYPES: &str = "q8_0, q4_0, q4_k";
+pub const GGUF_QUANT: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K];
 
 /// What [`save_gguf`] wrote besides the weights: tensors stored at another type than asked
 /// (rows not a multiple of the block) and why the tokenizer is missing, if it is.
@@ -530,7 +530,10 @@ pub fn save_gguf(
                 return Err(Error::invalid(
                     "quantize",
                     t,
-                    format!("a merged GGUF is written as f32 or one of {GGUF_QUANT_TYPES}"),
+                    format!(
+                        "a merged GGUF is written as f32 or one of {}",
+                        crate::quant::names(&GGUF_QUANT)
+                    ),
                 ))
             }
         },

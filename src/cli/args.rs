@@ -78,7 +78,7 @@ fn parse_quant(s: &str) -> std::result::Result<GgmlType, String> {
         .ok_or_else(|| {
             format!(
                 "'{s}' is not a format the kernels read; choose one of {}",
-                qmatmul::names(qmatmul::FORMATS)
+                lora_wgpu::quant::names(qmatmul::FORMATS)
             )
         })
 }
@@ -102,11 +102,11 @@ pub enum ExportFormat {
 /// A `merge --quantize` value: a type the GGUF writer quantizes to.
 fn parse_gguf_quant(s: &str) -> std::result::Result<GgmlType, String> {
     GgmlType::parse(s)
-        .filter(|t| matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_K))
+        .filter(|t| lora_wgpu::merge::GGUF_QUANT.contains(t))
         .ok_or_else(|| {
             format!(
                 "'{s}' is not a type merge writes; choose one of {}",
-                lora_wgpu::merge::GGUF_QUANT_TYPES
+                lora_wgpu::quant::names(&lora_wgpu::merge::GGUF_QUANT)
             )
         })
 }

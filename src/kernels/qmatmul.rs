@@ -109,7 +109,7 @@ fn check_format(op: &'static str, ty: GgmlType, len: usize) -> Result<usize> {
             ty.name(),
             format!(
                 "the GPU kernels read {}; dequantize it or choose one of those",
-                names(FORMATS)
+                quant::names(FORMATS)
             ),
         ));
     }
@@ -124,15 +124,6 @@ fn check_format(op: &'static str, ty: GgmlType, len: usize) -> Result<usize> {
         ));
     }
     Ok(len / ty.block_len())
-}
-
-/// The formats' names, for messages: "q8_0, q4_0, q4_k".
-pub fn names(types: &[GgmlType]) -> String {
-    types
-        .iter()
-        .map(|t| t.name())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// ggml's blocks of `len` elements of `ty` (`bytes`, as a GGUF file stores them) in the GPU

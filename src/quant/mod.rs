@@ -211,8 +211,8 @@ impl std::fmt::Display for GgmlType {
     }
 }
 
-/// The names of `types`, comma-separated, for messages.
-pub(crate) fn names(types: &[GgmlType]) -> String {
+/// The names of `types`, comma-separated, for messages: "q8_0, q4_0, q4_k".
+pub fn names(types: &[GgmlType]) -> String {
     types
         .iter()
         .map(|t| t.name())
